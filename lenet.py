@@ -1,0 +1,273 @@
+"""LeNet-5 (LeCun et al., 1998) with a hand-written batch normalization layer
+(Ioffe and Szegedy, 2015).
+
+The file reads top to bottom: the BN math as pure functions (the paper's
+Algorithms 1 and 2), the Keras layer that keeps the state those functions need,
+then the network and its named variants.
+"""
+
+import keras
+from keras import ops
+
+# --------------------------------------------------------------------------
+# The BN math: pure functions of tensors, no Keras state.
+# --------------------------------------------------------------------------
+
+
+def batch_statistics(x):
+    """Algorithm 1, lines 1-2: every channel's mini-batch mean and biased variance.
+
+    The statistics run over every axis but the last, so for a convolution's
+    output (N, H, W, C) each channel pools m = N*H*W values, the paper's
+    "effective mini-batch" (section 3.2).
+    """
+    axes = tuple(range(len(x.shape) - 1))
+    mean = ops.mean(x, axis=axes)
+    variance = ops.mean(ops.square(x - mean), axis=axes)
+    return mean, variance
+
+
+def normalize(x, mean, variance, gamma, beta, epsilon):
+    """Algorithm 1, lines 3-4: y = gamma * (x - mean) / sqrt(variance + epsilon) + beta.
+
+    At inference (Algorithm 2, line 11) the same transform is applied with the
+    population statistics in place of the mini-batch's own.
+    """
+    x_hat = (x - mean) / ops.sqrt(variance + epsilon)
+    return gamma * x_hat + beta
+
+
+def population_statistics(mean_window, variance_window, filled):
+    """Algorithm 2, line 10, over a window of training mini-batches.
+
+    Rows 0..filled-1 of `mean_window` and `variance_window` ([window_size, C])
+    hold the means and unbiased variances m/(m-1) * sigma2_B of recent training
+    batches. E[x] is the average of those means and Var[x] the average of those
+    variances. With no row filled (no training step yet) the result is mean 0
+    and variance 1, which makes BN the identity up to gamma and beta, as
+    Keras's own layer does before training.
+    """
+    window_size = mean_window.shape[0]
+    filled = ops.cast(filled, "int32")
+    row_is_filled = ops.arange(window_size) < filled
+    weights = ops.cast(row_is_filled, mean_window.dtype)[:, None]
+    count = ops.maximum(ops.cast(filled, mean_window.dtype), 1.0)
+    mean = ops.sum(mean_window * weights, axis=0) / count
+    variance = ops.sum(variance_window * weights, axis=0) / count
+    variance = ops.where(filled > 0, variance, ops.ones_like(variance))
+    return mean, variance
+
+
+# --------------------------------------------------------------------------
+# The Keras layer: parameters, the ring buffer, and which algorithm runs when.
+# --------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="lenet_bn")
+class BatchNorm(keras.layers.Layer):
+    """Batch normalization over every axis but the last (channels or units).
+
+    Training (`training=True`) normalizes with the mini-batch's own statistics
+    and pushes them into a ring buffer of the last `window_size` training
+    batches. Inference normalizes with the average over that buffer, so a
+    prediction never depends on the other samples in its batch.
+
+    The buffer lives in non-trainable weights, so a compiled `fit` updates it
+    and a saved model keeps it. A training batch with a single value per
+    channel (a dense layer fed one sample) carries no variance information, so
+    it is not recorded.
+    """
+
+    def __init__(self, epsilon=1e-8, window_size=5, **kwargs):
+        super().__init__(**kwargs)
+        if not epsilon > 0:
+            raise ValueError(f"epsilon must be positive, got {epsilon}")
+        if int(window_size) != window_size or window_size < 1:
+            raise ValueError(f"window_size must be a positive integer, got {window_size}")
+        self.epsilon = float(epsilon)
+        self.window_size = int(window_size)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
+        window_shape = (self.window_size, channels)
+        self.mean_window = self.add_weight(
+            shape=window_shape, initializer="zeros", trainable=False, name="mean_window"
+        )
+        self.variance_window = self.add_weight(
+            shape=window_shape, initializer="ones", trainable=False, name="variance_window"
+        )
+        # How many training batches have been recorded; the next goes into
+        # row recorded_batches % window_size.
+        self.recorded_batches = self.add_weight(
+            shape=(), initializer="zeros", dtype="int64", trainable=False, name="recorded_batches"
+        )
+
+    def call(self, inputs, training=None):
+        if training:
+            mean, variance = batch_statistics(inputs)
+            self._record(mean, variance, inputs)
+        else:
+            mean, variance = population_statistics(
+                self.mean_window, self.variance_window, self.filled_rows()
+            )
+        return normalize(inputs, mean, variance, self.gamma, self.beta, self.epsilon)
+
+    def filled_rows(self):
+        return ops.minimum(self.recorded_batches, self.window_size)
+
+    def _record(self, mean, variance, inputs):
+        """Write the batch's mean and unbiased variance into the buffer's next row."""
+        values_per_channel = ops.cast(ops.size(inputs) // inputs.shape[-1], variance.dtype)
+        unbiased_variance = variance * values_per_channel / ops.maximum(values_per_channel - 1, 1)
+        has_variance = values_per_channel > 1
+
+        slot = ops.cast(self.recorded_batches % self.window_size, "int32")
+        write_row = ops.logical_and(ops.arange(self.window_size) == slot, has_variance)[:, None]
+        self.mean_window.assign(ops.where(write_row, mean[None, :], self.mean_window))
+        self.variance_window.assign(
+            ops.where(write_row, unbiased_variance[None, :], self.variance_window)
+        )
+        self.recorded_batches.assign_add(ops.cast(has_variance, "int64"))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon, "window_size": self.window_size}
+
+
+# --------------------------------------------------------------------------
+# The network and its variants.
+# --------------------------------------------------------------------------
+
+# Where each variant puts batch normalization: after these affine layers,
+# before their sigmoid. The names are part of the command-line interface.
+VARIANTS = {
+    "lenet": (),
+    "lenet_bn1": ("C1",),
+    "lenet_bn2": ("C1", "C3"),
+    "lenet_fc_bn1": ("C1", "C3", "C5"),
+    "lenet_fc_bn2": ("C1", "C3", "C5", "F6"),
+}
+
+# The reference: lenet_fc_bn2's places, with keras.layers.BatchNormalization.
+KERAS_BN_VARIANT = "lenet_keras_bn"
+MODEL_NAMES = (*VARIANTS, KERAS_BN_VARIANT)
+
+INPUT_SHAPE = (32, 32, 1)
+
+
+@keras.saving.register_keras_serializable(package="lenet_bn")
+class LeNet5(keras.Model):
+    """LeNet-5 as drawn in LeCun et al. (1998), Fig. 2, with sigmoid units.
+
+    32x32x1 -> C1 conv 6@5x5 -> S2 avg-pool 2x2 -> C3 conv 16@5x5 -> S4 avg-pool 2x2
+    -> C5 dense 120 -> F6 dense 84 -> dense `output_size` logits (no softmax: the
+    loss takes logits).
+
+    `bn_after` names the affine layers (C1, C3, C5, F6) that are followed by batch
+    normalization, placed between the affine map and its sigmoid as in the BN
+    paper, section 3.2; such a layer drops its bias, which BN's beta replaces.
+    `bn_layer` is "ours" (the hand-written `BatchNorm`) or "keras"
+    (`keras.layers.BatchNormalization`, the reference).
+    """
+
+    def __init__(
+        self,
+        bn_after=(),
+        bn_layer="ours",
+        output_size=10,
+        epsilon=1e-8,
+        window_size=5,
+        keras_momentum=0.99,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        unknown = set(bn_after) - {"C1", "C3", "C5", "F6"}
+        if unknown:
+            raise ValueError(f"bn_after may name C1, C3, C5, F6; got {sorted(unknown)}")
+        if bn_layer not in ("ours", "keras"):
+            raise ValueError(f"bn_layer must be 'ours' or 'keras', got {bn_layer!r}")
+        self.bn_after = tuple(bn_after)
+        self.bn_layer = bn_layer
+        self.output_size = output_size
+        self.epsilon = epsilon
+        self.window_size = window_size
+        self.keras_momentum = keras_momentum
+
+        def affine(name, layer, **options):
+            return layer(name=name, use_bias=name not in self.bn_after, **options)
+
+        self.affine = {
+            "C1": affine("C1", keras.layers.Conv2D, filters=6, kernel_size=5),
+            "C3": affine("C3", keras.layers.Conv2D, filters=16, kernel_size=5),
+            "C5": affine("C5", keras.layers.Dense, units=120),
+            "F6": affine("F6", keras.layers.Dense, units=84),
+        }
+        self.norm = {name: self._make_norm(f"{name}_bn") for name in self.bn_after}
+        self.pool = keras.layers.AveragePooling2D(pool_size=2, name="pool")
+        self.flatten = keras.layers.Flatten(name="flatten")
+        self.classifier = keras.layers.Dense(output_size, name="output")
+
+    def _make_norm(self, name):
+        if self.bn_layer == "keras":
+            return keras.layers.BatchNormalization(
+                epsilon=self.epsilon, momentum=self.keras_momentum, name=name
+            )
+        return BatchNorm(epsilon=self.epsilon, window_size=self.window_size, name=name)
+
+    def _affine_bn(self, name, x, training):
+        """What the layer's sigmoid receives: the affine map, then BN where there is BN."""
+        x = self.affine[name](x)
+        if name in self.norm:
+            x = self.norm[name](x, training=training)
+        return x
+
+    def layer_outputs(self, images, training=False):
+        """Every stage's output, by name. C1, C3, C5 and F6 are the sigmoids'
+        inputs (after BN where there is BN); S2 and S4 the pooled maps."""
+        out = {}
+        out["C1"] = self._affine_bn("C1", images, training)
+        out["S2"] = self.pool(ops.sigmoid(out["C1"]))
+        out["C3"] = self._affine_bn("C3", out["S2"], training)
+        out["S4"] = self.pool(ops.sigmoid(out["C3"]))
+        out["C5"] = self._affine_bn("C5", self.flatten(out["S4"]), training)
+        out["F6"] = self._affine_bn("F6", ops.sigmoid(out["C5"]), training)
+        out["logits"] = self.classifier(ops.sigmoid(out["F6"]))
+        return out
+
+    def call(self, images, training=False):
+        return self.layer_outputs(images, training)["logits"]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "bn_after": list(self.bn_after),
+            "bn_layer": self.bn_layer,
+            "output_size": self.output_size,
+            "epsilon": self.epsilon,
+            "window_size": self.window_size,
+            "keras_momentum": self.keras_momentum,
+        }
+
+
+def describe(name):
+    """A variant's name with where it puts batch normalization."""
+    if name == KERAS_BN_VARIANT:
+        return f"{name} (keras.layers.BatchNormalization after C1, C3, C5, F6)"
+    places = VARIANTS[name]
+    return f"{name} (BN after {', '.join(places)})" if places else f"{name} (no BN)"
+
+
+def build_lenet(name, output_size=10, epsilon=1e-8, window_size=5):
+    """The named variant, built for 32x32x1 inputs."""
+    if name == KERAS_BN_VARIANT:
+        model = LeNet5(VARIANTS["lenet_fc_bn2"], "keras", output_size, epsilon, name=name)
+    elif name in VARIANTS:
+        model = LeNet5(VARIANTS[name], "ours", output_size, epsilon, window_size, name=name)
+    else:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    model(ops.zeros((1, *INPUT_SHAPE)))  # creates the weights; inference leaves BN state alone
+    return model

@@ -1,0 +1,204 @@
+"""Train and evaluate LeNet-5 with and without batch normalization on MNIST.
+
+    python main.py --model lenet_bn2
+    python main.py --model all --data mnist.npz
+
+Edit a default in DEFAULTS below; any flag overrides it (python main.py --help).
+"""
+
+DEFAULTS = {
+    "model": "all",  # one of lenet.VARIANTS, lenet_keras_bn, or "all" (the five variants)
+    "batch_size": 64,
+    "output_size": 10,
+    "epochs": 10,
+    "optimizer": "adam",
+    "learning_rate": None,  # None: the optimizer's own default (0.001 for adam)
+    "epsilon": 1e-8,
+    "window_size": 5,
+    "verbose": 1,
+    "flag_visualizations": 1,
+    "seed": 0,
+    "val_split": 0.15,
+    "data": None,  # None: download with Keras; else a .npz or a folder of IDX files
+    "dataset": "mnist",
+    "results_dir": "results",
+}
+
+import argparse  # noqa: E402  (DEFAULTS stays the first thing a reader sees)
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import utils  # noqa: E402
+
+utils.import_tensorflow_quietly()  # before the modules below import it
+
+import models_handling  # noqa: E402
+from lenet import MODEL_NAMES, VARIANTS, describe  # noqa: E402
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction strictly between 0 and 1, got {text!r}")
+    return value
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line: the problem, then where to look."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser():
+    parser = OneLineErrorParser(
+        description="Train LeNet-5 variants with and without batch normalization on MNIST; "
+        "write their histories, plots and test results to --results_dir.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--model", choices=[*MODEL_NAMES, "all"], help="variant to train: "
+        + "; ".join(describe(name) for name in MODEL_NAMES) + "; all = the five variants in turn")
+    add("--batch_size", type=positive_int, help="mini-batch size for training and evaluation")
+    add("--output_size", type=positive_int, help="number of classes (units of the output layer)")
+    add("--epochs", type=positive_int, help="passes over the training split")
+    add("--optimizer", help="Keras optimizer name (adam, sgd, rmsprop, ...)")
+    add("--learning_rate", type=positive_float,
+        help="optimizer learning rate; unset: the optimizer's own default (0.001 for adam)")
+    add("--epsilon", type=positive_float,
+        help="BN's epsilon, added to the variance before the square root so that a "
+        "channel with (near) zero variance does not divide by zero")
+    add("--window_size", type=positive_int,
+        help="BN at inference normalizes with the average mean and variance of this many "
+        "most recent training mini-batches")
+    add("--verbose", type=int, choices=[0, 1, 2],
+        help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch")
+    add("--flag_visualizations", type=int, choices=[0, 1], help="1: write the PNG plots; 0: skip them")
+    add("--seed", type=non_negative_int,
+        help="fixes the train/validation split, the initial weights and the shuffling")
+    add("--val_split", type=fraction, help="fraction of the training set held out for validation")
+    add("--data", help="a Keras-format .npz (x_train, y_train, x_test, y_test) or a folder with "
+        "the four MNIST IDX files (raw or .gz); unset: download --dataset with Keras")
+    add("--dataset", choices=["mnist", "fashion_mnist"], help="what Keras downloads when --data is unset")
+    add("--results_dir", help="where histories, plots and summary.json are written")
+    parser.set_defaults(**DEFAULTS)
+    return parser
+
+
+# ---------------------------------------------------------------- the run
+
+
+def check_results_dir(results_dir):
+    """Fail before training, not after, if results cannot be written."""
+    path = Path(results_dir)
+    if path.exists() and not path.is_dir():
+        raise utils.UsageError(f"--results_dir {path}: is a file; name a folder")
+    existing = next((parent for parent in (path, *path.parents) if parent.exists()), Path("."))
+    if not os.access(existing, os.W_OK):
+        raise utils.UsageError(f"--results_dir {path}: {existing} is not writable; name another folder")
+    models_handling.read_summary(path)  # raises if an existing summary cannot be updated
+
+
+def run(args):
+    names = list(VARIANTS) if args.model == "all" else [args.model]
+    check_results_dir(args.results_dir)
+    splits = utils.load_data(args.data, args.dataset, args.val_split, args.seed, args.output_size)
+    models_handling.make_optimizer(args.optimizer, args.learning_rate)  # rejects a bad name now
+    settings = models_handling.Settings(
+        batch_size=args.batch_size,
+        output_size=args.output_size,
+        epochs=args.epochs,
+        optimizer=args.optimizer,
+        learning_rate=args.learning_rate,
+        epsilon=args.epsilon,
+        window_size=args.window_size,
+        verbose=args.verbose,
+        seed=args.seed,
+    )
+    run_record = {
+        "data": args.data or f"keras.datasets.{args.dataset}",
+        "val_split": args.val_split,
+        "images": {"train": len(splits.y_train), "val": len(splits.y_val), "test": len(splits.y_test)},
+    }
+    print(
+        f"data: {run_record['data']}: {len(splits.y_train)} training, {len(splits.y_val)} validation, "
+        f"{len(splits.y_test)} test images; results in {args.results_dir}/"
+    )
+
+    finished = []
+    for name in names:
+        print(f"\n== {describe(name)}")
+        result = models_handling.run_model(name, splits, settings)
+        models_handling.save_results(result, args.results_dir, settings, run_record, args.flag_visualizations)
+        finished.append(result)
+        if args.flag_visualizations and len(finished) > 1:
+            models_handling.save_comparison(finished, args.results_dir)
+        print(
+            f"{name}: test accuracy {result.test_accuracy:.4f}, test loss {result.test_loss:.4f} "
+            f"({result.train_seconds:.1f} s of training)"
+        )
+
+    print(f"\n{'model':<16}{'test accuracy':>15}{'test loss':>11}{'seconds':>9}")
+    for result in finished:
+        print(
+            f"{result.name:<16}{result.test_accuracy:>15.4f}{result.test_loss:>11.4f}"
+            f"{result.train_seconds:>9.1f}"
+        )
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except utils.UsageError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: every model that finished has its results in {args.results_dir}/",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Build a named model, compile, train and evaluate it, and write its results."""
+
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import keras
+
+import visualizations
+from lenet import build_lenet, describe
+from utils import UsageError, set_seed, write_text
+
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a training run depends on, besides the data and the model's name."""
+
+    batch_size: int
+    output_size: int
+    epochs: int
+    optimizer: str
+    learning_rate: float | None  # None: the optimizer's own default
+    epsilon: float
+    window_size: int
+    verbose: int
+    seed: int
+
+
+@dataclass
+class ModelResult:
+    name: str
+    history: dict  # per-epoch lists under HISTORY_KEYS
+    test_loss: float
+    test_accuracy: float
+    train_seconds: float
+    trainable_parameters: int
+
+
+def make_optimizer(name, learning_rate=None):
+    """A fresh Keras optimizer from its name ("adam", "sgd", ...)."""
+    try:
+        optimizer_class = type(keras.optimizers.get(name))
+        if learning_rate is None:
+            return optimizer_class()
+        return optimizer_class(learning_rate=learning_rate)
+    except Exception:
+        raise UsageError(
+            f"--optimizer {name}: not a Keras optimizer; use a name such as adam, sgd, rmsprop, "
+            "adamw, nadam or adagrad"
+        ) from None
+
+
+def build_and_compile(name, settings):
+    """The named model, seeded, compiled with logits-based cross-entropy."""
+    set_seed(settings.seed)
+    model = build_lenet(name, settings.output_size, settings.epsilon, settings.window_size)
+    model.compile(
+        optimizer=make_optimizer(settings.optimizer, settings.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def train(model, splits, settings, callbacks=()):
+    """Fit on the training split, validating after every epoch; the history as plain lists."""
+    history = model.fit(
+        splits.x_train,
+        splits.y_train,
+        batch_size=settings.batch_size,
+        epochs=settings.epochs,
+        validation_data=(splits.x_val, splits.y_val),
+        shuffle=True,
+        verbose=settings.verbose,
+        callbacks=list(callbacks),
+    )
+    return {key: [float(value) for value in history.history[key]] for key in HISTORY_KEYS}
+
+
+def evaluate(model, images, labels, settings):
+    """(loss, accuracy) on the given images, in inference mode."""
+    loss, accuracy = model.evaluate(images, labels, batch_size=settings.batch_size, verbose=0)
+    return float(loss), float(accuracy)
+
+
+def run_model(name, splits, settings):
+    """Build, train and test one model."""
+    model = build_and_compile(name, settings)
+    start = time.perf_counter()
+    history = train(model, splits, settings)
+    seconds = time.perf_counter() - start
+    test_loss, test_accuracy = evaluate(model, splits.x_test, splits.y_test, settings)
+    trainable = sum(int(weight.numpy().size) for weight in model.trainable_weights)
+    return ModelResult(name, history, test_loss, test_accuracy, seconds, trainable)
+
+
+# ---------------------------------------------------------------- results
+
+
+def read_summary(results_dir):
+    """The results folder's summary: {model name: its latest result}."""
+    path = Path(results_dir) / SUMMARY_FILE
+    if not path.exists():
+        return {}
+    try:
+        summary = json.loads(path.read_text())
+        if not isinstance(summary, dict):
+            raise ValueError("not a JSON object")
+        return summary
+    except (OSError, ValueError) as error:
+        raise UsageError(
+            f"{path} is unreadable ({error}); move it away or choose another --results_dir"
+        ) from None
+
+
+def history_csv(history):
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(["epoch", *HISTORY_KEYS])
+    for epoch, values in enumerate(zip(*(history[key] for key in HISTORY_KEYS)), start=1):
+        writer.writerow([epoch, *(f"{value:.6f}" for value in values)])
+    return rows.getvalue()
+
+
+def save_results(result, results_dir, settings, run_record, plots=True):
+    """Write one model's history CSV, its PNGs, and its entry in summary.json.
+
+    Each file is replaced in one step, so an interrupted run leaves every file
+    whole. Entries of other models in summary.json are kept.
+    """
+    results_dir = Path(results_dir)
+    write_text(results_dir / f"{result.name}_history.csv", history_csv(result.history))
+    if plots:
+        for metric in ("accuracy", "loss"):
+            visualizations.plot_history(
+                result.history,
+                metric,
+                f"{describe(result.name)}: {metric}",
+                results_dir / f"{result.name}_{metric}.png",
+            )
+    summary = read_summary(results_dir)
+    summary[result.name] = {
+        "test_accuracy": result.test_accuracy,
+        "test_loss": result.test_loss,
+        "final_val_accuracy": result.history["val_accuracy"][-1],
+        "epochs": len(result.history["loss"]),
+        "train_seconds": round(result.train_seconds, 2),
+        "trainable_parameters": result.trainable_parameters,
+        "settings": asdict(settings),
+        **run_record,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_text(results_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+
+def save_comparison(results, results_dir):
+    """Comparison PNGs of several models' histories."""
+    histories = {result.name: result.history for result in results}
+    for metric in ("accuracy", "loss"):
+        visualizations.plot_comparison(histories, metric, Path(results_dir) / f"comparison_{metric}.png")

@@ -1,0 +1,54 @@
+"""Shared fixtures: small generated MNIST-like data in every format the project reads."""
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import utils
+
+utils.import_tensorflow_quietly()
+
+
+def mnist_like(num_train=200, num_test=60, seed=0):
+    """Random uint8 images (N, 28, 28) and labels 0..9, shaped and typed as MNIST."""
+    rng = np.random.default_rng(seed)
+    return (
+        rng.integers(0, 256, (num_train, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, num_train).astype(np.uint8),
+        rng.integers(0, 256, (num_test, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, num_test).astype(np.uint8),
+    )
+
+
+def write_npz(path, x_train, y_train, x_test, y_test):
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return path
+
+
+def write_idx(path, array, compress):
+    """Write `array` (uint8) in LeCun's IDX format: 0, 0, type 0x08, ndim, big-endian dims, data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    content = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    opener = gzip.open if compress else open
+    with opener(f"{path}.gz" if compress else path, "wb") as stream:
+        stream.write(content)
+
+
+@pytest.fixture
+def small_npz(tmp_path):
+    return write_npz(tmp_path / "small.npz", *mnist_like())
+
+
+@pytest.fixture
+def mnist_npz():
+    """The real MNIST sample named by $MNIST_NPZ; the test is skipped without it."""
+    path = os.environ.get("MNIST_NPZ")
+    if not path:
+        pytest.skip("MNIST_NPZ is not set: point it at a Keras-format MNIST .npz to run real-data checks")
+    if not Path(path).is_file():
+        pytest.skip(f"MNIST_NPZ={path} is not a file")
+    return path

@@ -1,0 +1,78 @@
+"""The network's shapes and the placement of batch normalization in each variant."""
+
+import keras
+import numpy as np
+import pytest
+
+from lenet import KERAS_BN_VARIANT, MODEL_NAMES, VARIANTS, BatchNorm, build_lenet
+
+# LeNet-5 as in the design's table: what each stage outputs for one 32x32x1 image.
+EXPECTED_SHAPES = {
+    "C1": (28, 28, 6),
+    "S2": (14, 14, 6),
+    "C3": (10, 10, 16),
+    "S4": (5, 5, 16),
+    "C5": (120,),
+    "F6": (84,),
+    "logits": (10,),
+}
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_stage_has_the_shape_of_lenet5(name):
+    model = build_lenet(name)
+    outputs = model.layer_outputs(np.zeros((3, 32, 32, 1), np.float32))
+    assert {stage: tuple(value.shape) for stage, value in outputs.items()} == {
+        stage: (3, *shape) for stage, shape in EXPECTED_SHAPES.items()
+    }
+    kernels = {stage: tuple(model.affine[stage].kernel.shape) for stage in ("C1", "C3", "C5", "F6")}
+    assert kernels == {"C1": (5, 5, 1, 6), "C3": (5, 5, 6, 16), "C5": (400, 120), "F6": (120, 84)}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_bn_follows_exactly_the_listed_layers_which_drop_their_bias(name):
+    model = build_lenet(name)
+    assert tuple(model.norm) == VARIANTS[name]
+    for stage, layer in model.affine.items():
+        has_bn = stage in VARIANTS[name]
+        assert layer.use_bias is not has_bn, f"{stage}: bias should be {'dropped' if has_bn else 'kept'}"
+    for layer in model.norm.values():
+        assert isinstance(layer, BatchNorm)
+        assert layer.gamma.shape == layer.beta.shape  # one per channel / unit
+    channels = {"C1": 6, "C3": 16, "C5": 120, "F6": 84}
+    assert {stage: layer.gamma.shape for stage, layer in model.norm.items()} == {
+        stage: (channels[stage],) for stage in VARIANTS[name]
+    }
+
+
+def test_reference_variant_uses_keras_batch_normalization_in_the_same_places():
+    model = build_lenet(KERAS_BN_VARIANT, epsilon=1e-6)
+    assert tuple(model.norm) == VARIANTS["lenet_fc_bn2"]
+    for layer in model.norm.values():
+        assert type(layer) is keras.layers.BatchNormalization
+        assert layer.epsilon == 1e-6
+
+
+def test_same_seed_gives_same_initial_weights_with_either_bn_layer():
+    """Lets the reference network start from our network's exact weights."""
+    keras.utils.set_random_seed(3)
+    ours = build_lenet("lenet_fc_bn2")
+    keras.utils.set_random_seed(3)
+    reference = build_lenet(KERAS_BN_VARIANT)
+    for stage in ("C1", "C3", "C5", "F6"):
+        np.testing.assert_array_equal(ours.affine[stage].kernel.numpy(), reference.affine[stage].kernel.numpy())
+
+
+def test_output_is_logits_not_probabilities():
+    keras.utils.set_random_seed(0)
+    model = build_lenet("lenet", output_size=4)
+    model.classifier.bias.assign([5.0, -5.0, 0.0, 0.0])
+    logits = model(np.zeros((2, 32, 32, 1), np.float32)).numpy()
+    assert logits.shape == (2, 4)
+    assert not np.allclose(logits.sum(axis=1), 1.0)
+    assert (logits < 0).any()
+
+
+def test_unknown_name_is_rejected():
+    with pytest.raises(ValueError, match="unknown model"):
+        build_lenet("lenet_bn3")

@@ -1,0 +1,280 @@
+"""Loading, checking, preprocessing and splitting the data; seeding; starting
+TensorFlow quietly; and writing files so that an interrupted run never leaves
+one half-written.
+
+Everything here but `set_seed`, `import_tensorflow_quietly` and the Keras
+downloader needs only numpy, so the command line can reject bad data quickly.
+"""
+
+import contextlib
+import gzip
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SIDE = 28  # MNIST and Fashion-MNIST images are 28x28
+PAD = 2  # LeNet-5 takes 32x32: MNIST padded by 2 px, as in LeCun et al. (1998)
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+LOCAL_DATA_HINT = (
+    "pass a local copy with --data PATH (a Keras-format .npz such as mnist.npz, "
+    "or a folder with the four IDX files)"
+)
+
+
+class UsageError(Exception):
+    """Input a run cannot use; the message says what is wrong and how to fix it."""
+
+
+class DataError(UsageError):
+    """Data that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Preprocessed images (N, 32, 32, 1) float32 in [0, 1] and int labels."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_raw(data=None, dataset="mnist"):
+    """(x_train, y_train, x_test, y_test) as stored: uint8 images (N, 28, 28), labels (N,).
+
+    `data` is a Keras-format .npz or a folder of the four IDX files; without it,
+    Keras's downloader for `dataset` ("mnist" or "fashion_mnist") is used.
+    """
+    if data is None:
+        return _download(dataset)
+    path = Path(data)
+    if not path.exists():
+        raise DataError(f"--data {data}: no such file or folder; {LOCAL_DATA_HINT}")
+    if path.is_dir():
+        return _load_idx_folder(path)
+    return _load_npz(path)
+
+
+def _download(dataset):
+    import keras  # only here: everything else in this module runs without TensorFlow
+
+    loader = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist}
+    try:
+        (x_train, y_train), (x_test, y_test) = loader[dataset].load_data()
+    except Exception as error:  # Keras wraps network errors in a bare Exception
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(
+            f"could not download {dataset} ({reason}); without network access, {LOCAL_DATA_HINT}"
+        ) from None
+    return x_train, y_train, x_test, y_test
+
+
+def _load_npz(path):
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in NPZ_KEYS if key not in archive.files]
+            if missing:
+                raise DataError(
+                    f"--data {path}: the .npz lacks {', '.join(missing)}; it needs the arrays "
+                    f"{', '.join(NPZ_KEYS)}, as Keras's mnist.npz has"
+                )
+            return tuple(archive[key] for key in NPZ_KEYS)
+    except DataError:
+        raise
+    except Exception as error:  # not a zip, truncated, object arrays, ...
+        raise DataError(
+            f"--data {path}: not a readable .npz ({type(error).__name__}: {error}); {LOCAL_DATA_HINT}"
+        ) from None
+
+
+# IDX file stems as MNIST and Fashion-MNIST are distributed; some mirrors use
+# "train-images.idx3-ubyte", so "." is accepted in place of the second "-".
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+
+def _find_idx(folder, stem):
+    prefix, _, suffix = stem.rpartition("-")
+    for name in (stem, f"{prefix}.{suffix}"):
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    raise DataError(
+        f"--data {folder}: no {stem} or {stem}.gz in this folder; it needs the four IDX files "
+        f"{', '.join(IDX_FILES.values())} (raw or .gz)"
+    )
+
+
+def read_idx(path):
+    """An IDX file (raw or gzip) as a uint8 numpy array.
+
+    Format (LeCun's MNIST page): two zero bytes, a type code (0x08 = unsigned
+    byte), the number of dimensions, each dimension as a big-endian uint32, then
+    the data.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as stream:
+            content = stream.read()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read it ({error})") from None
+    if len(content) < 4 or content[:2] != b"\0\0" or content[2] != 0x08:
+        raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+    ndim = content[3]
+    header_size = 4 + 4 * ndim
+    shape = tuple(np.frombuffer(content[4:header_size], dtype=">u4").astype(int))
+    data = np.frombuffer(content[header_size:], dtype=np.uint8)
+    if len(shape) != ndim or data.size != int(np.prod(shape)):
+        raise DataError(f"{path}: the header promises shape {shape} but the file holds {data.size} bytes of data")
+    return data.reshape(shape)
+
+
+def _load_idx_folder(folder):
+    return tuple(read_idx(_find_idx(folder, IDX_FILES[key])) for key in NPZ_KEYS)
+
+
+# ---------------------------------------------------------------- checking
+
+
+def check_raw(x_train, y_train, x_test, y_test, num_classes=10):
+    """Raise DataError unless images are (N, 28, 28) in 0..255 with N labels in 0..num_classes-1."""
+    for part, images, labels in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if images.ndim != 3 or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+            raise DataError(
+                f"x_{part} has shape {images.shape}; expected (N, {IMAGE_SIDE}, {IMAGE_SIDE}) "
+                "grayscale images as in MNIST"
+            )
+        if not (np.issubdtype(images.dtype, np.number) and images.size):
+            raise DataError(f"x_{part} must hold numeric pixels; got {images.dtype} with {images.size} values")
+        if images.min() < 0 or images.max() > 255:
+            raise DataError(f"x_{part} has pixels outside 0..255; store images as MNIST does (uint8)")
+        if labels.shape != (len(images),):
+            raise DataError(
+                f"y_{part} has shape {labels.shape}; expected ({len(images)},), one label per image"
+            )
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(f"y_{part} must hold integer class labels; got {labels.dtype}")
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise DataError(
+                f"y_{part} has labels from {labels.min()} to {labels.max()}, outside 0..{num_classes - 1}; "
+                "fix the labels or raise --output_size"
+            )
+
+
+# ---------------------------------------------------------------- preparing
+
+
+def preprocess(images):
+    """uint8 (N, 28, 28) -> float32 (N, 32, 32, 1) in [0, 1], zero-padded by 2 px."""
+    scaled = np.asarray(images, dtype=np.float32) / 255.0
+    padded = np.pad(scaled, ((0, 0), (PAD, PAD), (PAD, PAD)))
+    return padded[..., None]
+
+
+def split_train_val(num_train, val_split, seed):
+    """Indices (train, val) of a seeded shuffle of the training set, the last
+    round(val_split * num_train) held out for validation."""
+    num_val = int(round(val_split * num_train))
+    if not 0 < num_val < num_train:
+        raise DataError(
+            f"--val_split {val_split} leaves {num_val} of {num_train} training images for validation; "
+            "choose a fraction that leaves both sets non-empty (e.g. 0.15)"
+        )
+    order = np.random.default_rng(seed).permutation(num_train)
+    return order[: num_train - num_val], order[num_train - num_val :]
+
+
+def prepare(x_train, y_train, x_test, y_test, val_split, seed):
+    """Split the training set into train and validation, keep the official test
+    set as the test set, and preprocess all three."""
+    train, val = split_train_val(len(x_train), val_split, seed)
+    return Splits(
+        x_train=preprocess(x_train[train]),
+        y_train=y_train[train].astype(np.int64),
+        x_val=preprocess(x_train[val]),
+        y_val=y_train[val].astype(np.int64),
+        x_test=preprocess(x_test),
+        y_test=y_test.astype(np.int64),
+    )
+
+
+def load_data(data=None, dataset="mnist", val_split=0.15, seed=0, num_classes=10):
+    """Load, check, split and preprocess: the Splits a run trains on."""
+    raw = load_raw(data, dataset)
+    check_raw(*raw, num_classes=num_classes)
+    return prepare(*raw, val_split=val_split, seed=seed)
+
+
+# ---------------------------------------------------------------- TensorFlow
+
+
+def import_tensorflow_quietly():
+    """Import TensorFlow and find its devices with the process's stderr closed.
+
+    The pip wheel's C++ start-up logs (CUDA probing on a machine without a GPU)
+    are written before TF_CPP_MIN_LOG_LEVEL is read, so they can only be
+    silenced at the file-descriptor level. A failed import still raises its
+    Python exception once stderr is back.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+        os.close(devnull)
+
+
+# ---------------------------------------------------------------- seeding
+
+
+def set_seed(seed):
+    """Seed Python, numpy and TensorFlow, and make TensorFlow's ops deterministic,
+    so that the same seed gives the same initial weights, shuffles and history."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+# ---------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; on success it replaces `path` in one
+    step, on failure (or Ctrl-C) it is removed. Readers see the old file or the
+    new one, never a half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_text(path, text):
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
