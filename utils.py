@@ -95,8 +95,8 @@ def _load_npz(path):
         ) from None
 
 
-# IDX file stems as MNIST and Fashion-MNIST are distributed; some mirrors use
-# "train-images.idx3-ubyte", so "." is accepted in place of the second "-".
+# IDX file stems as MNIST and Fashion-MNIST are distributed; some mirrors name
+# them "train-images.idx3-ubyte", which is accepted too.
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
@@ -106,8 +106,7 @@ IDX_FILES = {
 
 
 def _find_idx(folder, stem):
-    prefix, _, suffix = stem.rpartition("-")
-    for name in (stem, f"{prefix}.{suffix}"):
+    for name in (stem, stem.replace("-idx", ".idx")):
         for candidate in (folder / name, folder / f"{name}.gz"):
             if candidate.is_file():
                 return candidate

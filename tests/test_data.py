@@ -1,0 +1,133 @@
+"""Loading (.npz and IDX folders), checking, splitting and preprocessing."""
+
+import numpy as np
+import pytest
+
+import utils
+from conftest import mnist_like, write_idx, write_npz
+from utils import DataError
+
+IDX_NAMES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+
+# As some mirrors (Kaggle's, for one) name the same files.
+DOTTED_IDX_NAMES = {
+    "x_train": "train-images.idx3-ubyte",
+    "y_train": "train-labels.idx1-ubyte",
+    "x_test": "t10k-images.idx3-ubyte",
+    "y_test": "t10k-labels.idx1-ubyte",
+}
+
+
+def idx_folder(folder, arrays, compress, names=IDX_NAMES):
+    folder.mkdir()
+    for stem, array in zip(names.values(), arrays):
+        write_idx(folder / stem, array, compress)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "compress, names",
+    [(True, IDX_NAMES), (False, IDX_NAMES), (False, DOTTED_IDX_NAMES)],
+    ids=["gz", "raw", "dotted names"],
+)
+def test_npz_and_idx_folders_load_the_same_arrays(tmp_path, compress, names):
+    arrays = mnist_like(num_train=30, num_test=12)
+    from_npz = utils.load_raw(write_npz(tmp_path / "data.npz", *arrays))
+    from_idx = utils.load_raw(idx_folder(tmp_path / "idx", arrays, compress, names))
+    for expected, got_npz, got_idx in zip(arrays, from_npz, from_idx):
+        np.testing.assert_array_equal(got_npz, expected)
+        np.testing.assert_array_equal(got_idx, expected)
+        assert got_idx.dtype == np.uint8
+
+
+def test_split_is_seeded_disjoint_and_keeps_the_official_test_set():
+    arrays = mnist_like(num_train=100, num_test=40)
+    first = utils.prepare(*arrays, val_split=0.15, seed=4)
+    again = utils.prepare(*arrays, val_split=0.15, seed=4)
+    other = utils.prepare(*arrays, val_split=0.15, seed=5)
+    assert (len(first.y_train), len(first.y_val), len(first.y_test)) == (85, 15, 40)
+    np.testing.assert_array_equal(first.x_val, again.x_val)
+    assert not np.array_equal(first.x_val, other.x_val)
+    np.testing.assert_array_equal(first.x_test, utils.preprocess(arrays[2]))
+    np.testing.assert_array_equal(first.y_test, arrays[3])
+    train, val = utils.split_train_val(100, 0.15, seed=4)
+    assert sorted([*train, *val]) == list(range(100))
+
+
+def test_preprocess_pads_to_32_and_scales_to_unit_interval():
+    images = np.full((2, 28, 28), 255, np.uint8)
+    out = utils.preprocess(images)
+    assert out.shape == (2, 32, 32, 1) and out.dtype == np.float32
+    assert out[:, 2:30, 2:30].min() == 1.0
+    assert out[:, :2].max() == 0.0 and out[:, :, 30:].max() == 0.0
+
+
+def test_the_full_mnist_split_matches_the_earlier_projects_validation_size():
+    train, val = utils.split_train_val(60_000, 0.15, seed=0)
+    assert (len(train), len(val)) == (51_000, 9_000)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: (a[0][:, :20], *a[1:]), r"x_train has shape \(200, 20, 28\)"),
+        (lambda a: (a[0], a[1][:-1], *a[2:]), r"y_train has shape \(199,\)"),
+        (lambda a: (*a[:3], a[3] + 5), r"y_test has labels from 5 to 14, outside 0..9"),
+        (lambda a: (a[0], a[1].astype(np.float32), *a[2:]), "y_train must hold integer"),
+        (lambda a: (a[0].astype(np.int32) - 1, *a[1:]), "pixels outside 0..255"),
+    ],
+    ids=["image shape", "label count", "label range", "label type", "pixel range"],
+)
+def test_bad_arrays_are_named(change, message):
+    with pytest.raises(DataError, match=message):
+        utils.check_raw(*change(mnist_like()))
+
+
+def test_labels_must_fit_the_output_size():
+    with pytest.raises(DataError, match="outside 0..4; fix the labels or raise --output_size"):
+        utils.check_raw(*mnist_like(), num_classes=5)
+
+
+@pytest.mark.parametrize("val_split", [0.001, 0.999])
+def test_a_split_that_empties_a_set_is_rejected(val_split):
+    with pytest.raises(DataError, match="leaves both sets non-empty"):
+        utils.split_train_val(200, val_split, seed=0)
+
+
+def test_file_problems_are_named(tmp_path):
+    with pytest.raises(DataError, match="no such file or folder"):
+        utils.load_raw(tmp_path / "missing.npz")
+    not_npz = tmp_path / "notes.txt"
+    not_npz.write_text("hello")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        utils.load_raw(not_npz)
+    partial = tmp_path / "partial.npz"
+    np.savez(partial, x_train=np.zeros((1, 28, 28)), y_train=np.zeros(1), y_test=np.zeros(1))
+    with pytest.raises(DataError, match="lacks x_test"):
+        utils.load_raw(partial)
+    empty_folder = tmp_path / "idx"
+    empty_folder.mkdir()
+    with pytest.raises(DataError, match="no train-images-idx3-ubyte"):
+        utils.load_raw(empty_folder)
+    (empty_folder / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x0d\x03junk")
+    with pytest.raises(DataError, match="bad magic number"):
+        utils.read_idx(empty_folder / "train-images-idx3-ubyte")
+
+
+def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "history.csv"
+    target.write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        with utils.atomic_path(target) as temporary:
+            temporary.write_text("half")
+            raise KeyboardInterrupt
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv"]
+    utils.write_text(target, "new")
+    assert target.read_text() == "new"
