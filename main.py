@@ -40,44 +40,25 @@ from lenet import MODEL_NAMES, VARIANTS, describe  # noqa: E402
 # ---------------------------------------------------------------- arguments
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def checked_number(convert, is_valid, expected):
+    """An argparse `type` that converts the text and rejects values outside a range."""
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not is_valid(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def fraction(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction strictly between 0 and 1, got {text!r}")
-    return value
+positive_int = checked_number(int, lambda value: value >= 1, "a positive integer")
+non_negative_int = checked_number(int, lambda value: value >= 0, "an integer >= 0")
+positive_float = checked_number(float, lambda value: 0 < value < float("inf"), "a positive number")
+fraction = checked_number(float, lambda value: 0 < value < 1, "a fraction strictly between 0 and 1")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -89,19 +70,20 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 def build_parser():
     parser = OneLineErrorParser(
+        prog="main.py",
         description="Train LeNet-5 variants with and without batch normalization on MNIST; "
         "write their histories, plots and test results to --results_dir.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
-    add("--model", choices=[*MODEL_NAMES, "all"], help="variant to train: "
-        + "; ".join(describe(name) for name in MODEL_NAMES) + "; all = the five variants in turn")
+    add("--model", choices=[*MODEL_NAMES, "all"], metavar="NAME",
+        help="; ".join(describe(name) for name in MODEL_NAMES) + "; all: the five variants in turn")
     add("--batch_size", type=positive_int, help="mini-batch size for training and evaluation")
     add("--output_size", type=positive_int, help="number of classes (units of the output layer)")
     add("--epochs", type=positive_int, help="passes over the training split")
     add("--optimizer", help="Keras optimizer name (adam, sgd, rmsprop, ...)")
     add("--learning_rate", type=positive_float,
-        help="optimizer learning rate; unset: the optimizer's own default (0.001 for adam)")
+        help="optimizer learning rate; None: the optimizer's own default (0.001 for adam)")
     add("--epsilon", type=positive_float,
         help="BN's epsilon, added to the variance before the square root so that a "
         "channel with (near) zero variance does not divide by zero")
@@ -115,8 +97,8 @@ def build_parser():
         help="fixes the train/validation split, the initial weights and the shuffling")
     add("--val_split", type=fraction, help="fraction of the training set held out for validation")
     add("--data", help="a Keras-format .npz (x_train, y_train, x_test, y_test) or a folder with "
-        "the four MNIST IDX files (raw or .gz); unset: download --dataset with Keras")
-    add("--dataset", choices=["mnist", "fashion_mnist"], help="what Keras downloads when --data is unset")
+        "the four MNIST IDX files (raw or .gz); None: download --dataset with Keras")
+    add("--dataset", choices=["mnist", "fashion_mnist"], help="what Keras downloads when --data is None")
     add("--results_dir", help="where histories, plots and summary.json are written")
     parser.set_defaults(**DEFAULTS)
     return parser

@@ -1,0 +1,249 @@
+"""The command line end to end: what a run writes, how it fails, how it stops."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import main
+import models_handling
+import utils
+from conftest import mnist_like, write_npz
+from lenet import VARIANTS
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run_main(argv, capsys):
+    """main.main(argv) in this process: (exit code, stdout, stderr)."""
+    try:
+        code = main.main([str(arg) for arg in argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_png(path):
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, f"{path.name} is not a PNG"
+    assert path.stat().st_size > 5_000, f"{path.name} looks empty"
+
+
+def assert_no_temporary_files(folder):
+    assert not [p.name for p in folder.rglob("*.tmp")]
+
+
+def test_all_models_one_epoch_writes_every_promised_file(small_npz, tmp_path, capsys):
+    results = tmp_path / "results"
+    code, out, err = run_main(
+        ["--model", "all", "--epochs", 1, "--data", small_npz, "--results_dir", results, "--verbose", 0], capsys
+    )
+    assert code == 0, err
+    for name in VARIANTS:
+        with open(results / f"{name}_history.csv") as stream:
+            rows = list(csv.DictReader(stream))
+        assert len(rows) == 1 and rows[0]["epoch"] == "1"
+        for key in models_handling.HISTORY_KEYS:
+            assert np.isfinite(float(rows[0][key])), f"{name}: {key}"
+        assert_png(results / f"{name}_accuracy.png")
+        assert_png(results / f"{name}_loss.png")
+        assert f"{name}: test accuracy" in out
+    assert_png(results / "comparison_accuracy.png")
+    assert_png(results / "comparison_loss.png")
+
+    summary = json.loads((results / "summary.json").read_text())
+    assert list(summary) == list(VARIANTS)
+    entry = summary["lenet_bn2"]
+    assert 0 <= entry["test_accuracy"] <= 1 and entry["test_loss"] > 0
+    assert entry["epochs"] == 1 and entry["train_seconds"] > 0
+    assert entry["settings"]["batch_size"] == main.DEFAULTS["batch_size"]
+    assert entry["images"] == {"train": 170, "val": 30, "test": 60}
+    assert summary["lenet"]["trainable_parameters"] == 61_706  # LeNet-5 with a 10-way output
+    assert_no_temporary_files(results)
+
+
+def test_single_model_without_plots_keeps_other_models_in_the_summary(small_npz, tmp_path, capsys):
+    results = tmp_path / "results"
+    common = ["--epochs", 1, "--data", small_npz, "--results_dir", results, "--verbose", 0]
+    assert run_main(["--model", "lenet", *common], capsys)[0] == 0
+    assert run_main(["--model", "lenet_bn1", "--flag_visualizations", 0, *common], capsys)[0] == 0
+    assert set(json.loads((results / "summary.json").read_text())) == {"lenet", "lenet_bn1"}
+    assert (results / "lenet_bn1_history.csv").exists()
+    assert not (results / "lenet_bn1_accuracy.png").exists()
+    assert not (results / "comparison_accuracy.png").exists()
+
+
+def test_same_seed_same_history_other_seed_other_history():
+    splits = utils.prepare(*mnist_like(num_train=160, num_test=20), val_split=0.2, seed=0)
+
+    def history(seed):
+        settings = models_handling.Settings(32, 10, 2, "adam", None, 1e-8, 5, 0, seed)
+        return models_handling.run_model("lenet_bn2", splits, settings).history
+
+    first = history(seed=1)
+    assert history(seed=1) == first
+    assert history(seed=2) != first
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def bad_npz(tmp_path, name, change):
+    return write_npz(tmp_path / name, *change(mnist_like()))
+
+
+BAD_ARGUMENTS = {
+    "unknown model": (["--model", "lenet_bn3"], "invalid choice: 'lenet_bn3'"),
+    "zero epochs": (["--epochs", 0], "argument --epochs: expected a positive integer, got '0'"),
+    "negative batch": (["--batch_size", -1], "argument --batch_size: expected a positive integer, got '-1'"),
+    "zero window": (["--window_size", 0], "argument --window_size: expected a positive integer"),
+    "zero epsilon": (["--epsilon", 0], "argument --epsilon: expected a positive number, got '0'"),
+    "split above one": (["--val_split", 1.5], "argument --val_split: expected a fraction strictly between 0 and 1"),
+    "bad optimizer": (["--optimizer", "adamm"], "--optimizer adamm: not a Keras optimizer"),
+    "missing data": (["--data", "{tmp}/missing.npz"], "missing.npz: no such file or folder; pass a local copy"),
+    "not an npz": (["--data", "{tmp}/notes.txt"], "notes.txt: not a readable .npz"),
+    "npz without x_test": (["--data", "{tmp}/no_x_test.npz"], "the .npz lacks x_test"),
+    "wrong image shape": (["--data", "{tmp}/wide.npz"], r"x_train has shape (200, 28, 30)"),
+    "labels outside 0..9": (["--data", "{tmp}/labels.npz"], "y_train has labels from 10 to 19, outside 0..9"),
+    "results_dir is a file": (["--results_dir", "{tmp}/notes.txt"], "is a file; name a folder"),
+}
+
+
+@pytest.mark.parametrize("arguments, message", BAD_ARGUMENTS.values(), ids=BAD_ARGUMENTS.keys())
+def test_bad_input_is_one_line_nonzero_and_leaves_results_alone(arguments, message, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not data")
+    np.savez(tmp_path / "no_x_test.npz", x_train=np.zeros((2, 28, 28)), y_train=np.zeros(2), y_test=np.zeros(2))
+    bad_npz(tmp_path, "wide.npz", lambda a: (np.pad(a[0], ((0, 0), (0, 0), (0, 2))), *a[1:]))
+    bad_npz(tmp_path, "labels.npz", lambda a: (a[0], a[1] + 10, *a[2:]))
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "summary.json").write_text('{"lenet": {"test_accuracy": 0.9}}\n')
+    (results / "lenet_accuracy.png").write_bytes(PNG_SIGNATURE)
+    before = {path.name: path.read_bytes() for path in results.iterdir()}
+
+    good_run = ["--data", write_npz(tmp_path / "good.npz", *mnist_like()), "--results_dir", results,
+                "--epochs", 1, "--verbose", 0]
+    bad_arguments = [str(arg).format(tmp=tmp_path) for arg in arguments]
+    code, out, err = run_main([*good_run, *bad_arguments], capsys)  # the later flag wins
+
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("main.py: error:")
+    assert message in lines[0]
+    assert "Traceback" not in out + err
+    assert {path.name: path.read_bytes() for path in results.iterdir()} == before
+
+
+def run_script(args, env_changes=None, **popen):
+    env = {**os.environ, **(env_changes or {})}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *map(str, args)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, **popen,
+    )
+
+
+def test_no_network_for_the_downloader_says_how_to_pass_a_local_copy(tmp_path):
+    """A fresh Keras cache and a proxy that refuses every connection: no network."""
+    refused = "http://127.0.0.1:9"
+    done = run_script(
+        ["--model", "lenet", "--results_dir", tmp_path / "results"],
+        {"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": refused, "https_proxy": refused,
+         "HTTP_PROXY": refused, "http_proxy": refused, "NO_PROXY": "", "no_proxy": ""},
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("main.py: error: could not download mnist")
+    assert "--data PATH" in lines[0]
+    assert not (tmp_path / "results").exists()
+
+
+def test_bad_flag_in_a_real_process_prints_one_line(tmp_path):
+    done = run_script(["--epochs", "0"])
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "main.py: error: argument --epochs: expected a positive integer, got '0' (see --help)"
+    ]
+
+
+def test_help_lists_every_flag():
+    done = run_script(["--help"])
+    assert done.returncode == 0
+    for flag in main.DEFAULTS:
+        assert f"--{flag}" in done.stdout
+
+
+# ---------------------------------------------------------------- interruption
+
+
+def test_interrupt_keeps_the_models_that_finished(small_npz, tmp_path, capsys, monkeypatch):
+    real_run_model = models_handling.run_model
+    started = []
+
+    def run_model_then_interrupt(name, splits, settings):
+        started.append(name)
+        if len(started) == 3:
+            raise KeyboardInterrupt
+        return real_run_model(name, splits, settings)
+
+    monkeypatch.setattr(models_handling, "run_model", run_model_then_interrupt)
+    results = tmp_path / "results"
+    code, out, err = run_main(
+        ["--model", "all", "--epochs", 1, "--data", small_npz, "--results_dir", results, "--verbose", 0], capsys
+    )
+    assert code == 130
+    assert "interrupted: every model that finished has its results in" in err
+    assert list(json.loads((results / "summary.json").read_text())) == ["lenet", "lenet_bn1"]
+    for name in ("lenet", "lenet_bn1"):
+        assert_png(results / f"{name}_loss.png")
+    assert_png(results / "comparison_loss.png")
+    assert not (results / "lenet_bn2_history.csv").exists()
+    assert_no_temporary_files(results)
+
+
+def test_ctrl_c_in_a_real_run(tmp_path):
+    """SIGINT to a real `--model all` run once its first model has finished."""
+    data = write_npz(tmp_path / "data.npz", *mnist_like(num_train=600, num_test=50))
+    results = tmp_path / "results"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "--model", "all", "--epochs", "3", "--data", str(data),
+         "--results_dir", str(results), "--verbose", "0"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    summary = results / "summary.json"
+    deadline = time.monotonic() + 240
+    while not summary.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    finished = json.loads(summary.read_text())
+    assert 1 <= len(finished) < 5
+    for name in finished:
+        assert (results / f"{name}_history.csv").stat().st_size > 0
+        assert_png(results / f"{name}_accuracy.png")
+    assert_no_temporary_files(results)
+
+
+# ---------------------------------------------------------------- real data
+
+
+def test_real_mnist_sample_lenet_fc_bn2_reaches_90_percent_in_3_epochs(mnist_npz):
+    """Three seeds, because one seed's last step can land in a dip: at seed 0
+    the test accuracy after 3 epochs is 0.893, at seeds 1 and 2 about 0.94."""
+    accuracies = []
+    for seed in (0, 1, 2):
+        splits = utils.load_data(mnist_npz, val_split=0.15, seed=seed)
+        settings = models_handling.Settings(64, 10, 3, "adam", None, 1e-8, 5, 0, seed)
+        accuracies.append(models_handling.run_model("lenet_fc_bn2", splits, settings).test_accuracy)
+    assert np.mean(accuracies) >= 0.90, f"test accuracies {accuracies}"
