@@ -69,17 +69,24 @@ def build_and_compile(name, settings):
     return model
 
 
-def train(model, splits, settings, callbacks=()):
-    """Fit on the training split, validating after every epoch; the history as plain lists."""
-    history = model.fit(
-        splits.x_train,
-        splits.y_train,
+def fit(model, images, labels, settings, epochs, validation_data=None, callbacks=()):
+    """Keras's fit with the run's batch size, shuffling and verbosity."""
+    return model.fit(
+        images,
+        labels,
         batch_size=settings.batch_size,
-        epochs=settings.epochs,
-        validation_data=(splits.x_val, splits.y_val),
+        epochs=epochs,
+        validation_data=validation_data,
         shuffle=True,
         verbose=settings.verbose,
         callbacks=list(callbacks),
+    )
+
+
+def train(model, splits, settings, callbacks=()):
+    """Fit on the training split, validating after every epoch; the history as plain lists."""
+    history = fit(
+        model, splits.x_train, splits.y_train, settings, settings.epochs, (splits.x_val, splits.y_val), callbacks
     )
     return {key: [float(value) for value in history.history[key]] for key in HISTORY_KEYS}
 

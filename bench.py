@@ -1,0 +1,142 @@
+"""Speed benchmark: how fast lenet, lenet_fc_bn2 (hand-written BN) and
+lenet_keras_bn (Keras's BN) train and predict, on synthetic MNIST-shaped data.
+
+    python bench.py                          # 60,000 images, batch 64, 3 repetitions
+    python bench.py --images 6400 --repeats 2 # a quick look
+
+Each figure is the median of --repeats repetitions, taken in turns across the
+three models after a warm-up epoch, and the ratios are taken within this one
+run, because CPU machines (shared ones above all) are noisy. Prints a table and
+writes the figures to --output (results/bench.json).
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+
+import utils
+
+utils.import_tensorflow_quietly()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import models_handling  # noqa: E402
+from lenet import INPUT_SHAPE, KERAS_BN_VARIANT, VARIANTS  # noqa: E402
+from main import DEFAULTS, positive_int  # noqa: E402
+
+MODELS = ("lenet", "lenet_fc_bn2", KERAS_BN_VARIANT)
+# The default sweep (python main.py --model all) on the full MNIST.
+SWEEP = {"train": 51_000, "val": 9_000, "test": 10_000, "epochs": DEFAULTS["epochs"]}
+
+
+def synthetic_mnist(num_images, seed=0):
+    """Random images shaped like padded MNIST (32x32x1, float32) and labels 0..9."""
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(size=(num_images, *INPUT_SHAPE)).astype(np.float32)
+    return images, rng.integers(0, 10, num_images)
+
+
+def seconds(action):
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def measure(batch_size, num_images, repeats):
+    """Median images per second, training (full epochs) and inference (evaluate), per model."""
+    settings = models_handling.Settings(
+        batch_size, 10, 1, DEFAULTS["optimizer"], None, DEFAULTS["epsilon"], DEFAULTS["window_size"], 0, 0
+    )
+    train_images, train_labels = synthetic_mnist(num_images, seed=0)
+    test_images, test_labels = synthetic_mnist(min(num_images, SWEEP["test"]), seed=1)
+    models = {name: models_handling.build_and_compile(name, settings) for name in MODELS}
+
+    def train_epoch(model):
+        return seconds(lambda: models_handling.fit(model, train_images, train_labels, settings, epochs=1))
+
+    def inference(model):
+        return seconds(lambda: models_handling.evaluate(model, test_images, test_labels, settings))
+
+    for model in models.values():  # warm-up: tracing, first allocations
+        train_epoch(model)
+        inference(model)
+    train_times = {name: [] for name in MODELS}
+    inference_times = {name: [] for name in MODELS}
+    for repeat in range(repeats):
+        for name, model in models.items():  # in turns, so that a slow spell hits every model
+            train_times[name].append(train_epoch(model))
+            inference_times[name].append(inference(model))
+            print(
+                f"  repetition {repeat + 1}/{repeats} {name}: train {train_times[name][-1]:.1f} s, "
+                f"inference {inference_times[name][-1]:.2f} s",
+                flush=True,
+            )
+    return (
+        {name: num_images / statistics.median(times) for name, times in train_times.items()},
+        {name: len(test_images) / statistics.median(times) for name, times in inference_times.items()},
+    )
+
+
+def sweep_seconds(train_speed, inference_speed):
+    """Estimated time of `main.py --model all` at the defaults on the full MNIST: each
+    epoch trains on 51,000 images and validates on 9,000, then the test set. The
+    four BN variants are costed as lenet_fc_bn2, the one with the most BN layers."""
+    total = 0.0
+    for name in VARIANTS:
+        measured = "lenet" if name == "lenet" else "lenet_fc_bn2"
+        total += SWEEP["epochs"] * SWEEP["train"] / train_speed[measured]
+        total += (SWEEP["epochs"] * SWEEP["val"] + SWEEP["test"]) / inference_speed[measured]
+    return total
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=positive_int, default=60_000, help="training images per epoch")
+    parser.add_argument("--batch_size", type=positive_int, default=DEFAULTS["batch_size"])
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed repetitions per figure")
+    parser.add_argument("--output", default="results/bench.json", help="where the figures are written")
+    args = parser.parse_args(argv)
+
+    print(f"{args.images} synthetic images, batch {args.batch_size}, {args.repeats} repetitions")
+    train_speed, inference_speed = measure(args.batch_size, args.images, args.repeats)
+    ratios = {
+        "fc_bn2_train_vs_keras_bn_train": train_speed["lenet_fc_bn2"] / train_speed[KERAS_BN_VARIANT],
+        "fc_bn2_train_vs_lenet_train": train_speed["lenet_fc_bn2"] / train_speed["lenet"],
+        "fc_bn2_inference_vs_lenet_inference": inference_speed["lenet_fc_bn2"] / inference_speed["lenet"],
+    }
+    sweep = sweep_seconds(train_speed, inference_speed)
+
+    print(f"\n{'model':<16}{'train img/s':>13}{'inference img/s':>17}")
+    for name in MODELS:
+        print(f"{name:<16}{train_speed[name]:>13.0f}{inference_speed[name]:>17.0f}")
+    print()
+    for name, value in ratios.items():
+        print(f"{name:<38}{value:>6.2f}x")
+    print(f"{'estimated default sweep (--model all)':<38}{sweep / 60:>6.1f} min")
+
+    record = {
+        "settings": vars(args),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        },
+        "train_images_per_second": train_speed,
+        "inference_images_per_second": inference_speed,
+        "ratios": ratios,
+        "estimated_default_sweep_seconds": sweep,
+    }
+    utils.write_text(args.output, json.dumps(record, indent=2) + "\n")
+    print(f"written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
