@@ -28,13 +28,51 @@ def batch_statistics(x):
 
 
 def normalize(x, mean, variance, gamma, beta, epsilon):
-    """Algorithm 1, lines 3-4: y = gamma * (x - mean) / sqrt(variance + epsilon) + beta.
+    """y = gamma * (x - mean) / sqrt(variance + epsilon) + beta.
 
-    At inference (Algorithm 2, line 11) the same transform is applied with the
-    population statistics in place of the mini-batch's own.
+    Algorithm 1, lines 3-4, with the mini-batch's own statistics; Algorithm 2,
+    line 11, with the population's. Computed as line 11 writes it,
+    y = scale * x + shift with scale = gamma / sqrt(variance + epsilon): one
+    multiply and one add per value.
     """
-    x_hat = (x - mean) / ops.sqrt(variance + epsilon)
-    return gamma * x_hat + beta
+    scale = gamma * ops.rsqrt(variance + epsilon)
+    return x * scale + (beta - mean * scale)
+
+
+def batch_norm_training(x, gamma, beta, epsilon):
+    """Algorithm 1: normalize x with its own mini-batch statistics.
+
+    Returns y and the statistics it used (mean and biased variance), which the
+    layer records for inference. The backward pass is the paper's (section 3):
+    its dl/dvariance and dl/dmean substituted into dl/dx. Written out, it reads
+    x a few times where differentiating the forward pass op by op reads it
+    many times, which made training measurably faster (see bench.py).
+    """
+    axes = tuple(range(len(x.shape) - 1))
+
+    # ops.custom_gradient is tf.custom_gradient on the TensorFlow backend, the
+    # one this project runs on: `backward` gets one upstream gradient per output.
+    @ops.custom_gradient
+    def forward(x, gamma, beta):
+        mean, variance = batch_statistics(x)
+
+        def backward(dy, dmean, dvariance):
+            m = ops.cast(ops.size(x) // x.shape[-1], x.dtype)  # values per channel
+            inverse_std = ops.rsqrt(variance + epsilon)
+            x_hat = (x - mean) * inverse_std
+            dbeta = ops.sum(dy, axis=axes)
+            dgamma = ops.sum(dy * x_hat, axis=axes)
+            # dl/dx_hat = dy * gamma; dl/dx = dl/dx_hat / sqrt(variance + epsilon)
+            # + dl/dvariance * 2 (x - mean) / m + dl/dmean / m, which sums to:
+            dx = (gamma * inverse_std / m) * (m * dy - dbeta - x_hat * dgamma)
+            # Gradients that reach the returned statistics themselves (none do
+            # inside the layer, which only records them) flow on to x too.
+            dx = dx + (dmean + dvariance * 2.0 * (x - mean)) / m
+            return dx, dgamma, dbeta
+
+        return (normalize(x, mean, variance, gamma, beta, epsilon), mean, variance), backward
+
+    return forward(x, gamma, beta)
 
 
 def population_statistics(mean_window, variance_window, filled):
@@ -106,12 +144,12 @@ class BatchNorm(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         if training:
-            mean, variance = batch_statistics(inputs)
-            self._record(mean, variance, inputs)
-        else:
-            mean, variance = population_statistics(
-                self.mean_window, self.variance_window, self.filled_rows()
+            outputs, mean, variance = batch_norm_training(
+                inputs, self.gamma.value, self.beta.value, self.epsilon
             )
+            self._record(mean, variance, inputs)
+            return outputs
+        mean, variance = population_statistics(self.mean_window, self.variance_window, self.filled_rows())
         return normalize(inputs, mean, variance, self.gamma, self.beta, self.epsilon)
 
     def filled_rows(self):

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 import keras
 
-from lenet import BatchNorm, build_lenet
+from lenet import BatchNorm, batch_norm_training, batch_statistics, build_lenet, normalize
 
 EPSILON = 1e-8
 SHAPES = {"dense (N, C)": (32, 7), "conv (N, H, W, C)": (8, 5, 6, 4)}
@@ -174,3 +174,30 @@ def test_keras_file_round_trip_keeps_buffers_and_predictions(tmp_path):
 def test_bad_parameters_are_rejected(arguments):
     with pytest.raises(ValueError):
         BatchNorm(**arguments)
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_written_out_backward_pass_equals_automatic_differentiation(shape):
+    """batch_norm_training's backward pass (the paper's equations) against
+    TensorFlow differentiating the same forward pass op by op, for a loss
+    that also uses the returned statistics."""
+    rng = np.random.default_rng(4)
+    x = tf.constant(random_inputs(shape, seed=4))
+    gamma = tf.constant(rng.uniform(0.5, 2.0, shape[-1]).astype(np.float32))
+    beta = tf.constant(rng.normal(size=shape[-1]).astype(np.float32))
+    readouts = [tf.constant(rng.normal(size=s).astype(np.float32)) for s in (shape, shape[-1:], shape[-1:])]
+
+    def autodiff_reference(x, gamma, beta):
+        mean, variance = batch_statistics(x)
+        return normalize(x, mean, variance, gamma, beta, EPSILON), mean, variance
+
+    def gradients(function):
+        with tf.GradientTape() as tape:
+            tape.watch([x, gamma, beta])
+            outputs = function(x, gamma, beta)
+            loss = sum(tf.reduce_sum(output * readout) for output, readout in zip(outputs, readouts))
+        return tape.gradient(loss, [x, gamma, beta])
+
+    written_out = gradients(lambda *args: batch_norm_training(*args, EPSILON))
+    for name, got, expected in zip(("x", "gamma", "beta"), written_out, gradients(autodiff_reference)):
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4, err_msg=f"gradient w.r.t. {name}")
