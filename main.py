@@ -17,6 +17,7 @@ DEFAULTS = {
     "window_size": 5,
     "verbose": 1,
     "flag_visualizations": 1,
+    "jit_compile": 1,  # 1: XLA-compile each step (faster; 0 for TensorFlow's own kernels)
     "seed": 0,
     "val_split": 0.15,
     "data": None,  # None: download with Keras; else a .npz or a folder of IDX files
@@ -93,6 +94,9 @@ def build_parser():
     add("--verbose", type=int, choices=[0, 1, 2],
         help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch")
     add("--flag_visualizations", type=int, choices=[0, 1], help="1: write the PNG plots; 0: skip them")
+    add("--jit_compile", type=int, choices=[0, 1],
+        help="1: compile each training and inference step with XLA (faster after a few seconds of "
+        "compiling per model); 0: run TensorFlow's own kernels. Results differ only by float rounding")
     add("--seed", type=non_negative_int,
         help="fixes the train/validation split, the initial weights and the shuffling")
     add("--val_split", type=fraction, help="fraction of the training set held out for validation")
@@ -133,6 +137,7 @@ def run(args):
         window_size=args.window_size,
         verbose=args.verbose,
         seed=args.seed,
+        jit_compile=bool(args.jit_compile),
     )
     run_record = {
         "data": args.data or f"keras.datasets.{args.dataset}",
