@@ -1,8 +1,9 @@
 """Speed benchmark: how fast lenet, lenet_fc_bn2 (hand-written BN) and
 lenet_keras_bn (Keras's BN) train and predict, on synthetic MNIST-shaped data.
 
-    python bench.py                          # 60,000 images, batch 64, 3 repetitions
+    python bench.py                           # 60,000 images, batch 64, 5 repetitions
     python bench.py --images 6400 --repeats 2 # a quick look
+    python bench.py --jit_compile 0           # without XLA, as main.py --jit_compile 0
 
 Each figure is the median of --repeats repetitions, taken in turns across the
 three models after a warm-up epoch, and the ratios are taken within this one
@@ -47,10 +48,11 @@ def seconds(action):
     return time.perf_counter() - start
 
 
-def measure(batch_size, num_images, repeats):
+def measure(batch_size, num_images, repeats, jit_compile):
     """Median images per second, training (full epochs) and inference (evaluate), per model."""
     settings = models_handling.Settings(
-        batch_size, 10, 1, DEFAULTS["optimizer"], None, DEFAULTS["epsilon"], DEFAULTS["window_size"], 0, 0
+        batch_size, 10, 1, DEFAULTS["optimizer"], None, DEFAULTS["epsilon"], DEFAULTS["window_size"], 0, 0,
+        jit_compile=jit_compile,
     )
     train_images, train_labels = synthetic_mnist(num_images, seed=0)
     test_images, test_labels = synthetic_mnist(min(num_images, SWEEP["test"]), seed=1)
@@ -98,12 +100,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=positive_int, default=60_000, help="training images per epoch")
     parser.add_argument("--batch_size", type=positive_int, default=DEFAULTS["batch_size"])
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed repetitions per figure")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed repetitions per figure")
+    parser.add_argument("--jit_compile", type=int, choices=[0, 1], default=DEFAULTS["jit_compile"],
+                        help="1: XLA-compiled steps, as main.py runs by default; 0: TensorFlow's own kernels")
     parser.add_argument("--output", default="results/bench.json", help="where the figures are written")
     args = parser.parse_args(argv)
 
-    print(f"{args.images} synthetic images, batch {args.batch_size}, {args.repeats} repetitions")
-    train_speed, inference_speed = measure(args.batch_size, args.images, args.repeats)
+    print(
+        f"{args.images} synthetic images, batch {args.batch_size}, {args.repeats} repetitions, "
+        f"jit_compile {args.jit_compile}"
+    )
+    train_speed, inference_speed = measure(args.batch_size, args.images, args.repeats, bool(args.jit_compile))
     ratios = {
         "fc_bn2_train_vs_keras_bn_train": train_speed["lenet_fc_bn2"] / train_speed[KERAS_BN_VARIANT],
         "fc_bn2_train_vs_lenet_train": train_speed["lenet_fc_bn2"] / train_speed["lenet"],
