@@ -59,10 +59,8 @@ def make_optimizer(name, learning_rate=None):
         ) from None
 
 
-def build_and_compile(name, settings):
-    """The named model, seeded, compiled with logits-based cross-entropy."""
-    set_seed(settings.seed)
-    model = build_lenet(name, settings.output_size, settings.epsilon, settings.window_size)
+def compile_model(model, settings):
+    """Compile with the run's optimizer and logits-based cross-entropy."""
     model.compile(
         optimizer=make_optimizer(settings.optimizer, settings.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -70,6 +68,12 @@ def build_and_compile(name, settings):
         jit_compile=settings.jit_compile,
     )
     return model
+
+
+def build_and_compile(name, settings):
+    """The named model, seeded, compiled."""
+    set_seed(settings.seed)
+    return compile_model(build_lenet(name, settings.output_size, settings.epsilon, settings.window_size), settings)
 
 
 def batches(images, labels, batch_size, shuffle_seed=None):
@@ -121,11 +125,13 @@ def evaluate(model, images, labels, settings):
     return float(loss), float(accuracy)
 
 
-def run_model(name, splits, settings):
-    """Build, train and test one model."""
-    model = build_and_compile(name, settings)
+def run_model(name, splits, settings, model=None, callbacks=()):
+    """Train and test one model: the named one, built and compiled here, or
+    `model`, already compiled, reported under `name`."""
+    if model is None:
+        model = build_and_compile(name, settings)
     start = time.perf_counter()
-    history = train(model, splits, settings)
+    history = train(model, splits, settings, callbacks)
     seconds = time.perf_counter() - start
     test_loss, test_accuracy = evaluate(model, splits.x_test, splits.y_test, settings)
     trainable = sum(int(weight.numpy().size) for weight in model.trainable_weights)

@@ -4,6 +4,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen first)
+import numpy as np  # noqa: E402
 
 from utils import atomic_path  # noqa: E402
 
@@ -32,16 +33,110 @@ def plot_history(history, metric, title, path):
     save_figure(figure, path)
 
 
-def plot_comparison(histories, metric, path):
+def plot_comparison(histories, metric, path, spreads=None, title_prefix=""):
     """Several models' `metric` against epoch: training on the left, validation
-    on the right, one line per model."""
+    on the right, one line per model. With `spreads` (histories of standard
+    deviations, by model), each line gets a band of +- one standard deviation."""
     figure, (train_axes, val_axes) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for name, history in histories.items():
-        train_axes.plot(_epochs(history[metric]), history[metric], marker="o", label=name)
-        val_axes.plot(_epochs(history[f"val_{metric}"]), history[f"val_{metric}"], marker="o", label=name)
+        for axes, key in ((train_axes, metric), (val_axes, f"val_{metric}")):
+            values = np.asarray(history[key])
+            (line,) = axes.plot(_epochs(values), values, marker="o", label=name)
+            if spreads is not None:
+                spread = np.asarray(spreads[name][key])
+                axes.fill_between(
+                    _epochs(values), values - spread, values + spread, color=line.get_color(), alpha=0.2
+                )
     for axes, part in ((train_axes, "training"), (val_axes, "validation")):
-        axes.set(title=f"{part} {metric}", xlabel="epoch")
+        axes.set(title=f"{title_prefix}{part} {metric}", xlabel="epoch")
         axes.grid(alpha=0.3)
     train_axes.set_ylabel(METRIC_LABELS[metric])
     val_axes.legend()
+    save_figure(figure, path)
+
+
+# ---------------------------------------------------------------- studies
+
+
+def plot_side_by_side(histories, path, title):
+    """Two or more models' training (solid) and validation (dashed) accuracy
+    and loss against epoch, on one figure, so that curves that coincide are
+    seen to coincide."""
+    figure, all_axes = plt.subplots(1, 2, figsize=(11, 4))
+    styles = ("-", "--")
+    markers = ("o", "x", "s", "^")
+    for axes, metric in zip(all_axes, ("accuracy", "loss")):
+        for (name, history), marker in zip(histories.items(), markers):
+            for key, part, style in ((metric, "train", styles[0]), (f"val_{metric}", "validation", styles[1])):
+                axes.plot(_epochs(history[key]), history[key], style, marker=marker, label=f"{name}, {part}")
+        axes.set(title=metric, xlabel="epoch", ylabel=METRIC_LABELS[metric])
+        axes.grid(alpha=0.3)
+    all_axes[0].legend(fontsize=8)
+    figure.suptitle(title)
+    save_figure(figure, path)
+
+
+def plot_figure1(curves, path):
+    """The BN paper's Figure 1: (a) test accuracy against training step for
+    each model, then per model the 15th, 50th and 85th percentiles of one
+    sigmoid's input against training step.
+
+    `curves[model]` holds lists under "step", "test_accuracy", "p15", "p50", "p85".
+    """
+    figure, all_axes = plt.subplots(1, 1 + len(curves), figsize=(5 * (1 + len(curves)), 4))
+    accuracy_axes, *percentile_axes = all_axes
+    for name, curve in curves.items():
+        accuracy_axes.plot(curve["step"], curve["test_accuracy"], label=name)
+    accuracy_axes.set(title="(a) test accuracy", xlabel="training step", ylabel="accuracy")
+    accuracy_axes.legend()
+    for axes, (name, curve), letter in zip(percentile_axes, curves.items(), "bcdef"):
+        for key, label in (("p85", "85th percentile"), ("p50", "median"), ("p15", "15th percentile")):
+            axes.plot(curve["step"], curve[key], label=label)
+        axes.set(title=f"({letter}) {name}: input of one F6 sigmoid", xlabel="training step")
+        axes.legend(fontsize=8)
+    for axes in all_axes:
+        axes.grid(alpha=0.3)
+    save_figure(figure, path)
+
+
+def plot_learning_rates(rows, references, path):
+    """Test accuracy against learning rate (log axis), one line per model;
+    `references` ({label: accuracy}) drawn as dashed horizontal lines."""
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    for name in models:
+        points = sorted((row["learning_rate"], row["test_accuracy"]) for row in rows if row["model"] == name)
+        (line,) = axes.plot(*zip(*points), marker="o", label=f"{name}, SGD")
+        for label, accuracy in references.items():
+            if label.startswith(name + ","):
+                axes.axhline(accuracy, linestyle="--", color=line.get_color(), alpha=0.7, label=label)
+    axes.set_xscale("log")
+    axes.set(title="test accuracy against learning rate", xlabel="learning rate (SGD)", ylabel="test accuracy",
+             ylim=(0, 1))
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    save_figure(figure, path)
+
+
+def plot_window_study(window_points, batch_points, reference, path):
+    """Left: test accuracy against window_size (log axis), with `reference`
+    ((label, accuracy)) as a dashed line. Right: test accuracy against
+    inference batch size, one line per inference rule."""
+    figure, (window_axes, batch_axes) = plt.subplots(1, 2, figsize=(11, 4))
+    sizes, accuracies = zip(*window_points)
+    window_axes.plot(sizes, accuracies, marker="o", label="window of the last training batches")
+    if reference is not None:
+        window_axes.axhline(reference[1], linestyle="--", color="gray", label=reference[0])
+    window_axes.set_xscale("log")
+    window_axes.set(title="inference statistics: window size", xlabel="window_size (training batches)",
+                    ylabel="test accuracy")
+    window_axes.legend(fontsize=8)
+    for rule, points in batch_points.items():
+        batch_axes.plot(*zip(*points), marker="o", label=rule)
+    batch_axes.set_xscale("log")
+    batch_axes.set(title="inference batch size", xlabel="images per predicted batch", ylabel="test accuracy",
+                   ylim=(0, 1))
+    batch_axes.legend(fontsize=8)
+    for axes in (window_axes, batch_axes):
+        axes.grid(alpha=0.3, which="both")
     save_figure(figure, path)

@@ -1,0 +1,517 @@
+"""What batch normalization does here: five studies, each one command.
+
+    python studies.py keras_check --data mnist.npz   # ours against keras.layers.BatchNormalization
+    python studies.py seeds --data mnist.npz         # the five variants over several seeds
+    python studies.py figure1 --data mnist.npz       # the BN paper's Figure 1 on LeNet-5
+    python studies.py lr --data mnist.npz            # plain SGD at learning rates 0.01 to 10
+    python studies.py window --data mnist.npz        # inference statistics: window and batch size
+
+Each writes PNGs, a CSV of its numbers and a summary.json into
+<results_dir>/<study>/ (default results/studies/<study>/). Training goes
+through models_handling, exactly as main.py trains; every default not listed
+by `python studies.py NAME --help` is main.py's DEFAULTS.
+"""
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import utils
+
+utils.import_tensorflow_quietly()  # before the modules below import it
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import models_handling  # noqa: E402
+import visualizations  # noqa: E402
+from lenet import (  # noqa: E402
+    INPUT_SHAPE,
+    KERAS_BN_VARIANT,
+    VARIANTS,
+    BatchNorm,
+    LeNet5,
+    batch_statistics,
+    build_lenet,
+    momentum_matching_window,
+    normalize,
+)
+from main import DEFAULTS, OneLineErrorParser, non_negative_int, positive_float, positive_int  # noqa: E402
+
+# ---------------------------------------------------------------- shared pieces
+
+
+def base_settings(args, **changes):
+    """main.py's settings at its defaults, with this study's flags applied."""
+    settings = models_handling.Settings(
+        batch_size=DEFAULTS["batch_size"],
+        output_size=DEFAULTS["output_size"],
+        epochs=args.epochs,
+        optimizer=DEFAULTS["optimizer"],
+        learning_rate=DEFAULTS["learning_rate"],
+        epsilon=DEFAULTS["epsilon"],
+        window_size=DEFAULTS["window_size"],
+        verbose=args.verbose,
+        seed=getattr(args, "seed", 0),
+        jit_compile=bool(args.jit_compile),
+    )
+    return replace(settings, **changes)
+
+
+def load_splits(args, seed):
+    return utils.load_data(args.data, args.dataset, DEFAULTS["val_split"], seed, DEFAULTS["output_size"])
+
+
+def study_dir(args, name):
+    return Path(args.results_dir) / name
+
+
+def write_rows(path, rows):
+    """A list of dicts as CSV, columns in the first row's order."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    utils.write_text(path, text.getvalue())
+
+
+def write_summary(folder, summary):
+    utils.write_text(Path(folder) / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def copy_network(source, target):
+    """Copy the affine layers', the classifier's and BN's gamma and beta from
+    one LeNet5 to another with the same BN places (BN's statistics stay)."""
+    for name, layer in source.affine.items():
+        target.affine[name].set_weights(layer.get_weights())
+    target.classifier.set_weights(source.classifier.get_weights())
+    for name, norm in source.norm.items():
+        target.norm[name].gamma.assign(norm.gamma)
+        target.norm[name].beta.assign(norm.beta)
+
+
+def accuracy_of(model, images, labels, batch_size):
+    """Test accuracy of `model` predicting `batch_size` images at a time, and its logits."""
+    logits = model.predict(images, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=1) == labels)), logits
+
+
+def report(result):
+    print(f"  {result.name}: test accuracy {result.test_accuracy:.4f} ({result.train_seconds:.1f} s)", flush=True)
+
+
+# ---------------------------------------------------------------- keras_check
+
+
+def keras_check(args):
+    """Ours against keras.layers.BatchNormalization in the same network, from the
+    same initial weights, on the same batches: their curves should coincide."""
+    splits = load_splits(args, args.seed)
+    settings = base_settings(args)
+    ours = models_handling.build_and_compile("lenet_fc_bn2", settings)
+    reference = models_handling.build_and_compile(KERAS_BN_VARIANT, settings)
+    copy_network(ours, reference)  # the same seed gives the same weights; this makes sure
+    results = {}
+    for label, model in (("ours", ours), ("keras", reference)):
+        results[label] = models_handling.run_model(label, splits, settings, model=model)
+        report(results[label])
+
+    folder = study_dir(args, "keras_check")
+    rows, gaps = [], {}
+    for epoch in range(settings.epochs):
+        row = {"epoch": epoch + 1}
+        for label, result in results.items():
+            for key in models_handling.HISTORY_KEYS:
+                row[f"{label}_{key}"] = result.history[key][epoch]
+        rows.append(row)
+    for key in models_handling.HISTORY_KEYS:
+        gaps[key] = max(abs(row[f"ours_{key}"] - row[f"keras_{key}"]) for row in rows)
+    write_rows(folder / "keras_check.csv", rows)
+    visualizations.plot_side_by_side(
+        {f"ours (lenet_fc_bn2)": results["ours"].history, "keras.layers.BatchNormalization": results["keras"].history},
+        folder / "keras_check.png",
+        "hand-written BN against Keras's layer, same initial weights and batches",
+    )
+    summary = {
+        "largest_gap_over_epochs": gaps,
+        "test_accuracy": {label: result.test_accuracy for label, result in results.items()},
+        "keras_momentum": momentum_matching_window(settings.window_size),
+        "epochs": settings.epochs,
+        "seed": settings.seed,
+    }
+    write_summary(folder, summary)
+    print("largest gap between the two networks over the epochs:")
+    for key, gap in gaps.items():
+        print(f"  {key:<14}{gap:.4f}")
+    return summary
+
+
+# ---------------------------------------------------------------- seeds
+
+
+def seeds(args):
+    """The variants over several seeds (split, initial weights and shuffling):
+    mean and standard deviation of every curve and of the test accuracy."""
+    histories = {name: [] for name in args.models}
+    rows = []
+    for seed in args.seeds:
+        splits = load_splits(args, seed)
+        settings = base_settings(args, seed=seed)
+        print(f"seed {seed}")
+        for name in args.models:
+            result = models_handling.run_model(name, splits, settings)
+            report(result)
+            histories[name].append(result.history)
+            rows.append({"model": name, "seed": seed, "test_accuracy": result.test_accuracy,
+                         "test_loss": result.test_loss})
+
+    def across_seeds(statistic):
+        return {
+            name: {key: statistic([h[key] for h in runs], axis=0).tolist() for key in models_handling.HISTORY_KEYS}
+            for name, runs in histories.items()
+        }
+
+    means, spreads = across_seeds(np.mean), across_seeds(np.std)
+    folder = study_dir(args, "seeds")
+    write_rows(folder / "seeds.csv", rows)
+    for metric in ("accuracy", "loss"):
+        visualizations.plot_comparison(
+            means, metric, folder / f"seeds_{metric}.png", spreads,
+            title_prefix=f"mean +- std over {len(args.seeds)} seeds: ",
+        )
+    summary = {"seeds": args.seeds, "epochs": args.epochs, "test_accuracy": {}}
+    print(f"\n{'model':<16}test accuracy over seeds {args.seeds}")
+    for name in args.models:
+        accuracies = [row["test_accuracy"] for row in rows if row["model"] == name]
+        summary["test_accuracy"][name] = {
+            "mean": float(np.mean(accuracies)), "std": float(np.std(accuracies)), "per_seed": accuracies,
+        }
+        print(f"{name:<16}{np.mean(accuracies):.4f} +- {np.std(accuracies):.4f}")
+    write_summary(folder, summary)
+    return summary
+
+
+# ---------------------------------------------------------------- figure1
+
+
+class SigmoidInputProbe(keras.callbacks.Callback):
+    """Every `every` training steps (and before the first), the 15th, 50th and
+    85th percentiles of what one F6 sigmoid receives on fixed images, and the
+    test accuracy. Measured in inference mode, as the network would predict."""
+
+    def __init__(self, probe_images, test_images, test_labels, unit, every):
+        super().__init__()
+        self.probe_images, self.test_images, self.test_labels = probe_images, test_images, test_labels
+        self.unit, self.every = unit, every
+        self.step = 0
+        self.curve = {key: [] for key in ("step", "test_accuracy", "p15", "p50", "p85")}
+
+    def measure(self):
+        received = self.model.layer_outputs(self.probe_images, training=False)["F6"][:, self.unit]
+        percentiles = np.percentile(np.asarray(received), [15, 50, 85])
+        correct = 0
+        for start in range(0, len(self.test_images), 1000):
+            logits = self.model(self.test_images[start:start + 1000], training=False)
+            correct += int(np.sum(np.argmax(logits, axis=1) == self.test_labels[start:start + 1000]))
+        for key, value in zip(("p15", "p50", "p85"), percentiles):
+            self.curve[key].append(float(value))
+        self.curve["step"].append(self.step)
+        self.curve["test_accuracy"].append(correct / len(self.test_images))
+
+    def on_train_begin(self, logs=None):
+        self.measure()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.step % self.every == 0:
+            self.measure()
+
+
+def figure1(args):
+    """The BN paper's Figure 1 on LeNet-5, without BN and with BN everywhere."""
+    if args.unit >= 84:
+        raise utils.UsageError(f"--unit {args.unit}: F6 has 84 units; choose 0 to 83")
+    splits = load_splits(args, args.seed)
+    settings = base_settings(args)
+    probe_images = splits.x_val[: args.probe_images]
+    curves, rows = {}, []
+    for name in ("lenet", "lenet_fc_bn2"):
+        probe = SigmoidInputProbe(probe_images, splits.x_test, splits.y_test, args.unit, args.every)
+        report(models_handling.run_model(name, splits, settings, callbacks=[probe]))
+        curves[name] = probe.curve
+        rows += [{"model": name, **dict(zip(probe.curve, values))} for values in zip(*probe.curve.values())]
+
+    folder = study_dir(args, "figure1")
+    write_rows(folder / "figure1.csv", rows)
+    visualizations.plot_figure1(curves, folder / "figure1.png")
+    summary = {
+        "unit": args.unit, "probe_images": len(probe_images), "every": args.every, "epochs": args.epochs,
+        "seed": args.seed,
+        "final": {name: {key: values[-1] for key, values in curve.items()} for name, curve in curves.items()},
+        "spread_p85_minus_p15": {
+            name: {"first": curve["p85"][0] - curve["p15"][0], "last": curve["p85"][-1] - curve["p15"][-1]}
+            for name, curve in curves.items()
+        },
+    }
+    for name, curve in curves.items():
+        steps = np.asarray(curve["step"])
+        reached = [int(s) for s, a in zip(steps, curve["test_accuracy"]) if a >= args.target]
+        summary.setdefault("first_step_at_target", {})[name] = reached[0] if reached else None
+        print(f"{name}: median F6 input {curve['p50'][0]:+.2f} -> {curve['p50'][-1]:+.2f}, "
+              f"test accuracy {curve['test_accuracy'][-1]:.4f} at step {curve['step'][-1]}, "
+              f"first at {args.target}: step {summary['first_step_at_target'][name]}")
+    summary["target"] = args.target
+    write_summary(folder, summary)
+    return summary
+
+
+# ---------------------------------------------------------------- lr
+
+
+def learning_rates(args):
+    """lenet and lenet_fc_bn2 with plain SGD at several learning rates, and with
+    the default optimizer for reference, all for the same number of epochs."""
+    splits = load_splits(args, args.seed)
+    runs = [("sgd", rate) for rate in args.rates] + [(DEFAULTS["optimizer"], None)]
+    rows = []
+    for name in ("lenet", "lenet_fc_bn2"):
+        for optimizer, rate in runs:
+            settings = base_settings(args, optimizer=optimizer, learning_rate=rate)
+            model = models_handling.build_and_compile(name, settings)
+            result = models_handling.run_model(
+                name, splits, settings, model=model, callbacks=[keras.callbacks.TerminateOnNaN()]
+            )
+            diverged = not all(math.isfinite(value) for value in result.history["loss"]) or \
+                len(result.history["loss"]) < settings.epochs or not math.isfinite(result.test_loss)
+            rate_used = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+            rows.append({
+                "model": name, "optimizer": optimizer, "learning_rate": rate_used,
+                "test_accuracy": result.test_accuracy, "test_loss": result.test_loss, "diverged": diverged,
+            })
+            print(f"  {name} {optimizer} lr {rate_used:g}: test accuracy {result.test_accuracy:.4f}"
+                  + (" (diverged)" if diverged else ""), flush=True)
+
+    folder = study_dir(args, "lr")
+    write_rows(folder / "lr.csv", rows)
+    sgd_rows = [row for row in rows if row["optimizer"] == "sgd"]
+    references = {
+        f"{row['model']}, {row['optimizer']} at its default rate {row['learning_rate']:g}": row["test_accuracy"]
+        for row in rows if row["optimizer"] != "sgd"
+    }
+    visualizations.plot_learning_rates(sgd_rows, references, folder / "lr.png")
+    summary = {"epochs": args.epochs, "seed": args.seed, "runs": rows}
+    write_summary(folder, summary)
+    return summary
+
+
+# ---------------------------------------------------------------- window
+
+
+class BatchStatisticsAtInference(BatchNorm):
+    """The earlier project's inference rule, kept for this study only: normalize
+    each predicted batch with its own statistics, so that a prediction depends
+    on the other images in its batch."""
+
+    def call(self, inputs, training=None):
+        if training:
+            return super().call(inputs, training)
+        mean, variance = batch_statistics(inputs)
+        return normalize(inputs, mean, variance, self.gamma, self.beta, self.epsilon)
+
+
+class EarlierProjectLeNet5(LeNet5):
+    def _make_norm(self, name):
+        return BatchStatisticsAtInference(epsilon=self.epsilon, window_size=self.window_size, name=name)
+
+
+def rebuild(model, window_size=None, network_class=LeNet5):
+    """A copy of `model` (ours, any BN places) with another window size or inference
+    rule; the caller fills its statistics."""
+    config = {key: value for key, value in model.get_config().items() if key in ("bn_after", "output_size",
+                                                                                   "epsilon", "window_size")}
+    if window_size is not None:
+        config["window_size"] = window_size
+    copy = network_class(**config, name=model.name)
+    copy(np.zeros((1, *INPUT_SHAPE), np.float32))
+    copy_network(model, copy)
+    return copy
+
+
+def with_last_batches(model, window_size):
+    """`model` as if trained with `window_size`: its statistics, the average of the
+    last `window_size` training batches recorded by `model` (whose window must
+    have held every batch of the run)."""
+    copy = rebuild(model, window_size)
+    for name, norm in model.norm.items():
+        recorded = int(norm.recorded_batches.numpy())
+        if recorded > norm.window_size:
+            raise ValueError("the source model's window wrapped; train it with a longer window")
+        first = max(0, recorded - window_size)
+        kept = recorded - first
+        target = copy.norm[name]
+        target.mean_window.assign(np.concatenate(
+            [norm.mean_window.numpy()[first:recorded], target.mean_window.numpy()[kept:]]))
+        target.variance_window.assign(np.concatenate(
+            [norm.variance_window.numpy()[first:recorded], target.variance_window.numpy()[kept:]]))
+        target.recorded_batches.assign(kept)
+    return copy
+
+
+def with_final_weights_statistics(model, images, batch_size):
+    """Algorithm 2 proper: the network's final weights, with population statistics
+    averaged over one pass of training batches through those weights."""
+    steps = math.ceil(len(images) / batch_size)
+    copy = rebuild(model, window_size=steps)
+    for start in range(0, len(images), batch_size):
+        copy(images[start:start + batch_size], training=True)  # records statistics; no weight changes
+    return copy
+
+
+def window(args):
+    """Test accuracy of lenet_fc_bn2 against the inference window and against the
+    inference batch size, for our rule and for the earlier project's."""
+    splits = load_splits(args, args.seed)
+    steps_per_epoch = math.ceil(len(splits.x_train) / DEFAULTS["batch_size"])
+    whole_run = steps_per_epoch * args.epochs
+    # Training does not depend on the window (it normalizes with batch
+    # statistics), so one run with a window holding every batch gives every
+    # smaller window exactly, on the same weights.
+    settings = base_settings(args, window_size=whole_run)
+    model = models_handling.build_and_compile("lenet_fc_bn2", settings)
+    report(models_handling.run_model("lenet_fc_bn2", splits, settings, model=model))
+
+    x_test, y_test = splits.x_test, splits.y_test
+    rows, window_points = [], []
+    sizes = sorted({size for size in args.windows if size < whole_run} | {whole_run})
+    for size in sizes:
+        accuracy, _ = accuracy_of(with_last_batches(model, size), x_test, y_test, 1000)
+        label = f"{size}" if size < whole_run else f"{size} (every training batch)"
+        rows.append({"series": "window_size", "x": size, "test_accuracy": accuracy})
+        window_points.append((size, accuracy))
+        print(f"  window {label}: test accuracy {accuracy:.4f}")
+    final_weights, _ = accuracy_of(
+        with_final_weights_statistics(model, splits.x_train, DEFAULTS["batch_size"]), x_test, y_test, 1000
+    )
+    rows.append({"series": "final_weights_one_pass", "x": steps_per_epoch, "test_accuracy": final_weights})
+    print(f"  Algorithm 2 with the final weights (one pass over the training set): {final_weights:.4f}")
+
+    rules = {
+        f"ours: window of the last {DEFAULTS['window_size']} training batches":
+            with_last_batches(model, DEFAULTS["window_size"]),
+        "earlier project: the predicted batch's own statistics": rebuild(
+            model, network_class=EarlierProjectLeNet5),
+    }
+    batch_points, logits = {rule: [] for rule in rules}, {rule: [] for rule in rules}
+    for rule, network in rules.items():
+        for batch_size in args.inference_batch_sizes:
+            accuracy, rule_logits = accuracy_of(network, x_test, y_test, batch_size)
+            batch_points[rule].append((batch_size, accuracy))
+            logits[rule].append(rule_logits)
+            rows.append({"series": rule, "x": batch_size, "test_accuracy": accuracy})
+            print(f"  {rule}, batches of {batch_size}: test accuracy {accuracy:.4f}")
+
+    def spread(rule):
+        """How much the rule's outputs move with the inference batch size."""
+        first = logits[rule][0]
+        return {
+            "largest_logit_difference": max(float(np.max(np.abs(other - first))) for other in logits[rule]),
+            "same_predicted_classes": all(
+                np.array_equal(np.argmax(other, 1), np.argmax(first, 1)) for other in logits[rule]),
+        }
+
+    folder = study_dir(args, "window")
+    write_rows(folder / "window.csv", rows)
+    visualizations.plot_window_study(
+        window_points, batch_points,
+        ("Algorithm 2 with the final weights", final_weights), folder / "window.png",
+    )
+    summary = {
+        "epochs": args.epochs, "seed": args.seed, "training_steps": whole_run,
+        "window_size": {str(size): accuracy for size, accuracy in window_points},
+        "final_weights_one_pass": final_weights,
+        "inference_batch_size": {rule: {str(b): a for b, a in points} for rule, points in batch_points.items()},
+        "movement_with_batch_size": {rule: spread(rule) for rule in rules},
+    }
+    write_summary(folder, summary)
+    return summary
+
+
+# ---------------------------------------------------------------- command line
+
+STUDIES = {
+    "keras_check": keras_check,
+    "seeds": seeds,
+    "figure1": figure1,
+    "lr": learning_rates,
+    "window": window,
+}
+
+
+def build_parser():
+    parser = OneLineErrorParser(
+        prog="studies.py",
+        description="Studies of what batch normalization does to LeNet-5; each writes PNGs, a CSV and "
+        "summary.json into RESULTS_DIR/NAME/.",
+    )
+    names = parser.add_subparsers(dest="study", required=True, metavar="NAME",
+                                  parser_class=OneLineErrorParser)
+
+    def study(name, help_text):
+        sub = names.add_parser(name, help=help_text, description=help_text,
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sub.add_argument("--data", default=DEFAULTS["data"], help="as main.py --data: a .npz or IDX folder; "
+                         "None downloads --dataset with Keras")
+        sub.add_argument("--dataset", default=DEFAULTS["dataset"], choices=["mnist", "fashion_mnist"])
+        sub.add_argument("--epochs", type=positive_int, default=DEFAULTS["epochs"])
+        sub.add_argument("--results_dir", default="results/studies", help="the study writes into RESULTS_DIR/NAME/")
+        sub.add_argument("--verbose", type=int, choices=[0, 1, 2], default=0, help="Keras's training output")
+        sub.add_argument("--jit_compile", type=int, choices=[0, 1], default=DEFAULTS["jit_compile"],
+                         help="as main.py --jit_compile")
+        if name != "seeds":
+            sub.add_argument("--seed", type=non_negative_int, default=DEFAULTS["seed"],
+                             help="fixes the split, the initial weights and the shuffling")
+        return sub
+
+    study("keras_check", "Hand-written BN against keras.layers.BatchNormalization in lenet_fc_bn2, "
+          "same initial weights and batches.")
+    sub = study("seeds", "The variants over several seeds: mean and standard deviation bands.")
+    sub.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2])
+    sub.add_argument("--models", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="MODEL")
+    sub = study("figure1", "The BN paper's Figure 1: percentiles of one F6 sigmoid's input during training.")
+    sub.add_argument("--every", type=positive_int, default=20, help="measure every this many training steps")
+    sub.add_argument("--unit", type=non_negative_int, default=0, help="which of F6's 84 units to follow")
+    sub.add_argument("--probe_images", type=positive_int, default=1000,
+                     help="how many (fixed) validation images the percentiles are taken over")
+    sub.add_argument("--target", type=positive_float, default=0.9,
+                     help="report the first step at which test accuracy reaches this")
+    sub = study("lr", "lenet and lenet_fc_bn2 with plain SGD at several learning rates.")
+    sub.add_argument("--rates", type=positive_float, nargs="+", default=[0.01, 0.1, 1.0, 10.0])
+    sub = study("window", "Test accuracy against the inference window and the inference batch size.")
+    sub.add_argument("--windows", type=positive_int, nargs="+", default=[1, 5, 50, 500],
+                     help="window sizes; the whole run's number of training steps is always added")
+    sub.add_argument("--inference_batch_sizes", type=positive_int, nargs="+", default=[1, 10, 100, 1000])
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        STUDIES[args.study](args)
+    except utils.UsageError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: the study's files are written only when it ends", file=sys.stderr)
+        return 130
+    print(f"written to {study_dir(args, args.study)}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The studies at small settings: what each writes, and the claims they rest on."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import models_handling
+import studies
+from conftest import mnist_like, write_npz
+from test_main import assert_png
+
+FAST = ["--epochs", "1", "--jit_compile", "0"]
+
+
+def run_study(argv, capsys):
+    code = studies.main([str(arg) for arg in argv])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+def read_csv(path):
+    with open(path) as stream:
+        return list(csv.DictReader(stream))
+
+
+def read_summary(folder):
+    return json.loads((folder / "summary.json").read_text())
+
+
+def test_keras_check_writes_both_networks_curves_and_their_gap(small_npz, tmp_path, capsys):
+    out = run_study(["keras_check", "--data", small_npz, "--results_dir", tmp_path, *FAST], capsys)
+    folder = tmp_path / "keras_check"
+    rows = read_csv(folder / "keras_check.csv")
+    assert len(rows) == 1
+    for label in ("ours", "keras"):
+        for key in models_handling.HISTORY_KEYS:
+            assert np.isfinite(float(rows[0][f"{label}_{key}"]))
+    summary = read_summary(folder)
+    gap = summary["largest_gap_over_epochs"]["val_accuracy"]
+    assert gap == pytest.approx(abs(float(rows[0]["ours_val_accuracy"]) - float(rows[0]["keras_val_accuracy"])))
+    assert summary["keras_momentum"] == pytest.approx(4 / 6)  # window 5: mean age 2 batches
+    assert "largest gap" in out
+    assert_png(folder / "keras_check.png")
+
+
+def test_keras_check_on_real_mnist_the_two_networks_agree_after_one_epoch(mnist_npz, tmp_path, capsys):
+    run_study(["keras_check", "--data", mnist_npz, "--results_dir", tmp_path, "--epochs", 1], capsys)
+    summary = read_summary(tmp_path / "keras_check")
+    # Same weights, same batches: training is identical to float rounding; at
+    # inference Keras's moving average and our window differ slightly.
+    assert summary["largest_gap_over_epochs"]["accuracy"] < 0.005
+    assert summary["largest_gap_over_epochs"]["val_accuracy"] < 0.01
+    assert summary["test_accuracy"]["ours"] > 0.5  # it learned something: the gap is not chance
+
+
+def test_seeds_gives_mean_and_std_of_every_model_over_the_seeds(small_npz, tmp_path, capsys):
+    run_study(["seeds", "--data", small_npz, "--results_dir", tmp_path, "--seeds", 0, 1,
+               "--models", "lenet", "lenet_fc_bn2", *FAST], capsys)
+    folder = tmp_path / "seeds"
+    rows = read_csv(folder / "seeds.csv")
+    assert sorted((row["model"], row["seed"]) for row in rows) == [
+        ("lenet", "0"), ("lenet", "1"), ("lenet_fc_bn2", "0"), ("lenet_fc_bn2", "1")]
+    summary = read_summary(folder)
+    for name in ("lenet", "lenet_fc_bn2"):
+        accuracies = [float(row["test_accuracy"]) for row in rows if row["model"] == name]
+        assert summary["test_accuracy"][name]["mean"] == pytest.approx(np.mean(accuracies))
+        assert summary["test_accuracy"][name]["std"] == pytest.approx(np.std(accuracies))
+    assert_png(folder / "seeds_accuracy.png")
+    assert_png(folder / "seeds_loss.png")
+
+
+def test_figure1_follows_one_f6_sigmoid_input_at_regular_steps(small_npz, tmp_path, capsys):
+    # 170 training images, batch 64: 3 steps per epoch, 6 in two epochs.
+    run_study(["figure1", "--data", small_npz, "--results_dir", tmp_path, "--every", 2, "--probe_images", 30,
+               "--epochs", 2, "--jit_compile", 0], capsys)
+    folder = tmp_path / "figure1"
+    rows = read_csv(folder / "figure1.csv")
+    for name in ("lenet", "lenet_fc_bn2"):
+        mine = [row for row in rows if row["model"] == name]
+        assert [int(row["step"]) for row in mine] == [0, 2, 4, 6]
+        for row in mine:
+            assert float(row["p15"]) <= float(row["p50"]) <= float(row["p85"])
+            assert 0 <= float(row["test_accuracy"]) <= 1
+        assert len({row["p50"] for row in mine}) > 1, "the input distribution never moved"
+    assert_png(folder / "figure1.png")
+
+
+def test_lr_runs_sgd_at_each_rate_and_the_default_optimizer(small_npz, tmp_path, capsys):
+    run_study(["lr", "--data", small_npz, "--results_dir", tmp_path, "--rates", 0.1, 10, *FAST], capsys)
+    folder = tmp_path / "lr"
+    rows = read_csv(folder / "lr.csv")
+    runs = sorted((row["model"], row["optimizer"], round(float(row["learning_rate"]), 6)) for row in rows)
+    assert runs == ([
+        ("lenet", "adam", 0.001), ("lenet", "sgd", 0.1), ("lenet", "sgd", 10.0),
+        ("lenet_fc_bn2", "adam", 0.001), ("lenet_fc_bn2", "sgd", 0.1), ("lenet_fc_bn2", "sgd", 10.0),
+    ])
+    for row in rows:
+        assert row["diverged"] in ("True", "False")
+        assert 0 <= float(row["test_accuracy"]) <= 1
+    assert_png(folder / "lr.png")
+
+
+def test_window_study_our_rule_does_not_move_with_batch_size_the_earlier_one_does(small_npz, tmp_path, capsys):
+    run_study(["window", "--data", small_npz, "--results_dir", tmp_path, "--windows", 1, 2,
+               "--inference_batch_sizes", 1, 7, 60, *FAST], capsys)
+    folder = tmp_path / "window"
+    summary = read_summary(folder)
+    assert summary["training_steps"] == 3
+    assert list(summary["window_size"]) == ["1", "2", "3"]
+    ours, earlier = summary["movement_with_batch_size"].values()
+    assert ours["same_predicted_classes"]
+    assert ours["largest_logit_difference"] < 1e-5
+    # The predicted batch's own statistics: one image has no variance in F6's
+    # units, so its outputs there are beta alone, and the logits move.
+    assert earlier["largest_logit_difference"] > 1e-3
+    series = {row["series"] for row in read_csv(folder / "window.csv")}
+    assert {"window_size", "final_weights_one_pass"} < series and len(series) == 4
+    assert_png(folder / "window.png")
+
+
+def test_a_window_cut_from_a_longer_one_equals_training_with_that_window(tmp_path):
+    """The window study derives every window from one run; that must be exact."""
+    from utils import prepare
+
+    splits = prepare(*mnist_like(num_train=150, num_test=20), val_split=0.2, seed=0)
+    settings = models_handling.Settings(32, 10, 1, "adam", None, 1e-8, 3, 0, 0, jit_compile=False)
+    direct = models_handling.build_and_compile("lenet_fc_bn2", settings)
+    models_handling.train(direct, splits, settings)
+    long_settings = models_handling.Settings(32, 10, 1, "adam", None, 1e-8, 50, 0, 0, jit_compile=False)
+    long = models_handling.build_and_compile("lenet_fc_bn2", long_settings)
+    models_handling.train(long, splits, long_settings)
+
+    derived = studies.with_last_batches(long, 3)
+    for name, norm in direct.norm.items():
+        filled = int(norm.recorded_batches.numpy())
+        assert filled == 4  # 120 images, batch 32: the window has wrapped
+        expected = np.sort(norm.mean_window.numpy(), axis=0)
+        np.testing.assert_allclose(np.sort(derived.norm[name].mean_window.numpy(), axis=0), expected, atol=1e-6)
+    np.testing.assert_allclose(derived(splits.x_test), direct(splits.x_test), atol=1e-5)
+
+
+def test_unknown_study_and_bad_unit_are_one_line_errors(small_npz, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        studies.main(["nonsense"])
+    assert exit_.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    code = studies.main(["figure1", "--data", str(small_npz), "--unit", "84", "--results_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().count("\n") == 0 and "--unit 84" in err
+    assert not (tmp_path / "figure1").exists()
