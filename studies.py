@@ -95,6 +95,29 @@ def copy_network(source, target):
         target.norm[name].beta.assign(norm.beta)
 
 
+def rebuild(model, window_size=None, network_class=LeNet5):
+    """A copy of `model` (ours, any BN places) with another window size or inference
+    rule; the caller fills its statistics."""
+    config = {key: value for key, value in model.get_config().items() if key in ("bn_after", "output_size",
+                                                                                   "epsilon", "window_size")}
+    if window_size is not None:
+        config["window_size"] = window_size
+    copy = network_class(**config, name=model.name)
+    copy(np.zeros((1, *INPUT_SHAPE), np.float32))
+    copy_network(model, copy)
+    return copy
+
+
+def with_final_weights_statistics(model, images, batch_size):
+    """Algorithm 2 proper: the network's final weights, with population statistics
+    averaged over one pass of training batches through those weights."""
+    steps = math.ceil(len(images) / batch_size)
+    copy = rebuild(model, window_size=steps)
+    for start in range(0, len(images), batch_size):
+        copy(images[start:start + batch_size], training=True)  # records statistics; no weight changes
+    return copy
+
+
 def accuracy_of(model, images, labels, batch_size):
     """Test accuracy of `model` predicting `batch_size` images at a time, and its logits."""
     logits = model.predict(images, batch_size=batch_size, verbose=0)
@@ -200,7 +223,7 @@ def seeds(args):
 
 
 class SigmoidInputProbe(keras.callbacks.Callback):
-    """Every `every` training steps (and before the first), the 15th, 50th and
+    """Every `every` training steps (and before the first and after the last), the 15th, 50th and
     85th percentiles of what one F6 sigmoid receives on fixed images, and the
     test accuracy. Measured in inference mode, as the network would predict."""
 
@@ -231,6 +254,10 @@ class SigmoidInputProbe(keras.callbacks.Callback):
         if self.step % self.every == 0:
             self.measure()
 
+    def on_train_end(self, logs=None):
+        if self.curve["step"][-1] != self.step:  # end on the trained network
+            self.measure()
+
 
 def figure1(args):
     """The BN paper's Figure 1 on LeNet-5, without BN and with BN everywhere."""
@@ -239,11 +266,12 @@ def figure1(args):
     splits = load_splits(args, args.seed)
     settings = base_settings(args)
     probe_images = splits.x_val[: args.probe_images]
-    curves, rows = {}, []
+    curves, rows, test_accuracy = {}, [], {}
     for name in ("lenet", "lenet_fc_bn2"):
         probe = SigmoidInputProbe(probe_images, splits.x_test, splits.y_test, args.unit, args.every)
-        report(models_handling.run_model(name, splits, settings, callbacks=[probe]))
-        curves[name] = probe.curve
+        result = models_handling.run_model(name, splits, settings, callbacks=[probe])
+        report(result)
+        curves[name], test_accuracy[name] = probe.curve, result.test_accuracy
         rows += [{"model": name, **dict(zip(probe.curve, values))} for values in zip(*probe.curve.values())]
 
     folder = study_dir(args, "figure1")
@@ -251,7 +279,7 @@ def figure1(args):
     visualizations.plot_figure1(curves, folder / "figure1.png")
     summary = {
         "unit": args.unit, "probe_images": len(probe_images), "every": args.every, "epochs": args.epochs,
-        "seed": args.seed,
+        "seed": args.seed, "test_accuracy": test_accuracy,
         "final": {name: {key: values[-1] for key, values in curve.items()} for name, curve in curves.items()},
         "spread_p85_minus_p15": {
             name: {"first": curve["p85"][0] - curve["p15"][0], "last": curve["p85"][-1] - curve["p15"][-1]}
@@ -288,12 +316,18 @@ def learning_rates(args):
             )
             diverged = not all(math.isfinite(value) for value in result.history["loss"]) or \
                 len(result.history["loss"]) < settings.epochs or not math.isfinite(result.test_loss)
-            rate_used = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+            rate_used = float(f"{float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)):.6g}")
+            # What the weights learned, apart from the noise of a 5-batch window.
+            recomputed = result.test_accuracy if not model.norm else accuracy_of(
+                with_final_weights_statistics(model, splits.x_train, settings.batch_size),
+                splits.x_test, splits.y_test, 1000)[0]
             rows.append({
                 "model": name, "optimizer": optimizer, "learning_rate": rate_used,
                 "test_accuracy": result.test_accuracy, "test_loss": result.test_loss, "diverged": diverged,
+                "test_accuracy_final_weights_statistics": recomputed,
             })
             print(f"  {name} {optimizer} lr {rate_used:g}: test accuracy {result.test_accuracy:.4f}"
+                  + (f", {recomputed:.4f} with BN statistics recomputed from the final weights" if model.norm else "")
                   + (" (diverged)" if diverged else ""), flush=True)
 
     folder = study_dir(args, "lr")
@@ -329,19 +363,6 @@ class EarlierProjectLeNet5(LeNet5):
         return BatchStatisticsAtInference(epsilon=self.epsilon, window_size=self.window_size, name=name)
 
 
-def rebuild(model, window_size=None, network_class=LeNet5):
-    """A copy of `model` (ours, any BN places) with another window size or inference
-    rule; the caller fills its statistics."""
-    config = {key: value for key, value in model.get_config().items() if key in ("bn_after", "output_size",
-                                                                                   "epsilon", "window_size")}
-    if window_size is not None:
-        config["window_size"] = window_size
-    copy = network_class(**config, name=model.name)
-    copy(np.zeros((1, *INPUT_SHAPE), np.float32))
-    copy_network(model, copy)
-    return copy
-
-
 def with_last_batches(model, window_size):
     """`model` as if trained with `window_size`: its statistics, the average of the
     last `window_size` training batches recorded by `model` (whose window must
@@ -362,16 +383,6 @@ def with_last_batches(model, window_size):
     return copy
 
 
-def with_final_weights_statistics(model, images, batch_size):
-    """Algorithm 2 proper: the network's final weights, with population statistics
-    averaged over one pass of training batches through those weights."""
-    steps = math.ceil(len(images) / batch_size)
-    copy = rebuild(model, window_size=steps)
-    for start in range(0, len(images), batch_size):
-        copy(images[start:start + batch_size], training=True)  # records statistics; no weight changes
-    return copy
-
-
 def window(args):
     """Test accuracy of lenet_fc_bn2 against the inference window and against the
     inference batch size, for our rule and for the earlier project's."""
@@ -383,7 +394,8 @@ def window(args):
     # smaller window exactly, on the same weights.
     settings = base_settings(args, window_size=whole_run)
     model = models_handling.build_and_compile("lenet_fc_bn2", settings)
-    report(models_handling.run_model("lenet_fc_bn2", splits, settings, model=model))
+    report(models_handling.run_model(f"lenet_fc_bn2 with a window of all {whole_run} batches", splits, settings,
+                                     model=model))
 
     x_test, y_test = splits.x_test, splits.y_test
     rows, window_points = [], []

@@ -105,8 +105,13 @@ def plot_learning_rates(rows, references, path):
     figure, axes = plt.subplots(figsize=(7, 4.5))
     models = list(dict.fromkeys(row["model"] for row in rows))
     for name in models:
-        points = sorted((row["learning_rate"], row["test_accuracy"]) for row in rows if row["model"] == name)
-        (line,) = axes.plot(*zip(*points), marker="o", label=f"{name}, SGD")
+        mine = sorted((row for row in rows if row["model"] == name), key=lambda row: row["learning_rate"])
+        rates = [row["learning_rate"] for row in mine]
+        (line,) = axes.plot(rates, [row["test_accuracy"] for row in mine], marker="o", label=f"{name}, SGD")
+        recomputed = [row["test_accuracy_final_weights_statistics"] for row in mine]
+        if recomputed != [row["test_accuracy"] for row in mine]:
+            axes.plot(rates, recomputed, ":", marker="s", color=line.get_color(),
+                      label=f"{name}, SGD, BN statistics recomputed from the final weights")
         for label, accuracy in references.items():
             if label.startswith(name + ","):
                 axes.axhline(accuracy, linestyle="--", color=line.get_color(), alpha=0.7, label=label)

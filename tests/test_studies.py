@@ -74,17 +74,20 @@ def test_seeds_gives_mean_and_std_of_every_model_over_the_seeds(small_npz, tmp_p
 
 def test_figure1_follows_one_f6_sigmoid_input_at_regular_steps(small_npz, tmp_path, capsys):
     # 170 training images, batch 64: 3 steps per epoch, 6 in two epochs.
-    run_study(["figure1", "--data", small_npz, "--results_dir", tmp_path, "--every", 2, "--probe_images", 30,
+    run_study(["figure1", "--data", small_npz, "--results_dir", tmp_path, "--every", 4, "--probe_images", 30,
                "--epochs", 2, "--jit_compile", 0], capsys)
     folder = tmp_path / "figure1"
     rows = read_csv(folder / "figure1.csv")
     for name in ("lenet", "lenet_fc_bn2"):
         mine = [row for row in rows if row["model"] == name]
-        assert [int(row["step"]) for row in mine] == [0, 2, 4, 6]
+        assert [int(row["step"]) for row in mine] == [0, 4, 6]  # and the last step
         for row in mine:
             assert float(row["p15"]) <= float(row["p50"]) <= float(row["p85"])
             assert 0 <= float(row["test_accuracy"]) <= 1
         assert len({row["p50"] for row in mine}) > 1, "the input distribution never moved"
+        # The last point is the trained network, as evaluated after training.
+        final = read_summary(folder)["test_accuracy"][name]
+        assert float(mine[-1]["test_accuracy"]) == pytest.approx(final, abs=0.02)
     assert_png(folder / "figure1.png")
 
 
@@ -100,6 +103,11 @@ def test_lr_runs_sgd_at_each_rate_and_the_default_optimizer(small_npz, tmp_path,
     for row in rows:
         assert row["diverged"] in ("True", "False")
         assert 0 <= float(row["test_accuracy"]) <= 1
+        recomputed = float(row["test_accuracy_final_weights_statistics"])
+        if row["model"] == "lenet":  # no BN: nothing to recompute
+            assert recomputed == float(row["test_accuracy"])
+        else:
+            assert 0 <= recomputed <= 1
     assert_png(folder / "lr.png")
 
 
