@@ -27,12 +27,20 @@ DEFAULTS = {
 
 import argparse  # noqa: E402  (DEFAULTS stays the first thing a reader sees)
 import os  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+if __name__ == "__main__":
+    # Ctrl-C while TensorFlow loads: nothing to keep, so leave at once. (A
+    # KeyboardInterrupt could be swallowed by a library's import code.)
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
 
 import utils  # noqa: E402
 
 utils.import_tensorflow_quietly()  # before the modules below import it
+
+import keras  # noqa: E402
 
 import models_handling  # noqa: E402
 from lenet import MODEL_NAMES, VARIANTS, describe  # noqa: E402
@@ -108,6 +116,50 @@ def build_parser():
     return parser
 
 
+# ---------------------------------------------------------------- Ctrl-C
+
+
+class CtrlC:
+    """Ctrl-C that is never lost, as a context around the run.
+
+    Python raises KeyboardInterrupt wherever the main thread is when the
+    signal arrives. Inside a garbage-collection callback (TensorFlow and Keras
+    have many) it is printed as "Exception ignored" with a traceback and
+    dropped, and the run went on to the end (1 Ctrl-C in 25 in a test). Here
+    the handler also records the request, `check` raises it again at the next
+    training step or model, and the dropped one is not printed.
+    """
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.previous_handler = signal.signal(signal.SIGINT, self.handler)
+        self.previous_hook = sys.unraisablehook
+        sys.unraisablehook = self.unraisable
+        return self
+
+    def __exit__(self, *exception):
+        signal.signal(signal.SIGINT, self.previous_handler)
+        sys.unraisablehook = self.previous_hook
+
+    def handler(self, signum, frame):
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def unraisable(self, unraisable):
+        if not issubclass(unraisable.exc_type, KeyboardInterrupt):  # ours: `check` raises it again
+            self.previous_hook(unraisable)
+
+    def check(self):
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def callback(self):
+        """A Keras callback that checks after every training step."""
+        return keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: self.check())
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -122,7 +174,7 @@ def check_results_dir(results_dir):
     models_handling.read_summary(path)  # raises if an existing summary cannot be updated
 
 
-def run(args):
+def run(args, ctrl_c):
     names = list(VARIANTS) if args.model == "all" else [args.model]
     check_results_dir(args.results_dir)
     splits = utils.load_data(args.data, args.dataset, args.val_split, args.seed, args.output_size)
@@ -151,8 +203,9 @@ def run(args):
 
     finished = []
     for name in names:
+        ctrl_c.check()
         print(f"\n== {describe(name)}")
-        result = models_handling.run_model(name, splits, settings)
+        result = models_handling.run_model(name, splits, settings, callbacks=[ctrl_c.callback()])
         models_handling.save_results(result, args.results_dir, settings, run_record, args.flag_visualizations)
         finished.append(result)
         if args.flag_visualizations and len(finished) > 1:
@@ -170,20 +223,26 @@ def run(args):
         )
 
 
+def interrupted(args):
+    print(f"\ninterrupted: every model that finished has its results in {args.results_dir}/", file=sys.stderr)
+    return 130
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        run(args)
-    except utils.UsageError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            f"\ninterrupted: every model that finished has its results in {args.results_dir}/",
-            file=sys.stderr,
-        )
-        return 130
+    with CtrlC() as ctrl_c:
+        try:
+            run(args, ctrl_c)
+        except utils.UsageError as error:
+            print(f"{parser.prog}: error: {error}", file=sys.stderr)
+            return 2
+        except Exception:
+            if not ctrl_c.requested:
+                raise
+            return interrupted(args)  # Ctrl-C broke a library off mid-operation; it failed later
+        except KeyboardInterrupt:
+            return interrupted(args)
     return 0
 
 

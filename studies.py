@@ -478,8 +478,10 @@ def build_parser():
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         sub.add_argument("--data", default=DEFAULTS["data"], help="as main.py --data: a .npz or IDX folder; "
                          "None downloads --dataset with Keras")
-        sub.add_argument("--dataset", default=DEFAULTS["dataset"], choices=["mnist", "fashion_mnist"])
-        sub.add_argument("--epochs", type=positive_int, default=DEFAULTS["epochs"])
+        sub.add_argument("--dataset", default=DEFAULTS["dataset"], choices=["mnist", "fashion_mnist"],
+                         help="what Keras downloads when --data is None")
+        sub.add_argument("--epochs", type=positive_int, default=DEFAULTS["epochs"],
+                         help="passes over the training split, for every network the study trains")
         sub.add_argument("--results_dir", default="results/studies", help="the study writes into RESULTS_DIR/NAME/")
         sub.add_argument("--verbose", type=int, choices=[0, 1, 2], default=0, help="Keras's training output")
         sub.add_argument("--jit_compile", type=int, choices=[0, 1], default=DEFAULTS["jit_compile"],
@@ -492,8 +494,10 @@ def build_parser():
     study("keras_check", "Hand-written BN against keras.layers.BatchNormalization in lenet_fc_bn2, "
           "same initial weights and batches.")
     sub = study("seeds", "The variants over several seeds: mean and standard deviation bands.")
-    sub.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2])
-    sub.add_argument("--models", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="MODEL")
+    sub.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2],
+                     help="each fixes the split, the initial weights and the shuffling of one run")
+    sub.add_argument("--models", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="MODEL",
+                     help="which of the five variants to train")
     sub = study("figure1", "The BN paper's Figure 1: percentiles of one F6 sigmoid's input during training.")
     sub.add_argument("--every", type=positive_int, default=20, help="measure every this many training steps")
     sub.add_argument("--unit", type=non_negative_int, default=0, help="which of F6's 84 units to follow")
@@ -502,11 +506,13 @@ def build_parser():
     sub.add_argument("--target", type=positive_float, default=0.9,
                      help="report the first step at which test accuracy reaches this")
     sub = study("lr", "lenet and lenet_fc_bn2 with plain SGD at several learning rates.")
-    sub.add_argument("--rates", type=positive_float, nargs="+", default=[0.01, 0.1, 1.0, 10.0])
+    sub.add_argument("--rates", type=positive_float, nargs="+", default=[0.01, 0.1, 1.0, 10.0],
+                     help="SGD learning rates; the default optimizer at its own rate is always added")
     sub = study("window", "Test accuracy against the inference window and the inference batch size.")
     sub.add_argument("--windows", type=positive_int, nargs="+", default=[1, 5, 50, 500],
                      help="window sizes; the whole run's number of training steps is always added")
-    sub.add_argument("--inference_batch_sizes", type=positive_int, nargs="+", default=[1, 10, 100, 1000])
+    sub.add_argument("--inference_batch_sizes", type=positive_int, nargs="+", default=[1, 10, 100, 1000],
+                     help="how many test images each rule predicts at a time")
     return parser
 
 

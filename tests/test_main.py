@@ -189,11 +189,11 @@ def test_interrupt_keeps_the_models_that_finished(small_npz, tmp_path, capsys, m
     real_run_model = models_handling.run_model
     started = []
 
-    def run_model_then_interrupt(name, splits, settings):
+    def run_model_then_interrupt(name, splits, settings, **options):
         started.append(name)
         if len(started) == 3:
             raise KeyboardInterrupt
-        return real_run_model(name, splits, settings)
+        return real_run_model(name, splits, settings, **options)
 
     monkeypatch.setattr(models_handling, "run_model", run_model_then_interrupt)
     results = tmp_path / "results"
@@ -225,7 +225,7 @@ def test_ctrl_c_in_a_real_run(tmp_path):
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err
+    assert process.returncode == 130, f"exit status {process.returncode}; stderr: {err!r}; stdout: {out[-500:]!r}"
     assert "Traceback" not in err
     finished = json.loads(summary.read_text())
     assert 1 <= len(finished) < 5
@@ -233,6 +233,34 @@ def test_ctrl_c_in_a_real_run(tmp_path):
         assert (results / f"{name}_history.csv").stat().st_size > 0
         assert_png(results / f"{name}_accuracy.png")
     assert_no_temporary_files(results)
+
+
+def test_a_ctrl_c_swallowed_by_a_library_still_stops_the_run(small_npz, tmp_path, capsys, monkeypatch):
+    """A KeyboardInterrupt raised inside a garbage-collection callback is printed
+    and dropped by Python; the request must still stop the run at the next step."""
+    real_run_model = models_handling.run_model
+    started = []
+
+    def run_model_after_a_swallowed_ctrl_c(name, splits, settings, **options):
+        started.append(name)
+        if len(started) == 2:
+            try:
+                signal.raise_signal(signal.SIGINT)  # runs main's handler here, in this frame
+            except KeyboardInterrupt:
+                pass  # what "Exception ignored in: ..." amounts to
+        return real_run_model(name, splits, settings, **options)
+
+    monkeypatch.setattr(models_handling, "run_model", run_model_after_a_swallowed_ctrl_c)
+    original_hook = sys.unraisablehook
+    results = tmp_path / "results"
+    code, out, err = run_main(
+        ["--model", "all", "--epochs", 1, "--data", small_npz, "--results_dir", results, "--verbose", 0], capsys
+    )
+    assert code == 130, out
+    assert started == ["lenet", "lenet_bn1"]
+    assert list(json.loads((results / "summary.json").read_text())) == ["lenet"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # main put pytest's handler back
+    assert sys.unraisablehook is original_hook
 
 
 # ---------------------------------------------------------------- real data
