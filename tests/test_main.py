@@ -251,7 +251,7 @@ def test_a_ctrl_c_swallowed_by_a_library_still_stops_the_run(small_npz, tmp_path
         return real_run_model(name, splits, settings, **options)
 
     monkeypatch.setattr(models_handling, "run_model", run_model_after_a_swallowed_ctrl_c)
-    original_hook = sys.unraisablehook
+    original_hook, original_handler = sys.unraisablehook, signal.getsignal(signal.SIGINT)
     results = tmp_path / "results"
     code, out, err = run_main(
         ["--model", "all", "--epochs", 1, "--data", small_npz, "--results_dir", results, "--verbose", 0], capsys
@@ -259,7 +259,8 @@ def test_a_ctrl_c_swallowed_by_a_library_still_stops_the_run(small_npz, tmp_path
     assert code == 130, out
     assert started == ["lenet", "lenet_bn1"]
     assert list(json.loads((results / "summary.json").read_text())) == ["lenet"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # main put pytest's handler back
+    # main put back what it replaced
+    assert signal.getsignal(signal.SIGINT) is original_handler
     assert sys.unraisablehook is original_hook
 
 
