@@ -37,7 +37,6 @@ from lenet import (  # noqa: E402
     BatchNorm,
     LeNet5,
     batch_statistics,
-    build_lenet,
     momentum_matching_window,
     normalize,
 )
@@ -156,7 +155,7 @@ def keras_check(args):
         gaps[key] = max(abs(row[f"ours_{key}"] - row[f"keras_{key}"]) for row in rows)
     write_rows(folder / "keras_check.csv", rows)
     visualizations.plot_side_by_side(
-        {f"ours (lenet_fc_bn2)": results["ours"].history, "keras.layers.BatchNormalization": results["keras"].history},
+        {"ours (lenet_fc_bn2)": results["ours"].history, "keras.layers.BatchNormalization": results["keras"].history},
         folder / "keras_check.png",
         "hand-written BN against Keras's layer, same initial weights and batches",
     )

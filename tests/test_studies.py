@@ -8,7 +8,7 @@ import pytest
 
 import models_handling
 import studies
-from conftest import mnist_like, write_npz
+from conftest import mnist_like
 from test_main import assert_png
 
 FAST = ["--epochs", "1", "--jit_compile", "0"]
