@@ -27,6 +27,11 @@ def batch_statistics(x):
     return mean, variance
 
 
+def values_per_channel(x):
+    """m, the number of values each channel's statistics pool (N, or N*H*W)."""
+    return ops.size(x) // x.shape[-1]
+
+
 def normalize(x, mean, variance, gamma, beta, epsilon):
     """y = gamma * (x - mean) / sqrt(variance + epsilon) + beta.
 
@@ -57,7 +62,7 @@ def batch_norm_training(x, gamma, beta, epsilon):
         mean, variance = batch_statistics(x)
 
         def backward(dy, dmean, dvariance):
-            m = ops.cast(ops.size(x) // x.shape[-1], x.dtype)  # values per channel
+            m = ops.cast(values_per_channel(x), x.dtype)
             inverse_std = ops.rsqrt(variance + epsilon)
             x_hat = (x - mean) * inverse_std
             dbeta = ops.sum(dy, axis=axes)
@@ -157,9 +162,9 @@ class BatchNorm(keras.layers.Layer):
 
     def _record(self, mean, variance, inputs):
         """Write the batch's mean and unbiased variance into the buffer's next row."""
-        values_per_channel = ops.cast(ops.size(inputs) // inputs.shape[-1], variance.dtype)
-        unbiased_variance = variance * values_per_channel / ops.maximum(values_per_channel - 1, 1)
-        has_variance = values_per_channel > 1
+        m = ops.cast(values_per_channel(inputs), variance.dtype)
+        unbiased_variance = variance * m / ops.maximum(m - 1, 1)
+        has_variance = m > 1
 
         slot = ops.cast(self.recorded_batches % self.window_size, "int32")
         write_row = ops.logical_and(ops.arange(self.window_size) == slot, has_variance)[:, None]

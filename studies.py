@@ -236,14 +236,10 @@ class SigmoidInputProbe(keras.callbacks.Callback):
     def measure(self):
         received = self.model.layer_outputs(self.probe_images, training=False)["F6"][:, self.unit]
         percentiles = np.percentile(np.asarray(received), [15, 50, 85])
-        correct = 0
-        for start in range(0, len(self.test_images), 1000):
-            logits = self.model(self.test_images[start:start + 1000], training=False)
-            correct += int(np.sum(np.argmax(logits, axis=1) == self.test_labels[start:start + 1000]))
         for key, value in zip(("p15", "p50", "p85"), percentiles):
             self.curve[key].append(float(value))
         self.curve["step"].append(self.step)
-        self.curve["test_accuracy"].append(correct / len(self.test_images))
+        self.curve["test_accuracy"].append(accuracy_of(self.model, self.test_images, self.test_labels, 1000)[0])
 
     def on_train_begin(self, logs=None):
         self.measure()
