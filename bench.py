@@ -49,7 +49,9 @@ def seconds(action):
 
 
 def measure(batch_size, num_images, repeats, jit_compile):
-    """Median images per second, training (full epochs) and inference (evaluate), per model."""
+    """Median images per second, training (full epochs) and inference (evaluate),
+    per model; and the median seconds of one `precise` statistics refill (the
+    window_size batches that pass through the network at each epoch's end)."""
     settings = models_handling.Settings(
         batch_size, 10, 1, DEFAULTS["optimizer"], None, DEFAULTS["epsilon"], DEFAULTS["window_size"], 0, 0,
         jit_compile=jit_compile,
@@ -64,35 +66,44 @@ def measure(batch_size, num_images, repeats, jit_compile):
     def inference(model):
         return seconds(lambda: models_handling.evaluate(model, test_images, test_labels, settings))
 
+    def refill(model, repeat):
+        return seconds(lambda: models_handling.refill(model, train_images, settings, repeat))
+
     for model in models.values():  # warm-up: tracing, first allocations
         train_epoch(model)
         inference(model)
+        refill(model, 0)
     train_times = {name: [] for name in MODELS}
     inference_times = {name: [] for name in MODELS}
+    refill_times = {name: [] for name in MODELS}
     for repeat in range(repeats):
         for name, model in models.items():  # in turns, so that a slow spell hits every model
             train_times[name].append(train_epoch(model))
             inference_times[name].append(inference(model))
+            refill_times[name].append(refill(model, repeat + 1))
             print(
                 f"  repetition {repeat + 1}/{repeats} {name}: train {train_times[name][-1]:.1f} s, "
-                f"inference {inference_times[name][-1]:.2f} s",
+                f"inference {inference_times[name][-1]:.2f} s, refill {refill_times[name][-1]:.3f} s",
                 flush=True,
             )
     return (
         {name: num_images / statistics.median(times) for name, times in train_times.items()},
         {name: len(test_images) / statistics.median(times) for name, times in inference_times.items()},
+        {name: statistics.median(times) for name, times in refill_times.items() if models[name].norm},
     )
 
 
-def sweep_seconds(train_speed, inference_speed):
+def sweep_seconds(train_speed, inference_speed, refill_seconds):
     """Estimated time of `main.py --model all` at the defaults on the full MNIST: each
-    epoch trains on 51,000 images and validates on 9,000, then the test set. The
-    four BN variants are costed as lenet_fc_bn2, the one with the most BN layers."""
+    epoch trains on 51,000 images, refills BN's statistics and validates on 9,000,
+    then the test set. The four BN variants are costed as lenet_fc_bn2, the one
+    with the most BN layers."""
     total = 0.0
     for name in VARIANTS:
         measured = "lenet" if name == "lenet" else "lenet_fc_bn2"
         total += SWEEP["epochs"] * SWEEP["train"] / train_speed[measured]
         total += (SWEEP["epochs"] * SWEEP["val"] + SWEEP["test"]) / inference_speed[measured]
+        total += SWEEP["epochs"] * refill_seconds.get(measured, 0.0)
     return total
 
 
@@ -110,13 +121,18 @@ def main(argv=None):
         f"{args.images} synthetic images, batch {args.batch_size}, {args.repeats} repetitions, "
         f"jit_compile {args.jit_compile}"
     )
-    train_speed, inference_speed = measure(args.batch_size, args.images, args.repeats, bool(args.jit_compile))
+    train_speed, inference_speed, refill_seconds = measure(
+        args.batch_size, args.images, args.repeats, bool(args.jit_compile))
     ratios = {
         "fc_bn2_train_vs_keras_bn_train": train_speed["lenet_fc_bn2"] / train_speed[KERAS_BN_VARIANT],
         "fc_bn2_train_vs_lenet_train": train_speed["lenet_fc_bn2"] / train_speed["lenet"],
         "fc_bn2_inference_vs_lenet_inference": inference_speed["lenet_fc_bn2"] / inference_speed["lenet"],
     }
-    sweep = sweep_seconds(train_speed, inference_speed)
+    sweep = sweep_seconds(train_speed, inference_speed, refill_seconds)
+    # What the `precise` rule adds to a full-data epoch (51,000 training images).
+    refill_share = {
+        name: refill / (SWEEP["train"] / train_speed[name]) for name, refill in refill_seconds.items()
+    }
 
     print(f"\n{'model':<16}{'train img/s':>13}{'inference img/s':>17}")
     for name in MODELS:
@@ -124,6 +140,9 @@ def main(argv=None):
     print()
     for name, value in ratios.items():
         print(f"{name:<38}{value:>6.2f}x")
+    for name, refill in refill_seconds.items():
+        print(f"{'refill, ' + name:<38}{refill * 1000:>6.0f} ms, {refill_share[name]:.2%} of a "
+              f"{SWEEP['train']:,}-image training epoch")
     print(f"{'estimated default sweep (--model all)':<38}{sweep / 60:>6.1f} min")
 
     record = {
@@ -138,6 +157,8 @@ def main(argv=None):
         "train_images_per_second": train_speed,
         "inference_images_per_second": inference_speed,
         "ratios": ratios,
+        "refill_seconds": refill_seconds,
+        "refill_share_of_a_full_training_epoch": refill_share,
         "estimated_default_sweep_seconds": sweep,
     }
     utils.write_text(args.output, json.dumps(record, indent=2) + "\n")

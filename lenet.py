@@ -7,6 +7,7 @@ then the network and its named variants.
 """
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 # --------------------------------------------------------------------------
@@ -160,6 +161,10 @@ class BatchNorm(keras.layers.Layer):
     def filled_rows(self):
         return ops.minimum(self.recorded_batches, self.window_size)
 
+    def empty_window(self):
+        """Forget every recorded batch: the next ones refill the window from row 0."""
+        self.recorded_batches.assign(0)
+
     def _record(self, mean, variance, inputs):
         """Write the batch's mean and unbiased variance into the buffer's next row."""
         m = ops.cast(values_per_channel(inputs), variance.dtype)
@@ -284,6 +289,13 @@ class LeNet5(keras.Model):
     def call(self, images, training=False):
         return self.layer_outputs(images, training)["logits"]
 
+    @tf.function
+    def record_statistics(self, images):
+        """A training-mode forward pass and nothing else: every BN layer records
+        this batch's statistics (see refill_statistics). Compiled once per
+        model, because running it eagerly cost more than a tenth of a second."""
+        self(images, training=True)
+
     def get_config(self):
         return {
             **super().get_config(),
@@ -294,6 +306,41 @@ class LeNet5(keras.Model):
             "window_size": self.window_size,
             "keras_momentum": self.keras_momentum,
         }
+
+
+def refill_statistics(model, image_batches):
+    """Algorithm 2, lines 9-10: inference statistics of the network as it is now.
+
+    Each batch passes through `model` in training mode, so every BN layer
+    normalizes with that batch's statistics, exactly as in training, and
+    records them; no optimizer runs, so no trainable weight changes. Our
+    layers' windows then hold these batches and nothing older (the last
+    `window_size` of them, if more are given); Keras's layers' moving averages
+    become these batches' plain average. This is what Wu and Johnson (2021,
+    section 3) call PreciseBN.
+    """
+    ours = [norm for norm in model.norm.values() if isinstance(norm, BatchNorm)]
+    keras_norms = [norm for norm in model.norm.values() if not isinstance(norm, BatchNorm)]
+    for norm in ours:
+        norm.empty_window()
+    # At momentum 0 Keras's layer stores each batch's statistics as they are;
+    # they are averaged here.
+    momenta = [norm.momentum for norm in keras_norms]
+    sums = [[0.0, 0.0] for _ in keras_norms]
+    try:
+        for norm in keras_norms:
+            norm.momentum = 0.0
+        for images in image_batches:
+            model.record_statistics(images)
+            for total, norm in zip(sums, keras_norms):
+                total[0] += norm.moving_mean.numpy()
+                total[1] += norm.moving_variance.numpy()
+    finally:
+        for norm, momentum in zip(keras_norms, momenta):
+            norm.momentum = momentum
+    for (mean_sum, variance_sum), norm in zip(sums, keras_norms):
+        norm.moving_mean.assign(mean_sum / len(image_batches))
+        norm.moving_variance.assign(variance_sum / len(image_batches))
 
 
 def describe(name):

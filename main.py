@@ -15,6 +15,7 @@ DEFAULTS = {
     "learning_rate": None,  # None: the optimizer's own default (0.001 for adam)
     "epsilon": 1e-8,
     "window_size": 5,
+    "bn_statistics": "precise",  # precise: window refilled with the trained weights each epoch; moving: last steps
     "verbose": 1,
     "flag_visualizations": 1,
     "jit_compile": 1,  # 1: XLA-compile each step (faster; 0 for TensorFlow's own kernels)
@@ -98,7 +99,12 @@ def build_parser():
         "channel with (near) zero variance does not divide by zero")
     add("--window_size", type=positive_int,
         help="BN at inference normalizes with the average mean and variance of this many "
-        "most recent training mini-batches")
+        "training mini-batches (which ones: --bn_statistics)")
+    add("--bn_statistics", choices=models_handling.BN_STATISTICS,
+        help="what fills BN's inference window: precise refills it at every epoch's end, before "
+        "validation, from window_size training batches passed through the trained, frozen weights "
+        "(the paper's Algorithm 2); moving keeps the statistics of the last window_size training "
+        "steps, taken while the weights were still changing")
     add("--verbose", type=int, choices=[0, 1, 2],
         help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch")
     add("--flag_visualizations", type=int, choices=[0, 1], help="1: write the PNG plots; 0: skip them")
@@ -190,6 +196,7 @@ def run(args, ctrl_c):
         verbose=args.verbose,
         seed=args.seed,
         jit_compile=bool(args.jit_compile),
+        bn_statistics=args.bn_statistics,
     )
     run_record = {
         "data": args.data or f"keras.datasets.{args.dataset}",

@@ -9,14 +9,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import visualizations
-from lenet import build_lenet, describe
+from lenet import build_lenet, describe, refill_statistics
 from utils import UsageError, set_seed, write_text
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 SUMMARY_FILE = "summary.json"
+# What fills BN's inference window: "precise" refills it at every epoch's end
+# from training batches passed through the trained weights (Algorithm 2);
+# "moving" keeps the last training steps' statistics.
+BN_STATISTICS = ("precise", "moving")
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class Settings:
     verbose: int
     seed: int
     jit_compile: bool = True  # XLA-compile each training and inference step
+    bn_statistics: str = "precise"  # one of BN_STATISTICS
 
 
 @dataclass
@@ -111,8 +117,60 @@ def fit(model, images, labels, settings, epochs, validation_data=None, callbacks
     )
 
 
+def refill_batches(images, batch_size, count, seed, epoch):
+    """`count` mini-batches of `batch_size` training images for a statistics refill.
+
+    Drawn without replacement (from fresh permutations when a split holds fewer
+    than count x batch_size images) by a generator seeded with the run's seed
+    and the epoch, so a run's refills are repeatable and differ between epochs.
+    The training shuffle is not touched.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    batch_size = min(batch_size, len(images))
+    passes = -(-count * batch_size // len(images))
+    order = np.concatenate([rng.permutation(len(images)) for _ in range(passes)])
+    return [images[order[start:start + batch_size]] for start in range(0, count * batch_size, batch_size)]
+
+
+def refill(model, images, settings, epoch):
+    """Refill every BN layer's inference statistics from `window_size` batches of
+    `images` passed through `model`'s current weights (lenet.refill_statistics)."""
+    refill_statistics(model, refill_batches(images, settings.batch_size, settings.window_size, settings.seed, epoch))
+
+
+class PreciseStatistics(keras.callbacks.Callback):
+    """The `precise` rule: refill BN's statistics at the end of every epoch,
+    before that epoch's validation.
+
+    Keras's fit validates before callbacks see `on_epoch_end`, so the refill
+    runs after the epoch's last training step (`params["steps"]` tells which);
+    `on_epoch_end` refills only where the number of steps was unknown.
+    """
+
+    def __init__(self, train_images, settings):
+        super().__init__()
+        self.train_images, self.settings = train_images, settings
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.refilled = epoch, False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 == self.params.get("steps"):
+            self.refill()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.refilled:
+            self.refill()
+
+    def refill(self):
+        refill(self.model, self.train_images, self.settings, self.epoch)
+        self.refilled = True
+
+
 def train(model, splits, settings, callbacks=()):
     """Fit on the training split, validating after every epoch; the history as plain lists."""
+    if settings.bn_statistics == "precise" and model.norm:
+        callbacks = [*callbacks, PreciseStatistics(splits.x_train, settings)]
     history = fit(
         model, splits.x_train, splits.y_train, settings, settings.epochs, (splits.x_val, splits.y_val), callbacks
     )

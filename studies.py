@@ -1,10 +1,10 @@
 """What batch normalization does here: five studies, each one command.
 
     python studies.py keras_check --data mnist.npz   # ours against keras.layers.BatchNormalization
-    python studies.py seeds --data mnist.npz         # the five variants over several seeds
+    python studies.py seeds --data mnist.npz         # the five variants over seeds, both statistics rules
     python studies.py figure1 --data mnist.npz       # the BN paper's Figure 1 on LeNet-5
     python studies.py lr --data mnist.npz            # plain SGD at learning rates 0.01 to 10
-    python studies.py window --data mnist.npz        # inference statistics: window and batch size
+    python studies.py window --data mnist.npz        # inference statistics: rule, window and batch size
 
 Each writes PNGs, a CSV of its numbers and a summary.json into
 <results_dir>/<study>/ (default results/studies/<study>/). Training goes
@@ -58,6 +58,7 @@ def base_settings(args, **changes):
         verbose=args.verbose,
         seed=getattr(args, "seed", 0),
         jit_compile=bool(args.jit_compile),
+        bn_statistics=getattr(args, "bn_statistics", DEFAULTS["bn_statistics"]),
     )
     return replace(settings, **changes)
 
@@ -107,13 +108,13 @@ def rebuild(model, window_size=None, network_class=LeNet5):
     return copy
 
 
-def with_final_weights_statistics(model, images, batch_size):
-    """Algorithm 2 proper: the network's final weights, with population statistics
-    averaged over one pass of training batches through those weights."""
-    steps = math.ceil(len(images) / batch_size)
-    copy = rebuild(model, window_size=steps)
-    for start in range(0, len(images), batch_size):
-        copy(images[start:start + batch_size], training=True)  # records statistics; no weight changes
+def with_precise_statistics(model, images, settings, window_size=None):
+    """A copy of `model` (ours) whose window of `window_size` rows (default: the
+    run's) is refilled from its final weights, as the `precise` rule does after
+    the last epoch (the same batches, at the same window size)."""
+    window_size = window_size or settings.window_size
+    copy = rebuild(model, window_size)
+    models_handling.refill(copy, images, replace(settings, window_size=window_size), settings.epochs - 1)
     return copy
 
 
@@ -160,6 +161,7 @@ def keras_check(args):
         "hand-written BN against Keras's layer, same initial weights and batches",
     )
     summary = {
+        "bn_statistics": settings.bn_statistics,
         "largest_gap_over_epochs": gaps,
         "test_accuracy": {label: result.test_accuracy for label, result in results.items()},
         "keras_momentum": momentum_matching_window(settings.window_size),
@@ -177,43 +179,48 @@ def keras_check(args):
 
 
 def seeds(args):
-    """The variants over several seeds (split, initial weights and shuffling):
-    mean and standard deviation of every curve and of the test accuracy."""
-    histories = {name: [] for name in args.models}
+    """The variants over several seeds (split, initial weights and shuffling),
+    under each statistics rule: mean and standard deviation of every curve and
+    of the test accuracy."""
+    histories = {(rule, name): [] for rule in args.rules for name in args.models}
     rows = []
     for seed in args.seeds:
         splits = load_splits(args, seed)
-        settings = base_settings(args, seed=seed)
-        print(f"seed {seed}")
-        for name in args.models:
-            result = models_handling.run_model(name, splits, settings)
-            report(result)
-            histories[name].append(result.history)
-            rows.append({"model": name, "seed": seed, "test_accuracy": result.test_accuracy,
-                         "test_loss": result.test_loss})
+        for rule in args.rules:
+            settings = base_settings(args, seed=seed, bn_statistics=rule)
+            print(f"seed {seed}, {rule} statistics", flush=True)
+            for name in args.models:
+                result = models_handling.run_model(name, splits, settings)
+                report(result)
+                histories[rule, name].append(result.history)
+                rows.append({"model": name, "bn_statistics": rule, "seed": seed,
+                             "test_accuracy": result.test_accuracy, "test_loss": result.test_loss})
 
-    def across_seeds(statistic):
+    def across_seeds(rule, statistic):
         return {
-            name: {key: statistic([h[key] for h in runs], axis=0).tolist() for key in models_handling.HISTORY_KEYS}
-            for name, runs in histories.items()
+            name: {key: statistic([h[key] for h in histories[rule, name]], axis=0).tolist()
+                   for key in models_handling.HISTORY_KEYS}
+            for name in args.models
         }
 
-    means, spreads = across_seeds(np.mean), across_seeds(np.std)
     folder = study_dir(args, "seeds")
     write_rows(folder / "seeds.csv", rows)
-    for metric in ("accuracy", "loss"):
-        visualizations.plot_comparison(
-            means, metric, folder / f"seeds_{metric}.png", spreads,
-            title_prefix=f"mean +- std over {len(args.seeds)} seeds: ",
-        )
     summary = {"seeds": args.seeds, "epochs": args.epochs, "test_accuracy": {}}
-    print(f"\n{'model':<16}test accuracy over seeds {args.seeds}")
-    for name in args.models:
-        accuracies = [row["test_accuracy"] for row in rows if row["model"] == name]
-        summary["test_accuracy"][name] = {
-            "mean": float(np.mean(accuracies)), "std": float(np.std(accuracies)), "per_seed": accuracies,
-        }
-        print(f"{name:<16}{np.mean(accuracies):.4f} +- {np.std(accuracies):.4f}")
+    for rule in args.rules:
+        for metric in ("accuracy", "loss"):
+            visualizations.plot_comparison(
+                across_seeds(rule, np.mean), metric, folder / f"seeds_{rule}_{metric}.png",
+                across_seeds(rule, np.std),
+                title_prefix=f"{rule} statistics, mean +- std over {len(args.seeds)} seeds: ",
+            )
+        print(f"\n{'model':<16}test accuracy over seeds {args.seeds}, {rule} statistics")
+        summary["test_accuracy"][rule] = {}
+        for name in args.models:
+            accuracies = [row["test_accuracy"] for row in rows if (row["model"], row["bn_statistics"]) == (name, rule)]
+            summary["test_accuracy"][rule][name] = {
+                "mean": float(np.mean(accuracies)), "std": float(np.std(accuracies)), "per_seed": accuracies,
+            }
+            print(f"{name:<16}{np.mean(accuracies):.4f} +- {np.std(accuracies):.4f}")
     write_summary(folder, summary)
     return summary
 
@@ -224,16 +231,22 @@ def seeds(args):
 class SigmoidInputProbe(keras.callbacks.Callback):
     """Every `every` training steps (and before the first and after the last), the 15th, 50th and
     85th percentiles of what one F6 sigmoid receives on fixed images, and the
-    test accuracy. Measured in inference mode, as the network would predict."""
+    test accuracy. Measured in inference mode, as the network would predict;
+    under the `precise` rule with BN statistics refilled from the weights of
+    that step, so that each point describes the network as it then is."""
 
-    def __init__(self, probe_images, test_images, test_labels, unit, every):
+    def __init__(self, probe_images, test_images, test_labels, unit, every, train_images, settings):
         super().__init__()
         self.probe_images, self.test_images, self.test_labels = probe_images, test_images, test_labels
         self.unit, self.every = unit, every
+        self.train_images, self.settings = train_images, settings
         self.step = 0
         self.curve = {key: [] for key in ("step", "test_accuracy", "p15", "p50", "p85")}
 
     def measure(self):
+        if self.settings.bn_statistics == "precise" and self.model.norm:
+            # The step numbers the draw, so each measurement has its own batches.
+            models_handling.refill(self.model, self.train_images, self.settings, self.step)
         received = self.model.layer_outputs(self.probe_images, training=False)["F6"][:, self.unit]
         percentiles = np.percentile(np.asarray(received), [15, 50, 85])
         for key, value in zip(("p15", "p50", "p85"), percentiles):
@@ -263,7 +276,8 @@ def figure1(args):
     probe_images = splits.x_val[: args.probe_images]
     curves, rows, test_accuracy = {}, [], {}
     for name in ("lenet", "lenet_fc_bn2"):
-        probe = SigmoidInputProbe(probe_images, splits.x_test, splits.y_test, args.unit, args.every)
+        probe = SigmoidInputProbe(probe_images, splits.x_test, splits.y_test, args.unit, args.every,
+                                  splits.x_train, settings)
         result = models_handling.run_model(name, splits, settings, callbacks=[probe])
         report(result)
         curves[name], test_accuracy[name] = probe.curve, result.test_accuracy
@@ -274,7 +288,7 @@ def figure1(args):
     visualizations.plot_figure1(curves, folder / "figure1.png")
     summary = {
         "unit": args.unit, "probe_images": len(probe_images), "every": args.every, "epochs": args.epochs,
-        "seed": args.seed, "test_accuracy": test_accuracy,
+        "seed": args.seed, "bn_statistics": settings.bn_statistics, "test_accuracy": test_accuracy,
         "final": {name: {key: values[-1] for key, values in curve.items()} for name, curve in curves.items()},
         "spread_p85_minus_p15": {
             name: {"first": curve["p85"][0] - curve["p15"][0], "last": curve["p85"][-1] - curve["p15"][-1]}
@@ -304,7 +318,10 @@ def learning_rates(args):
     rows = []
     for name in ("lenet", "lenet_fc_bn2"):
         for optimizer, rate in runs:
-            settings = base_settings(args, optimizer=optimizer, learning_rate=rate)
+            # Training does not depend on the rule, so one run under `moving`
+            # gives both: its own test accuracy, and the `precise` one after
+            # the refill that rule would have made after the last epoch.
+            settings = base_settings(args, optimizer=optimizer, learning_rate=rate, bn_statistics="moving")
             model = models_handling.build_and_compile(name, settings)
             result = models_handling.run_model(
                 name, splits, settings, model=model, callbacks=[keras.callbacks.TerminateOnNaN()]
@@ -312,17 +329,15 @@ def learning_rates(args):
             diverged = not all(math.isfinite(value) for value in result.history["loss"]) or \
                 len(result.history["loss"]) < settings.epochs or not math.isfinite(result.test_loss)
             rate_used = float(f"{float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)):.6g}")
-            # What the weights learned, apart from the noise of a 5-batch window.
-            recomputed = result.test_accuracy if not model.norm else accuracy_of(
-                with_final_weights_statistics(model, splits.x_train, settings.batch_size),
-                splits.x_test, splits.y_test, 1000)[0]
+            precise = result.test_accuracy if not model.norm else accuracy_of(
+                with_precise_statistics(model, splits.x_train, settings), splits.x_test, splits.y_test, 1000)[0]
             rows.append({
                 "model": name, "optimizer": optimizer, "learning_rate": rate_used,
-                "test_accuracy": result.test_accuracy, "test_loss": result.test_loss, "diverged": diverged,
-                "test_accuracy_final_weights_statistics": recomputed,
+                "test_accuracy": precise, "test_accuracy_moving": result.test_accuracy,
+                "test_loss_moving": result.test_loss, "diverged": diverged,
             })
-            print(f"  {name} {optimizer} lr {rate_used:g}: test accuracy {result.test_accuracy:.4f}"
-                  + (f", {recomputed:.4f} with BN statistics recomputed from the final weights" if model.norm else "")
+            print(f"  {name} {optimizer} lr {rate_used:g}: test accuracy {precise:.4f}"
+                  + (f" (precise), {result.test_accuracy:.4f} (moving)" if model.norm else "")
                   + (" (diverged)" if diverged else ""), flush=True)
 
     folder = study_dir(args, "lr")
@@ -379,37 +394,40 @@ def with_last_batches(model, window_size):
 
 
 def window(args):
-    """Test accuracy of lenet_fc_bn2 against the inference window and against the
-    inference batch size, for our rule and for the earlier project's."""
+    """Test accuracy of lenet_fc_bn2 against the inference window under both
+    statistics rules, and against the inference batch size, for our rules and
+    for the earlier project's."""
     splits = load_splits(args, args.seed)
     steps_per_epoch = math.ceil(len(splits.x_train) / DEFAULTS["batch_size"])
     whole_run = steps_per_epoch * args.epochs
-    # Training does not depend on the window (it normalizes with batch
-    # statistics), so one run with a window holding every batch gives every
-    # smaller window exactly, on the same weights.
-    settings = base_settings(args, window_size=whole_run)
+    # Training does not depend on the window or the rule (it normalizes with
+    # batch statistics), so one `moving` run with a window holding every batch
+    # gives every smaller moving window exactly, and the final weights for
+    # every precise one.
+    settings = base_settings(args, window_size=whole_run, bn_statistics="moving")
     model = models_handling.build_and_compile("lenet_fc_bn2", settings)
     report(models_handling.run_model(f"lenet_fc_bn2 with a window of all {whole_run} batches", splits, settings,
                                      model=model))
 
     x_test, y_test = splits.x_test, splits.y_test
-    rows, window_points = [], []
+    rows = []
+    window_points = {"moving: the last training steps": [], "precise: refilled from the final weights": []}
     sizes = sorted({size for size in args.windows if size < whole_run} | {whole_run})
     for size in sizes:
-        accuracy, _ = accuracy_of(with_last_batches(model, size), x_test, y_test, 1000)
-        label = f"{size}" if size < whole_run else f"{size} (every training batch)"
-        rows.append({"series": "window_size", "x": size, "test_accuracy": accuracy})
-        window_points.append((size, accuracy))
-        print(f"  window {label}: test accuracy {accuracy:.4f}")
-    final_weights, _ = accuracy_of(
-        with_final_weights_statistics(model, splits.x_train, DEFAULTS["batch_size"]), x_test, y_test, 1000
-    )
-    rows.append({"series": "final_weights_one_pass", "x": steps_per_epoch, "test_accuracy": final_weights})
-    print(f"  Algorithm 2 with the final weights (one pass over the training set): {final_weights:.4f}")
+        networks = (with_last_batches(model, size), with_precise_statistics(model, splits.x_train, settings, size))
+        for (rule, points), network in zip(window_points.items(), networks):
+            accuracy, _ = accuracy_of(network, x_test, y_test, 1000)
+            rows.append({"series": f"window_size, {rule.split(':')[0]}", "x": size, "test_accuracy": accuracy})
+            points.append((size, accuracy))
+        label = f"{size}" if size < whole_run else f"{size} (as many as training steps)"
+        print(f"  window {label}: test accuracy {points[-1][1]:.4f} precise, "
+              f"{window_points['moving: the last training steps'][-1][1]:.4f} moving")
 
+    window_size = DEFAULTS["window_size"]
     rules = {
-        f"ours: window of the last {DEFAULTS['window_size']} training batches":
-            with_last_batches(model, DEFAULTS["window_size"]),
+        f"ours, precise: {window_size} batches through the final weights":
+            with_precise_statistics(model, splits.x_train, settings, window_size),
+        f"ours, moving: the last {window_size} training batches": with_last_batches(model, window_size),
         "earlier project: the predicted batch's own statistics": rebuild(
             model, network_class=EarlierProjectLeNet5),
     }
@@ -433,14 +451,11 @@ def window(args):
 
     folder = study_dir(args, "window")
     write_rows(folder / "window.csv", rows)
-    visualizations.plot_window_study(
-        window_points, batch_points,
-        ("Algorithm 2 with the final weights", final_weights), folder / "window.png",
-    )
+    visualizations.plot_window_study(window_points, batch_points, folder / "window.png")
     summary = {
         "epochs": args.epochs, "seed": args.seed, "training_steps": whole_run,
-        "window_size": {str(size): accuracy for size, accuracy in window_points},
-        "final_weights_one_pass": final_weights,
+        "window_size": {rule.split(":")[0]: {str(size): accuracy for size, accuracy in points}
+                        for rule, points in window_points.items()},
         "inference_batch_size": {rule: {str(b): a for b, a in points} for rule, points in batch_points.items()},
         "movement_with_batch_size": {rule: spread(rule) for rule in rules},
     }
@@ -486,9 +501,17 @@ def build_parser():
                              help="fixes the split, the initial weights and the shuffling")
         return sub
 
-    study("keras_check", "Hand-written BN against keras.layers.BatchNormalization in lenet_fc_bn2, "
-          "same initial weights and batches.")
-    sub = study("seeds", "The variants over several seeds: mean and standard deviation bands.")
+    def statistics_rule(sub):
+        sub.add_argument("--bn_statistics", choices=models_handling.BN_STATISTICS,
+                         default=DEFAULTS["bn_statistics"], help="as main.py --bn_statistics")
+
+    statistics_rule(study("keras_check", "Hand-written BN against keras.layers.BatchNormalization in "
+                          "lenet_fc_bn2, same initial weights and batches."))
+    sub = study("seeds", "The variants over several seeds, under each statistics rule: mean and standard "
+                "deviation bands.")
+    sub.add_argument("--rules", nargs="+", choices=models_handling.BN_STATISTICS,
+                     default=list(models_handling.BN_STATISTICS), metavar="RULE",
+                     help="the --bn_statistics rules to train under (precise, moving)")
     sub.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2],
                      help="each fixes the split, the initial weights and the shuffling of one run")
     sub.add_argument("--models", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="MODEL",
@@ -500,10 +523,13 @@ def build_parser():
                      help="how many (fixed) validation images the percentiles are taken over")
     sub.add_argument("--target", type=positive_float, default=0.9,
                      help="report the first step at which test accuracy reaches this")
-    sub = study("lr", "lenet and lenet_fc_bn2 with plain SGD at several learning rates.")
+    statistics_rule(sub)
+    sub = study("lr", "lenet and lenet_fc_bn2 with plain SGD at several learning rates, test accuracy "
+                "under both statistics rules.")
     sub.add_argument("--rates", type=positive_float, nargs="+", default=[0.01, 0.1, 1.0, 10.0],
                      help="SGD learning rates; the default optimizer at its own rate is always added")
-    sub = study("window", "Test accuracy against the inference window and the inference batch size.")
+    sub = study("window", "Test accuracy against the inference window (both statistics rules) and the "
+                "inference batch size.")
     sub.add_argument("--windows", type=positive_int, nargs="+", default=[1, 5, 50, 500],
                      help="window sizes; the whole run's number of training steps is always added")
     sub.add_argument("--inference_batch_sizes", type=positive_int, nargs="+", default=[1, 10, 100, 1000],

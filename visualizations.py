@@ -100,18 +100,19 @@ def plot_figure1(curves, path):
 
 
 def plot_learning_rates(rows, references, path):
-    """Test accuracy against learning rate (log axis), one line per model;
-    `references` ({label: accuracy}) drawn as dashed horizontal lines."""
+    """Test accuracy against learning rate (log axis), one line per model (with
+    BN, a dotted one for the `moving` statistics too); `references` ({label:
+    accuracy}) drawn as dashed horizontal lines."""
     figure, axes = plt.subplots(figsize=(7, 4.5))
     models = list(dict.fromkeys(row["model"] for row in rows))
     for name in models:
         mine = sorted((row for row in rows if row["model"] == name), key=lambda row: row["learning_rate"])
         rates = [row["learning_rate"] for row in mine]
         (line,) = axes.plot(rates, [row["test_accuracy"] for row in mine], marker="o", label=f"{name}, SGD")
-        recomputed = [row["test_accuracy_final_weights_statistics"] for row in mine]
-        if recomputed != [row["test_accuracy"] for row in mine]:
-            axes.plot(rates, recomputed, ":", marker="s", color=line.get_color(),
-                      label=f"{name}, SGD, BN statistics recomputed from the final weights")
+        moving = [row["test_accuracy_moving"] for row in mine]
+        if moving != [row["test_accuracy"] for row in mine]:
+            axes.plot(rates, moving, ":", marker="s", color=line.get_color(),
+                      label=f"{name}, SGD, moving statistics (last training steps)")
         for label, accuracy in references.items():
             if label.startswith(name + ","):
                 axes.axhline(accuracy, linestyle="--", color=line.get_color(), alpha=0.7, label=label)
@@ -123,15 +124,13 @@ def plot_learning_rates(rows, references, path):
     save_figure(figure, path)
 
 
-def plot_window_study(window_points, batch_points, reference, path):
-    """Left: test accuracy against window_size (log axis), with `reference`
-    ((label, accuracy)) as a dashed line. Right: test accuracy against
-    inference batch size, one line per inference rule."""
-    figure, (window_axes, batch_axes) = plt.subplots(1, 2, figsize=(11, 4))
-    sizes, accuracies = zip(*window_points)
-    window_axes.plot(sizes, accuracies, marker="o", label="window of the last training batches")
-    if reference is not None:
-        window_axes.axhline(reference[1], linestyle="--", color="gray", label=reference[0])
+def plot_window_study(window_points, batch_points, path):
+    """Left: test accuracy against window_size (log axis), one line per
+    statistics rule ({rule: [(window_size, accuracy)]}). Right: test accuracy
+    against inference batch size, one line per inference rule."""
+    figure, (window_axes, batch_axes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for rule, points in window_points.items():
+        window_axes.plot(*zip(*points), marker="o", label=rule)
     window_axes.set_xscale("log")
     window_axes.set(title="inference statistics: window size", xlabel="window_size (training batches)",
                     ylabel="test accuracy")

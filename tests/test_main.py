@@ -65,6 +65,7 @@ def test_all_models_one_epoch_writes_every_promised_file(small_npz, tmp_path, ca
     assert 0 <= entry["test_accuracy"] <= 1 and entry["test_loss"] > 0
     assert entry["epochs"] == 1 and entry["train_seconds"] > 0
     assert entry["settings"]["batch_size"] == main.DEFAULTS["batch_size"]
+    assert entry["settings"]["bn_statistics"] == "precise"
     assert entry["images"] == {"train": 170, "val": 30, "test": 60}
     assert summary["lenet"]["trainable_parameters"] == 61_706  # LeNet-5 with a 10-way output
     assert_no_temporary_files(results)
@@ -105,6 +106,7 @@ BAD_ARGUMENTS = {
     "zero epochs": (["--epochs", 0], "argument --epochs: expected a positive integer, got '0'"),
     "negative batch": (["--batch_size", -1], "argument --batch_size: expected a positive integer, got '-1'"),
     "zero window": (["--window_size", 0], "argument --window_size: expected a positive integer"),
+    "unknown statistics rule": (["--bn_statistics", "nope"], "argument --bn_statistics: invalid choice: 'nope'"),
     "zero epsilon": (["--epsilon", 0], "argument --epsilon: expected a positive number, got '0'"),
     "split above one": (["--val_split", 1.5], "argument --val_split: expected a fraction strictly between 0 and 1"),
     "bad optimizer": (["--optimizer", "adamm"], "--optimizer adamm: not a Keras optimizer"),
@@ -267,12 +269,12 @@ def test_a_ctrl_c_swallowed_by_a_library_still_stops_the_run(small_npz, tmp_path
 # ---------------------------------------------------------------- real data
 
 
-def test_real_mnist_sample_lenet_fc_bn2_reaches_90_percent_in_3_epochs(mnist_npz):
-    """Three seeds, because one seed's last step can land in a dip: at seed 0
-    the test accuracy after 3 epochs is 0.893, at seeds 1 and 2 about 0.94."""
+def test_real_mnist_sample_lenet_fc_bn2_reaches_93_percent_in_3_epochs(mnist_npz):
+    """Three seeds, with the default `precise` statistics: 0.936, 0.940 and 0.950
+    on the team's machine (under `moving`, seed 0 ended at 0.919)."""
     accuracies = []
     for seed in (0, 1, 2):
         splits = utils.load_data(mnist_npz, val_split=0.15, seed=seed)
         settings = models_handling.Settings(64, 10, 3, "adam", None, 1e-8, 5, 0, seed)
         accuracies.append(models_handling.run_model("lenet_fc_bn2", splits, settings).test_accuracy)
-    assert np.mean(accuracies) >= 0.90, f"test accuracies {accuracies}"
+    assert np.mean(accuracies) >= 0.93 and min(accuracies) >= 0.92, f"test accuracies {accuracies}"

@@ -1,0 +1,169 @@
+"""The `precise` rule: BN's inference statistics refilled from the trained,
+frozen network (the paper's Algorithm 2, lines 9-10), before every validation."""
+
+import json
+from dataclasses import replace
+
+import keras
+import numpy as np
+import pytest
+
+import models_handling
+import utils
+from conftest import mnist_like
+from lenet import KERAS_BN_VARIANT, build_lenet, momentum_matching_window, refill_statistics
+
+EPSILON = 1e-8
+
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def numpy_network(model, images, population=None):
+    """The network's logits with BN done in numpy (the affine layers are the
+    model's own): with every batch's own statistics (training mode) when
+    `population` is None, else with population[stage] = (mean, variance).
+    Also returns what each BN layer received."""
+    x, bn_inputs = images, {}
+    for stage in ("C1", "C3", "C5", "F6"):
+        if stage == "C5":
+            x = x.reshape(len(x), -1)
+        z = model.affine[stage](x.astype(np.float32)).numpy().astype(np.float64)
+        if stage in model.norm:
+            norm = model.norm[stage]
+            axes = tuple(range(z.ndim - 1))
+            bn_inputs[stage] = z
+            mean, variance = (z.mean(axes), z.var(axes)) if population is None else population[stage]
+            z = norm.gamma.numpy() * (z - mean) / np.sqrt(variance + EPSILON) + norm.beta.numpy()
+        x = sigmoid(z)
+        if stage in ("C1", "C3"):  # 2x2 average pooling
+            n, h, w, c = x.shape
+            x = x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+    return model.classifier(x.astype(np.float32)).numpy(), bn_inputs
+
+
+def numpy_algorithm2(model, batches, ddof):
+    """Algorithm 2, line 10, over `batches` passed through the frozen network:
+    E[x] the mean of the batch means, Var[x] the mean of the batch variances
+    (unbiased, ddof=1, for our layer; Keras's layer keeps biased ones)."""
+    statistics = {stage: ([], []) for stage in model.norm}
+    for batch in batches:
+        _, bn_inputs = numpy_network(model, batch)
+        for stage, z in bn_inputs.items():
+            axes = tuple(range(z.ndim - 1))
+            statistics[stage][0].append(z.mean(axes))
+            statistics[stage][1].append(z.var(axes, ddof=ddof))
+    return {stage: (np.mean(means, 0), np.mean(variances, 0)) for stage, (means, variances) in statistics.items()}
+
+
+def trained(name, window_size=5):
+    """`name` after a few compiled training steps on random data (so that the
+    moving window holds statistics of weights that have since changed)."""
+    keras.utils.set_random_seed(0)
+    model = build_lenet(name, window_size=window_size)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    model.fit(rng.uniform(size=(96, 32, 32, 1)).astype(np.float32), rng.integers(0, 10, 96),
+              batch_size=16, epochs=1, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("name, ddof", [("lenet_fc_bn2", 1), (KERAS_BN_VARIANT, 0)])
+def test_refill_freezes_weights_and_inference_follows_algorithm_2_over_the_refill(name, ddof):
+    model = trained(name)
+    rng = np.random.default_rng(1)
+    batches = [rng.uniform(size=(16, 32, 32, 1)).astype(np.float32) for _ in range(5)]
+    test_images = rng.uniform(size=(40, 32, 32, 1)).astype(np.float32)
+    trainable_before = [weight.numpy().copy() for weight in model.trainable_weights]
+    before = model.predict(test_images, verbose=0)
+
+    refill_statistics(model, batches)
+
+    for weight, value in zip(model.trainable_weights, trainable_before):
+        np.testing.assert_array_equal(weight.numpy(), value, err_msg=weight.path)
+    expected, _ = numpy_network(model, test_images, numpy_algorithm2(model, batches, ddof))
+    got = model.predict(test_images, verbose=0)
+    assert np.abs(got - before).max() > 1e-3, "the refill should change the stale statistics"
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+    if name != KERAS_BN_VARIANT:
+        assert all(int(norm.recorded_batches.numpy()) == 5 for norm in model.norm.values())
+    else:
+        assert all(norm.momentum == momentum_matching_window(5) for norm in model.norm.values())  # restored
+
+
+def test_a_refill_with_more_batches_than_the_window_keeps_the_last_ones():
+    model = trained("lenet_bn2", window_size=3)
+    rng = np.random.default_rng(2)
+    batches = [rng.uniform(size=(8, 32, 32, 1)).astype(np.float32) for _ in range(7)]
+    refill_statistics(model, batches)
+    test_images = rng.uniform(size=(10, 32, 32, 1)).astype(np.float32)
+    expected, _ = numpy_network(model, test_images, numpy_algorithm2(model, batches[-3:], ddof=1))
+    np.testing.assert_allclose(model.predict(test_images, verbose=0), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_refill_batches_are_seeded_per_epoch_and_drawn_without_replacement():
+    images = np.arange(100)[:, None]
+
+    def draw(seed, epoch, count=3):
+        return models_handling.refill_batches(images, 32, count, seed, epoch)
+
+    batches = draw(0, 0)
+    assert [len(batch) for batch in batches] == [32, 32, 32]
+    assert len(np.unique(np.concatenate(batches))) == 96
+    assert all(np.array_equal(a, b) for a, b in zip(batches, draw(0, 0)))
+    assert not np.array_equal(np.concatenate(batches), np.concatenate(draw(0, 1)))
+    assert not np.array_equal(np.concatenate(batches), np.concatenate(draw(1, 0)))
+    # More than the split holds: every image before any repeats.
+    assert len(np.unique(np.concatenate(draw(0, 0, count=5))[:100])) == 100
+
+
+def small_splits():
+    return utils.prepare(*mnist_like(num_train=200, num_test=20), val_split=0.2, seed=0)
+
+
+class ValidationLossAfterEachEpoch(keras.callbacks.Callback):
+    """What the logged val_loss is compared with: the loss on the validation
+    split computed once the epoch is over."""
+
+    def __init__(self, images, labels):
+        super().__init__()
+        self.images, self.labels, self.losses = images, labels, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self.losses.append(float(loss(self.labels, self.model(self.images, training=False))))
+
+
+def test_validation_after_each_epoch_uses_the_refilled_statistics():
+    splits = small_splits()
+    settings = models_handling.Settings(32, 10, 3, "adam", None, EPSILON, 5, 0, 0)
+    model = models_handling.build_and_compile("lenet_fc_bn2", settings)
+    check = ValidationLossAfterEachEpoch(splits.x_val, splits.y_val)
+    history = models_handling.train(model, splits, settings, callbacks=[check])
+    np.testing.assert_allclose(history["val_loss"], check.losses, rtol=1e-5)
+
+    # Under `moving` the same comparison holds too, but with other statistics.
+    moving = models_handling.build_and_compile("lenet_fc_bn2", settings)
+    moving_history = models_handling.train(moving, splits, replace(settings, bn_statistics="moving"))
+    assert moving_history["loss"] == history["loss"], "the rule must not change training"
+    assert moving_history["val_loss"] != history["val_loss"]
+
+
+# lenet_fc_bn2, 2 epochs of batch 32 on mnist_like(160, 20) split 0.2 with seed 0,
+# training seed 1, as the code before `precise` existed printed it (commit b4a2e35).
+MOVING_BEFORE = json.loads(
+    '{"loss": [2.4806885719299316, 2.1585206985473633], "accuracy": [0.1171875, 0.203125], '
+    '"val_loss": [2.5447535514831543, 2.52239990234375], "val_accuracy": [0.125, 0.09375], '
+    '"test_loss": 2.784306049346924, "test_accuracy": 0.10000000149011612}'
+)
+
+
+def test_moving_reproduces_the_history_from_before_precise_existed():
+    splits = utils.prepare(*mnist_like(num_train=160, num_test=20), val_split=0.2, seed=0)
+    settings = models_handling.Settings(32, 10, 2, "adam", None, EPSILON, 5, 0, 1, bn_statistics="moving")
+    result = models_handling.run_model("lenet_fc_bn2", splits, settings)
+    for key in models_handling.HISTORY_KEYS:
+        np.testing.assert_allclose(result.history[key], MOVING_BEFORE[key], rtol=1e-4, err_msg=key)
+    assert result.test_loss == pytest.approx(MOVING_BEFORE["test_loss"], rel=1e-4)
+    assert result.test_accuracy == pytest.approx(MOVING_BEFORE["test_accuracy"])
