@@ -16,6 +16,7 @@ DEFAULTS = {
     "epsilon": 1e-8,
     "window_size": 5,
     "bn_statistics": "precise",  # precise: window refilled with the trained weights each epoch; moving: last steps
+    "precision": "float32",  # or mixed_float16 (GPUs with tensor cores), mixed_bfloat16
     "verbose": 1,
     "flag_visualizations": 1,
     "jit_compile": 1,  # 1: XLA-compile each step (faster; 0 for TensorFlow's own kernels)
@@ -105,6 +106,9 @@ def build_parser():
         "validation, from window_size training batches passed through the trained, frozen weights "
         "(the paper's Algorithm 2); moving keeps the statistics of the last window_size training "
         "steps, taken while the weights were still changing")
+    add("--precision", choices=models_handling.PRECISIONS,
+        help="Keras dtype policy: float32, or float16 / bfloat16 arithmetic with float32 weights "
+        "(faster on GPUs with tensor cores and CPUs with bfloat16 units; BN's statistics stay float32)")
     add("--verbose", type=int, choices=[0, 1, 2],
         help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch")
     add("--flag_visualizations", type=int, choices=[0, 1], help="1: write the PNG plots; 0: skip them")
@@ -197,6 +201,7 @@ def run(args, ctrl_c):
         seed=args.seed,
         jit_compile=bool(args.jit_compile),
         bn_statistics=args.bn_statistics,
+        precision=args.precision,
     )
     run_record = {
         "data": args.data or f"keras.datasets.{args.dataset}",

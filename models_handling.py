@@ -22,6 +22,9 @@ SUMMARY_FILE = "summary.json"
 # from training batches passed through the trained weights (Algorithm 2);
 # "moving" keeps the last training steps' statistics.
 BN_STATISTICS = ("precise", "moving")
+# Keras dtype policies a run may train under: float32 throughout, or float16 /
+# bfloat16 computation with float32 variables (BN's statistics stay float32).
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Settings:
     seed: int
     jit_compile: bool = True  # XLA-compile each training and inference step
     bn_statistics: str = "precise"  # one of BN_STATISTICS
+    precision: str = "float32"  # one of PRECISIONS
 
 
 @dataclass
@@ -77,7 +81,14 @@ def compile_model(model, settings):
 
 
 def build_and_compile(name, settings):
-    """The named model, seeded, compiled."""
+    """The named model, seeded, built under the run's precision, compiled.
+
+    Keras's dtype policy is global and read when layers are made, so it is set
+    here for every model, float32 included, so that one run's choice never
+    leaks into the next. Under mixed_float16 Keras's compile wraps the
+    optimizer in a LossScaleOptimizer by itself.
+    """
+    keras.mixed_precision.set_global_policy(settings.precision)
     set_seed(settings.seed)
     return compile_model(build_lenet(name, settings.output_size, settings.epsilon, settings.window_size), settings)
 

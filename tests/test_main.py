@@ -82,6 +82,19 @@ def test_single_model_without_plots_keeps_other_models_in_the_summary(small_npz,
     assert not (results / "comparison_accuracy.png").exists()
 
 
+def test_mixed_precision_run_trains_and_says_so(small_npz, tmp_path, capsys):
+    results = tmp_path / "results"
+    code, out, err = run_main(["--model", "lenet_fc_bn2", "--precision", "mixed_float16", "--epochs", 1,
+                               "--data", small_npz, "--results_dir", results, "--verbose", 0], capsys)
+    assert code == 0, err
+    entry = json.loads((results / "summary.json").read_text())["lenet_fc_bn2"]
+    assert entry["settings"]["precision"] == "mixed_float16"
+    assert np.isfinite(entry["test_loss"])
+    # The next model built in this process is float32 again.
+    settings = models_handling.Settings(32, 10, 1, "adam", None, 1e-8, 5, 0, 0)
+    assert models_handling.build_and_compile("lenet_bn1", settings).norm["C1"].compute_dtype == "float32"
+
+
 def test_same_seed_same_history_other_seed_other_history():
     splits = utils.prepare(*mnist_like(num_train=160, num_test=20), val_split=0.2, seed=0)
 
@@ -107,6 +120,7 @@ BAD_ARGUMENTS = {
     "negative batch": (["--batch_size", -1], "argument --batch_size: expected a positive integer, got '-1'"),
     "zero window": (["--window_size", 0], "argument --window_size: expected a positive integer"),
     "unknown statistics rule": (["--bn_statistics", "nope"], "argument --bn_statistics: invalid choice: 'nope'"),
+    "unknown precision": (["--precision", "float8"], "argument --precision: invalid choice: 'float8'"),
     "zero epsilon": (["--epsilon", 0], "argument --epsilon: expected a positive number, got '0'"),
     "split above one": (["--val_split", 1.5], "argument --val_split: expected a fraction strictly between 0 and 1"),
     "bad optimizer": (["--optimizer", "adamm"], "--optimizer adamm: not a Keras optimizer"),
