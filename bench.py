@@ -2,21 +2,22 @@
 lenet_keras_bn (Keras's BN) train and predict, on synthetic MNIST-shaped data.
 
     python bench.py                           # 60,000 images, batch 64, 5 repetitions
-    python bench.py --images 6400 --repeats 2 # a quick look
+    python bench.py --images 6400 --repeats 2 # a quick look (written nowhere without --output)
     python bench.py --jit_compile 0           # without XLA, as main.py --jit_compile 0
 
 Each figure is the median of --repeats repetitions, taken in turns across the
 three models after a warm-up epoch, and the ratios are taken within this one
 run, because CPU machines (shared ones above all) are noisy. Prints a table and
-writes the figures to --output (results/bench.json).
+writes the figures to --output; at the default --images and --repeats, to
+results/bench.json unless --output says otherwise.
 """
 
-import argparse
 import json
 import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import utils
 
@@ -28,11 +29,15 @@ import tensorflow as tf  # noqa: E402
 
 import models_handling  # noqa: E402
 from lenet import INPUT_SHAPE, KERAS_BN_VARIANT, VARIANTS  # noqa: E402
-from main import DEFAULTS, positive_int  # noqa: E402
+from main import DEFAULTS, OneLineErrorParser, positive_int  # noqa: E402
 
 MODELS = ("lenet", "lenet_fc_bn2", KERAS_BN_VARIANT)
 # The default sweep (python main.py --model all) on the full MNIST.
 SWEEP = {"train": 51_000, "val": 9_000, "test": 10_000, "epochs": DEFAULTS["epochs"]}
+FULL_RUN = {"images": 60_000, "repeats": 5}  # what results/bench.json holds
+# Below this many images an epoch is over before the timing means much (start-up
+# and the first batches dominate), so the sweep estimate is not to be trusted.
+FEWEST_TRUSTED_IMAGES = 6_400
 
 
 def synthetic_mnist(num_images, seed=0):
@@ -108,14 +113,29 @@ def sweep_seconds(train_speed, inference_speed, refill_seconds):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=positive_int, default=60_000, help="training images per epoch")
+    parser = OneLineErrorParser(prog="bench.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=positive_int, default=FULL_RUN["images"], help="training images per epoch")
     parser.add_argument("--batch_size", type=positive_int, default=DEFAULTS["batch_size"])
-    parser.add_argument("--repeats", type=positive_int, default=5, help="timed repetitions per figure")
+    parser.add_argument("--repeats", type=positive_int, default=FULL_RUN["repeats"],
+                        help="timed repetitions per figure")
     parser.add_argument("--jit_compile", type=int, choices=[0, 1], default=DEFAULTS["jit_compile"],
                         help="1: XLA-compiled steps, as main.py runs by default; 0: TensorFlow's own kernels")
-    parser.add_argument("--output", default="results/bench.json", help="where the figures are written")
+    parser.add_argument("--output", help="a JSON file for the figures; by default results/bench.json for a "
+                        "full run (the default --images and --repeats) and no file for a shorter one")
     args = parser.parse_args(argv)
+    if args.output is None and (args.images, args.repeats) == (FULL_RUN["images"], FULL_RUN["repeats"]):
+        args.output = "results/bench.json"
+    if args.output is not None:
+        output = Path(args.output)
+        if output.is_dir() or not output.suffix:
+            parser.error(f"--output {output}: name a file such as bench.json, not a folder")
+        try:
+            utils.make_writable_folder(output.parent, f"--output {output}: its folder")
+        except utils.UsageError as error:
+            parser.error(str(error))
+    if args.images < FEWEST_TRUSTED_IMAGES:
+        print(f"warning: {args.images} images make epochs too short to time well; the figures and the sweep "
+              f"estimate below are rough (use --images {FEWEST_TRUSTED_IMAGES} or more)", file=sys.stderr)
 
     print(
         f"{args.images} synthetic images, batch {args.batch_size}, {args.repeats} repetitions, "
@@ -161,6 +181,9 @@ def main(argv=None):
         "refill_share_of_a_full_training_epoch": refill_share,
         "estimated_default_sweep_seconds": sweep,
     }
+    if args.output is None:
+        print("not written to a file (a shorter run than results/bench.json's; --output FILE keeps it)")
+        return 0
     utils.write_text(args.output, json.dumps(record, indent=2) + "\n")
     print(f"written to {args.output}")
     return 0

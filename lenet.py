@@ -120,6 +120,11 @@ class BatchNorm(keras.layers.Layer):
     and a saved model keeps it. A training batch with a single value per
     channel (a dense layer fed one sample) carries no variance information, so
     it is not recorded.
+
+    As Keras's own layer: under a mixed-precision policy the statistics and
+    the buffer are float32 and the output is in the compute dtype; a frozen
+    layer (`trainable = False`) normalizes with its buffer and records nothing,
+    even in training mode, which is what fine-tuning relies on.
     """
 
     def __init__(self, epsilon=1e-8, window_size=5, **kwargs):
@@ -133,14 +138,18 @@ class BatchNorm(keras.layers.Layer):
 
     def build(self, input_shape):
         channels = input_shape[-1]
-        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
-        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
+        # autocast=False: read as stored (float32 under a mixed policy), never
+        # rounded to float16 inside `call`.
+        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma", autocast=False)
+        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta", autocast=False)
         window_shape = (self.window_size, channels)
         self.mean_window = self.add_weight(
-            shape=window_shape, initializer="zeros", trainable=False, name="mean_window"
+            shape=window_shape, initializer="zeros", dtype="float32", trainable=False, autocast=False,
+            name="mean_window",
         )
         self.variance_window = self.add_weight(
-            shape=window_shape, initializer="ones", trainable=False, name="variance_window"
+            shape=window_shape, initializer="ones", dtype="float32", trainable=False, autocast=False,
+            name="variance_window",
         )
         # How many training batches have been recorded; the next goes into
         # row recorded_batches % window_size.
@@ -149,14 +158,19 @@ class BatchNorm(keras.layers.Layer):
         )
 
     def call(self, inputs, training=None):
-        if training:
-            outputs, mean, variance = batch_norm_training(
-                inputs, self.gamma.value, self.beta.value, self.epsilon
-            )
-            self._record(mean, variance, inputs)
-            return outputs
-        mean, variance = population_statistics(self.mean_window, self.variance_window, self.filled_rows())
-        return normalize(inputs, mean, variance, self.gamma, self.beta, self.epsilon)
+        # float32 whatever the compute dtype: a C1 channel at batch 64 pools
+        # m = 50,176 values, and m itself, m times a variance, and an epsilon
+        # of 1e-8 are beyond float16 (largest 65,504, smallest ~6e-8).
+        x = ops.cast(inputs, "float32")
+        gamma = ops.cast(self.gamma.value, "float32")
+        beta = ops.cast(self.beta.value, "float32")
+        if training and self.trainable:
+            outputs, mean, variance = batch_norm_training(x, gamma, beta, self.epsilon)
+            self._record(mean, variance, x)
+        else:
+            mean, variance = population_statistics(self.mean_window, self.variance_window, self.filled_rows())
+            outputs = normalize(x, mean, variance, gamma, beta, self.epsilon)
+        return ops.cast(outputs, self.compute_dtype)
 
     def filled_rows(self):
         return ops.minimum(self.recorded_batches, self.window_size)
@@ -257,7 +271,9 @@ class LeNet5(keras.Model):
         self.norm = {name: self._make_norm(f"{name}_bn") for name in self.bn_after}
         self.pool = keras.layers.AveragePooling2D(pool_size=2, name="pool")
         self.flatten = keras.layers.Flatten(name="flatten")
-        self.classifier = keras.layers.Dense(output_size, name="output")
+        # float32 logits under a mixed-precision policy too, as Keras's guide
+        # advises: the softmax in the loss is where float16 would round most.
+        self.classifier = keras.layers.Dense(output_size, name="output", dtype="float32")
 
     def _make_norm(self, name):
         if self.bn_layer == "keras":
@@ -319,8 +335,9 @@ def refill_statistics(model, image_batches):
     become these batches' plain average. This is what Wu and Johnson (2021,
     section 3) call PreciseBN.
     """
-    ours = [norm for norm in model.norm.values() if isinstance(norm, BatchNorm)]
-    keras_norms = [norm for norm in model.norm.values() if not isinstance(norm, BatchNorm)]
+    refilled = [norm for norm in model.norm.values() if norm.trainable]  # a frozen layer keeps its own
+    ours = [norm for norm in refilled if isinstance(norm, BatchNorm)]
+    keras_norms = [norm for norm in refilled if not isinstance(norm, BatchNorm)]
     for norm in ours:
         norm.empty_window()
     # At momentum 0 Keras's layer stores each batch's statistics as they are;
@@ -365,7 +382,7 @@ def build_lenet(name, output_size=10, epsilon=1e-8, window_size=5):
     """The named variant, built for 32x32x1 inputs."""
     if name == KERAS_BN_VARIANT:
         model = LeNet5(
-            VARIANTS["lenet_fc_bn2"], "keras", output_size, epsilon,
+            VARIANTS["lenet_fc_bn2"], "keras", output_size, epsilon, window_size,
             keras_momentum=momentum_matching_window(window_size), name=name,
         )
     elif name in VARIANTS:

@@ -16,6 +16,7 @@ DEFAULTS = {
     "epsilon": 1e-8,
     "window_size": 5,
     "bn_statistics": "precise",  # precise: window refilled with the trained weights each epoch; moving: last steps
+    "precision": "float32",  # or mixed_float16 (GPUs with tensor cores), mixed_bfloat16
     "verbose": 1,
     "flag_visualizations": 1,
     "jit_compile": 1,  # 1: XLA-compile each step (faster; 0 for TensorFlow's own kernels)
@@ -71,6 +72,11 @@ positive_float = checked_number(float, lambda value: 0 < value < float("inf"), "
 fraction = checked_number(float, lambda value: 0 < value < 1, "a fraction strictly between 0 and 1")
 
 
+def positive_float_or_none(text):
+    """A positive number, or None (as --help shows the default)."""
+    return None if text.strip().lower() == "none" else positive_float(text)
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line: the problem, then where to look."""
 
@@ -92,7 +98,7 @@ def build_parser():
     add("--output_size", type=positive_int, help="number of classes (units of the output layer)")
     add("--epochs", type=positive_int, help="passes over the training split")
     add("--optimizer", help="Keras optimizer name (adam, sgd, rmsprop, ...)")
-    add("--learning_rate", type=positive_float,
+    add("--learning_rate", type=positive_float_or_none,
         help="optimizer learning rate; None: the optimizer's own default (0.001 for adam)")
     add("--epsilon", type=positive_float,
         help="BN's epsilon, added to the variance before the square root so that a "
@@ -105,6 +111,9 @@ def build_parser():
         "validation, from window_size training batches passed through the trained, frozen weights "
         "(the paper's Algorithm 2); moving keeps the statistics of the last window_size training "
         "steps, taken while the weights were still changing")
+    add("--precision", choices=models_handling.PRECISIONS,
+        help="Keras dtype policy: float32, or float16 / bfloat16 arithmetic with float32 weights "
+        "(faster on GPUs with tensor cores and CPUs with bfloat16 units; BN's statistics stay float32)")
     add("--verbose", type=int, choices=[0, 1, 2],
         help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch")
     add("--flag_visualizations", type=int, choices=[0, 1], help="1: write the PNG plots; 0: skip them")
@@ -170,21 +179,27 @@ class CtrlC:
 
 
 def check_results_dir(results_dir):
-    """Fail before training, not after, if results cannot be written."""
+    """Fail before loading data if results cannot be written there."""
     path = Path(results_dir)
-    if path.exists() and not path.is_dir():
-        raise utils.UsageError(f"--results_dir {path}: is a file; name a folder")
     existing = next((parent for parent in (path, *path.parents) if parent.exists()), Path("."))
+    if not existing.is_dir():
+        raise utils.UsageError(f"--results_dir {path}: {existing} is a file; name a folder")
     if not os.access(existing, os.W_OK):
         raise utils.UsageError(f"--results_dir {path}: {existing} is not writable; name another folder")
     models_handling.read_summary(path)  # raises if an existing summary cannot be updated
 
 
-def run(args, ctrl_c):
+def run(args, ctrl_c, finished):
     names = list(VARIANTS) if args.model == "all" else [args.model]
+    if args.data is not None and args.dataset != DEFAULTS["dataset"]:
+        raise utils.UsageError(
+            f"--dataset {args.dataset} names what Keras downloads, but --data {args.data} is given: "
+            "drop one of the two"
+        )
     check_results_dir(args.results_dir)
     splits = utils.load_data(args.data, args.dataset, args.val_split, args.seed, args.output_size)
     models_handling.make_optimizer(args.optimizer, args.learning_rate)  # rejects a bad name now
+    utils.make_writable_folder(args.results_dir, "--results_dir")
     settings = models_handling.Settings(
         batch_size=args.batch_size,
         output_size=args.output_size,
@@ -197,6 +212,7 @@ def run(args, ctrl_c):
         seed=args.seed,
         jit_compile=bool(args.jit_compile),
         bn_statistics=args.bn_statistics,
+        precision=args.precision,
     )
     run_record = {
         "data": args.data or f"keras.datasets.{args.dataset}",
@@ -208,15 +224,12 @@ def run(args, ctrl_c):
         f"{len(splits.y_test)} test images; results in {args.results_dir}/"
     )
 
-    finished = []
     for name in names:
         ctrl_c.check()
         print(f"\n== {describe(name)}")
         result = models_handling.run_model(name, splits, settings, callbacks=[ctrl_c.callback()])
         models_handling.save_results(result, args.results_dir, settings, run_record, args.flag_visualizations)
         finished.append(result)
-        if args.flag_visualizations and len(finished) > 1:
-            models_handling.save_comparison(finished, args.results_dir)
         print(
             f"{name}: test accuracy {result.test_accuracy:.4f}, test loss {result.test_loss:.4f} "
             f"({result.train_seconds:.1f} s of training)"
@@ -230,26 +243,32 @@ def run(args, ctrl_c):
         )
 
 
-def interrupted(args):
-    print(f"\ninterrupted: every model that finished has its results in {args.results_dir}/", file=sys.stderr)
+def interrupted(args, finished):
+    if finished:
+        names = ", ".join(result.name for result in finished)
+        print(f"\ninterrupted: the models that finished ({names}) have their results in {args.results_dir}/",
+              file=sys.stderr)
+    else:
+        print("\ninterrupted before any model finished: no results were written", file=sys.stderr)
     return 130
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    finished = []
     with CtrlC() as ctrl_c:
         try:
-            run(args, ctrl_c)
+            run(args, ctrl_c, finished)
         except utils.UsageError as error:
             print(f"{parser.prog}: error: {error}", file=sys.stderr)
             return 2
         except Exception:
             if not ctrl_c.requested:
                 raise
-            return interrupted(args)  # Ctrl-C broke a library off mid-operation; it failed later
+            return interrupted(args, finished)  # Ctrl-C broke a library off mid-operation; it failed later
         except KeyboardInterrupt:
-            return interrupted(args)
+            return interrupted(args, finished)
     return 0
 
 

@@ -4,7 +4,7 @@ import csv
 import io
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import tensorflow as tf
 
 import visualizations
 from lenet import build_lenet, describe, refill_statistics
-from utils import UsageError, set_seed, write_text
+from utils import UsageError, atomic_path, set_seed, write_text
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 SUMMARY_FILE = "summary.json"
@@ -22,6 +22,9 @@ SUMMARY_FILE = "summary.json"
 # from training batches passed through the trained weights (Algorithm 2);
 # "moving" keeps the last training steps' statistics.
 BN_STATISTICS = ("precise", "moving")
+# Keras dtype policies a run may train under: float32 throughout, or float16 /
+# bfloat16 computation with float32 variables (BN's statistics stay float32).
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Settings:
     seed: int
     jit_compile: bool = True  # XLA-compile each training and inference step
     bn_statistics: str = "precise"  # one of BN_STATISTICS
+    precision: str = "float32"  # one of PRECISIONS
 
 
 @dataclass
@@ -49,6 +53,7 @@ class ModelResult:
     test_accuracy: float
     train_seconds: float
     trainable_parameters: int
+    model: keras.Model | None = field(default=None, repr=False)  # the trained model, to save
 
 
 def make_optimizer(name, learning_rate=None):
@@ -77,7 +82,14 @@ def compile_model(model, settings):
 
 
 def build_and_compile(name, settings):
-    """The named model, seeded, compiled."""
+    """The named model, seeded, built under the run's precision, compiled.
+
+    Keras's dtype policy is global and read when layers are made, so it is set
+    here for every model, float32 included, so that one run's choice never
+    leaks into the next. Under mixed_float16 Keras's compile wraps the
+    optimizer in a LossScaleOptimizer by itself.
+    """
+    keras.mixed_precision.set_global_policy(settings.precision)
     set_seed(settings.seed)
     return compile_model(build_lenet(name, settings.output_size, settings.epsilon, settings.window_size), settings)
 
@@ -86,20 +98,27 @@ def batches(images, labels, batch_size, shuffle_seed=None):
     """A tf.data pipeline of (images, labels) mini-batches, the last one short.
 
     With `shuffle_seed`, each pass over it (each epoch) takes a fresh seeded
-    permutation of the samples. tf.data's autotuner is off: on a 2-core machine
+    permutation of the samples. The pipeline shuffles indices and each batch
+    is gathered from the numpy arrays, which stay outside TensorFlow's graph:
+    embedded in it as a constant they hit the graph's 2 GB limit (about
+    650,000 padded images). tf.data's autotuner is off: on a 2-core machine
     its background work took a core from training for whole epochs at a time,
     halving throughput (measured with bench.py).
     """
     order = tf.data.Dataset.range(len(images))
     if shuffle_seed is not None:
         order = order.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
-    arrays = tf.data.Dataset.from_tensors((images, labels)).repeat()
-    pipeline = tf.data.Dataset.zip(order.batch(batch_size), arrays).map(
-        lambda indices, data: (tf.gather(data[0], indices), tf.gather(data[1], indices))
-    )
+
+    def gather(indices):
+        image_batch, label_batch = tf.numpy_function(
+            lambda chosen: (images[chosen], labels[chosen]), [indices],
+            (tf.as_dtype(images.dtype), tf.as_dtype(labels.dtype)), stateful=False,
+        )
+        return tf.ensure_shape(image_batch, (None, *images.shape[1:])), tf.ensure_shape(label_batch, (None,))
+
     options = tf.data.Options()
     options.autotune.enabled = False
-    return pipeline.with_options(options).prefetch(2)
+    return order.batch(batch_size).map(gather).with_options(options).prefetch(2)
 
 
 def fit(model, images, labels, settings, epochs, validation_data=None, callbacks=()):
@@ -193,7 +212,7 @@ def run_model(name, splits, settings, model=None, callbacks=()):
     seconds = time.perf_counter() - start
     test_loss, test_accuracy = evaluate(model, splits.x_test, splits.y_test, settings)
     trainable = sum(int(weight.numpy().size) for weight in model.trainable_weights)
-    return ModelResult(name, history, test_loss, test_accuracy, seconds, trainable)
+    return ModelResult(name, history, test_loss, test_accuracy, seconds, trainable, model)
 
 
 # ---------------------------------------------------------------- results
@@ -215,6 +234,13 @@ def read_summary(results_dir):
         ) from None
 
 
+def read_history(path):
+    """A history CSV written by history_csv, as {key: per-epoch list}."""
+    with open(path, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    return {key: [float(row[key]) for row in rows] for key in HISTORY_KEYS}
+
+
 def history_csv(history):
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
@@ -225,19 +251,25 @@ def history_csv(history):
 
 
 def save_results(result, results_dir, settings, run_record, plots=True):
-    """Write one model's history CSV, its PNGs, and its entry in summary.json.
+    """Write one model's history CSV, its PNGs, the trained model
+    (<name>.keras, BN windows included), its entry in summary.json, and the
+    comparison PNGs of every model the summary holds.
 
     Each file is replaced in one step, so an interrupted run leaves every file
     whole. Entries of other models in summary.json are kept.
     """
     results_dir = Path(results_dir)
     write_text(results_dir / f"{result.name}_history.csv", history_csv(result.history))
+    if result.model is not None:
+        with atomic_path(results_dir / f"{result.name}.keras") as temporary:
+            result.model.save(temporary)
     if plots:
         for metric in ("accuracy", "loss"):
             visualizations.plot_history(
                 result.history,
                 metric,
-                f"{describe(result.name)}: {metric}",
+                f"{describe(result.name)}: {metric}\ntest accuracy {result.test_accuracy:.4f}, "
+                f"test loss {result.test_loss:.4f}",
                 results_dir / f"{result.name}_{metric}.png",
             )
     summary = read_summary(results_dir)
@@ -253,10 +285,22 @@ def save_results(result, results_dir, settings, run_record, plots=True):
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_text(results_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    save_comparison(results_dir, summary, plots)
 
 
-def save_comparison(results, results_dir):
-    """Comparison PNGs of several models' histories."""
-    histories = {result.name: result.history for result in results}
+def save_comparison(results_dir, summary, plots=True):
+    """comparison_accuracy.png and comparison_loss.png of every model in
+    `summary` whose history is in the folder, so that they never contradict
+    summary.json: with fewer than two such models, or without plots, there
+    are none."""
+    results_dir = Path(results_dir)
+    histories = {
+        name: read_history(results_dir / f"{name}_history.csv")
+        for name in summary if (results_dir / f"{name}_history.csv").exists()
+    }
     for metric in ("accuracy", "loss"):
-        visualizations.plot_comparison(histories, metric, Path(results_dir) / f"comparison_{metric}.png")
+        path = results_dir / f"comparison_{metric}.png"
+        if plots and len(histories) > 1:
+            visualizations.plot_comparison(histories, metric, path)
+        elif path.exists():
+            path.unlink()

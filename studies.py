@@ -124,8 +124,12 @@ def accuracy_of(model, images, labels, batch_size):
     return float(np.mean(np.argmax(logits, axis=1) == labels)), logits
 
 
-def report(result):
-    print(f"  {result.name}: test accuracy {result.test_accuracy:.4f} ({result.train_seconds:.1f} s)", flush=True)
+def train_and_report(name, splits, settings, **options):
+    """models_handling.run_model, with a line as the run starts and one as it ends."""
+    print(f"  {name}: training {settings.epochs} epochs on {len(splits.y_train)} images ...", flush=True)
+    result = models_handling.run_model(name, splits, settings, **options)
+    print(f"  {name}: test accuracy {result.test_accuracy:.4f} ({result.train_seconds:.1f} s)", flush=True)
+    return result
 
 
 # ---------------------------------------------------------------- keras_check
@@ -141,8 +145,7 @@ def keras_check(args):
     copy_network(ours, reference)  # the same seed gives the same weights; this makes sure
     results = {}
     for label, model in (("ours", ours), ("keras", reference)):
-        results[label] = models_handling.run_model(label, splits, settings, model=model)
-        report(results[label])
+        results[label] = train_and_report(label, splits, settings, model=model)
 
     folder = study_dir(args, "keras_check")
     rows, gaps = [], {}
@@ -190,11 +193,11 @@ def seeds(args):
             settings = base_settings(args, seed=seed, bn_statistics=rule)
             print(f"seed {seed}, {rule} statistics", flush=True)
             for name in args.models:
-                result = models_handling.run_model(name, splits, settings)
-                report(result)
+                result = train_and_report(name, splits, settings)
                 histories[rule, name].append(result.history)
                 rows.append({"model": name, "bn_statistics": rule, "seed": seed,
                              "test_accuracy": result.test_accuracy, "test_loss": result.test_loss})
+                write_rows(study_dir(args, "seeds") / "seeds.csv", rows)  # kept if the study is interrupted
 
     def across_seeds(rule, statistic):
         return {
@@ -204,7 +207,6 @@ def seeds(args):
         }
 
     folder = study_dir(args, "seeds")
-    write_rows(folder / "seeds.csv", rows)
     summary = {"seeds": args.seeds, "epochs": args.epochs, "test_accuracy": {}}
     for rule in args.rules:
         for metric in ("accuracy", "loss"):
@@ -278,8 +280,7 @@ def figure1(args):
     for name in ("lenet", "lenet_fc_bn2"):
         probe = SigmoidInputProbe(probe_images, splits.x_test, splits.y_test, args.unit, args.every,
                                   splits.x_train, settings)
-        result = models_handling.run_model(name, splits, settings, callbacks=[probe])
-        report(result)
+        result = train_and_report(name, splits, settings, callbacks=[probe])
         curves[name], test_accuracy[name] = probe.curve, result.test_accuracy
         rows += [{"model": name, **dict(zip(probe.curve, values))} for values in zip(*probe.curve.values())]
 
@@ -323,9 +324,9 @@ def learning_rates(args):
             # the refill that rule would have made after the last epoch.
             settings = base_settings(args, optimizer=optimizer, learning_rate=rate, bn_statistics="moving")
             model = models_handling.build_and_compile(name, settings)
-            result = models_handling.run_model(
-                name, splits, settings, model=model, callbacks=[keras.callbacks.TerminateOnNaN()]
-            )
+            label = f"{name}, {optimizer} at {rate if rate else 'its default rate'}"
+            result = train_and_report(label, splits, settings, model=model,
+                                      callbacks=[keras.callbacks.TerminateOnNaN()])
             diverged = not all(math.isfinite(value) for value in result.history["loss"]) or \
                 len(result.history["loss"]) < settings.epochs or not math.isfinite(result.test_loss)
             rate_used = float(f"{float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)):.6g}")
@@ -339,9 +340,9 @@ def learning_rates(args):
             print(f"  {name} {optimizer} lr {rate_used:g}: test accuracy {precise:.4f}"
                   + (f" (precise), {result.test_accuracy:.4f} (moving)" if model.norm else "")
                   + (" (diverged)" if diverged else ""), flush=True)
+            write_rows(study_dir(args, "lr") / "lr.csv", rows)  # kept if the study is interrupted
 
     folder = study_dir(args, "lr")
-    write_rows(folder / "lr.csv", rows)
     sgd_rows = [row for row in rows if row["optimizer"] == "sgd"]
     references = {
         f"{row['model']}, {row['optimizer']} at its default rate {row['learning_rate']:g}": row["test_accuracy"]
@@ -406,8 +407,7 @@ def window(args):
     # every precise one.
     settings = base_settings(args, window_size=whole_run, bn_statistics="moving")
     model = models_handling.build_and_compile("lenet_fc_bn2", settings)
-    report(models_handling.run_model(f"lenet_fc_bn2 with a window of all {whole_run} batches", splits, settings,
-                                     model=model))
+    train_and_report(f"lenet_fc_bn2 with a window of all {whole_run} batches", splits, settings, model=model)
 
     x_test, y_test = splits.x_test, splits.y_test
     rows = []
@@ -472,6 +472,15 @@ STUDIES = {
     "lr": learning_rates,
     "window": window,
 }
+ABOUT = {
+    "keras_check": "Hand-written BN against keras.layers.BatchNormalization in lenet_fc_bn2, "
+                   "same initial weights and batches.",
+    "seeds": "The variants over several seeds, under each statistics rule: mean and standard deviation bands.",
+    "figure1": "The BN paper's Figure 1: percentiles of one F6 sigmoid's input during training.",
+    "lr": "lenet and lenet_fc_bn2 with plain SGD at several learning rates, test accuracy under both "
+          "statistics rules.",
+    "window": "Test accuracy against the inference window (both statistics rules) and the inference batch size.",
+}
 
 
 def build_parser():
@@ -483,8 +492,8 @@ def build_parser():
     names = parser.add_subparsers(dest="study", required=True, metavar="NAME",
                                   parser_class=OneLineErrorParser)
 
-    def study(name, help_text):
-        sub = names.add_parser(name, help=help_text, description=help_text,
+    def study(name):
+        sub = names.add_parser(name, help=ABOUT[name], description=ABOUT[name],
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         sub.add_argument("--data", default=DEFAULTS["data"], help="as main.py --data: a .npz or IDX folder; "
                          "None downloads --dataset with Keras")
@@ -493,7 +502,8 @@ def build_parser():
         sub.add_argument("--epochs", type=positive_int, default=DEFAULTS["epochs"],
                          help="passes over the training split, for every network the study trains")
         sub.add_argument("--results_dir", default="results/studies", help="the study writes into RESULTS_DIR/NAME/")
-        sub.add_argument("--verbose", type=int, choices=[0, 1, 2], default=0, help="Keras's training output")
+        sub.add_argument("--verbose", type=int, choices=[0, 1, 2], default=DEFAULTS["verbose"],
+                         help="Keras's training output: 0 silent, 1 progress bar, 2 one line per epoch")
         sub.add_argument("--jit_compile", type=int, choices=[0, 1], default=DEFAULTS["jit_compile"],
                          help="as main.py --jit_compile")
         if name != "seeds":
@@ -505,10 +515,8 @@ def build_parser():
         sub.add_argument("--bn_statistics", choices=models_handling.BN_STATISTICS,
                          default=DEFAULTS["bn_statistics"], help="as main.py --bn_statistics")
 
-    statistics_rule(study("keras_check", "Hand-written BN against keras.layers.BatchNormalization in "
-                          "lenet_fc_bn2, same initial weights and batches."))
-    sub = study("seeds", "The variants over several seeds, under each statistics rule: mean and standard "
-                "deviation bands.")
+    statistics_rule(study("keras_check"))
+    sub = study("seeds")
     sub.add_argument("--rules", nargs="+", choices=models_handling.BN_STATISTICS,
                      default=list(models_handling.BN_STATISTICS), metavar="RULE",
                      help="the --bn_statistics rules to train under (precise, moving)")
@@ -516,7 +524,7 @@ def build_parser():
                      help="each fixes the split, the initial weights and the shuffling of one run")
     sub.add_argument("--models", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="MODEL",
                      help="which of the five variants to train")
-    sub = study("figure1", "The BN paper's Figure 1: percentiles of one F6 sigmoid's input during training.")
+    sub = study("figure1")
     sub.add_argument("--every", type=positive_int, default=20, help="measure every this many training steps")
     sub.add_argument("--unit", type=non_negative_int, default=0, help="which of F6's 84 units to follow")
     sub.add_argument("--probe_images", type=positive_int, default=1000,
@@ -524,12 +532,10 @@ def build_parser():
     sub.add_argument("--target", type=positive_float, default=0.9,
                      help="report the first step at which test accuracy reaches this")
     statistics_rule(sub)
-    sub = study("lr", "lenet and lenet_fc_bn2 with plain SGD at several learning rates, test accuracy "
-                "under both statistics rules.")
+    sub = study("lr")
     sub.add_argument("--rates", type=positive_float, nargs="+", default=[0.01, 0.1, 1.0, 10.0],
                      help="SGD learning rates; the default optimizer at its own rate is always added")
-    sub = study("window", "Test accuracy against the inference window (both statistics rules) and the "
-                "inference batch size.")
+    sub = study("window")
     sub.add_argument("--windows", type=positive_int, nargs="+", default=[1, 5, 50, 500],
                      help="window sizes; the whole run's number of training steps is always added")
     sub.add_argument("--inference_batch_sizes", type=positive_int, nargs="+", default=[1, 10, 100, 1000],
@@ -540,13 +546,18 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    data = args.data or f"keras.datasets.{args.dataset}"
+    print(f"study {args.study}: {ABOUT[args.study]}", flush=True)
+    print(f"data {data}, {args.epochs} epochs per training run; results into {study_dir(args, args.study)}/",
+          flush=True)
     try:
         STUDIES[args.study](args)
     except utils.UsageError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: the study's files are written only when it ends", file=sys.stderr)
+        print("\ninterrupted: seeds and lr keep the CSV of every run that finished; the other studies "
+              "write their files only when they end", file=sys.stderr)
         return 130
     print(f"written to {study_dir(args, args.study)}/")
     return 0

@@ -10,6 +10,7 @@ import contextlib
 import gzip
 import os
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,9 +68,15 @@ def _download(dataset):
     import keras  # only here: everything else in this module runs without TensorFlow
 
     loader = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist}
+    # Keras makes its cache folders before it fetches; a failed fetch must not leave them empty.
+    cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+    made_here = [folder for folder in (cache, cache / "fashion-mnist") if not folder.exists()]
     try:
         (x_train, y_train), (x_test, y_test) = loader[dataset].load_data()
     except Exception as error:  # Keras wraps network errors in a bare Exception
+        for folder in reversed(made_here):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(
             f"could not download {dataset} ({reason}); without network access, {LOCAL_DATA_HINT}"
@@ -78,6 +85,13 @@ def _download(dataset):
 
 
 def _load_npz(path):
+    if not zipfile.is_zipfile(path):  # numpy would try to unpickle it and talk of allow_pickle
+        if _looks_like_idx(path):
+            raise DataError(
+                f"--data {path}: an IDX file; pass the folder that holds all four IDX files "
+                f"({', '.join(IDX_FILES.values())}), not one of them"
+            )
+        raise DataError(f"--data {path}: not a .npz file (a .npz is a zip archive of numpy arrays); {LOCAL_DATA_HINT}")
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in NPZ_KEYS if key not in archive.files]
@@ -103,6 +117,17 @@ IDX_FILES = {
     "x_test": "t10k-images-idx3-ubyte",
     "y_test": "t10k-labels-idx1-ubyte",
 }
+
+
+def _looks_like_idx(path):
+    """Whether `path` starts like an IDX file, raw or gzip-compressed."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as stream:
+            head = stream.read(3)
+    except OSError:
+        return False
+    return head == b"\0\0\x08"
 
 
 def _find_idx(folder, stem):
@@ -133,10 +158,15 @@ def read_idx(path):
         raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
     ndim = content[3]
     header_size = 4 + 4 * ndim
-    shape = tuple(np.frombuffer(content[4:header_size], dtype=">u4").astype(int))
+    shape = tuple(int(size) for size in np.frombuffer(content[4:header_size], dtype=">u4"))
     data = np.frombuffer(content[header_size:], dtype=np.uint8)
-    if len(shape) != ndim or data.size != int(np.prod(shape)):
-        raise DataError(f"{path}: the header promises shape {shape} but the file holds {data.size} bytes of data")
+    expected = int(np.prod(shape)) if len(shape) == ndim else None
+    if data.size != expected:
+        shown = " x ".join(map(str, shape)) if len(shape) == ndim else f"{ndim} dimensions"
+        raise DataError(
+            f"{path}: its header promises {shown} = {expected} bytes of data but the file holds "
+            f"{data.size}: it is truncated or damaged; download it again"
+        )
     return data.reshape(shape)
 
 
@@ -157,8 +187,17 @@ def check_raw(x_train, y_train, x_test, y_test, num_classes=10):
             )
         if not (np.issubdtype(images.dtype, np.number) and images.size):
             raise DataError(f"x_{part} must hold numeric pixels; got {images.dtype} with {images.size} values")
+        if np.issubdtype(images.dtype, np.floating):
+            not_finite = int(np.count_nonzero(~np.isfinite(images)))
+            if not_finite:
+                raise DataError(f"x_{part} has {not_finite} pixels that are NaN or infinite; fix or drop those images")
         if images.min() < 0 or images.max() > 255:
             raise DataError(f"x_{part} has pixels outside 0..255; store images as MNIST does (uint8)")
+        if np.issubdtype(images.dtype, np.floating) and images.max() <= 1:
+            raise DataError(
+                f"x_{part} holds floats in 0..1, already scaled; store pixels in 0..255 as MNIST does, "
+                "e.g. (x * 255).round().astype('uint8'): this project divides by 255 itself"
+            )
         if labels.shape != (len(images),):
             raise DataError(
                 f"y_{part} has shape {labels.shape}; expected ({len(images)},), one label per image"
@@ -267,13 +306,28 @@ def atomic_path(path):
     new one, never a half-written one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # The suffix stays last: Keras saves a model only to a name ending in .keras.
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         yield temporary
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def make_writable_folder(folder, flag):
+    """Create `folder` and prove a file can be written in it, or raise a
+    UsageError naming `flag`. Permissions alone do not tell (root may write
+    anywhere, yet not in /proc), so this tries."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text(folder / ".write_check", "")
+        (folder / ".write_check").unlink()
+    except OSError as error:
+        raise UsageError(f"{flag} {folder}: cannot write there ({error.strerror or error}); name another folder") \
+            from None
 
 
 def write_text(path, text):

@@ -5,6 +5,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen first)
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from utils import atomic_path  # noqa: E402
 
@@ -22,12 +23,23 @@ def _epochs(values):
     return range(1, len(values) + 1)
 
 
+def _whole_epochs(epochs, *all_axes):
+    """Epoch ticks at whole numbers only: matplotlib's own put 0.96 ... 1.04
+    under a 1-epoch run (and its integer locator gives up below two integers)."""
+    for axes in all_axes:
+        if epochs <= 20:
+            axes.set_xticks(range(1, epochs + 1))
+        else:
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_history(history, metric, title, path):
     """One model's training and validation `metric` against epoch."""
     figure, axes = plt.subplots(figsize=(6, 4))
     for key, label in ((metric, "train"), (f"val_{metric}", "validation")):
         axes.plot(_epochs(history[key]), history[key], marker="o", label=label)
     axes.set(title=title, xlabel="epoch", ylabel=METRIC_LABELS[metric])
+    _whole_epochs(len(history[metric]), axes)
     axes.grid(alpha=0.3)
     axes.legend()
     save_figure(figure, path)
@@ -51,6 +63,7 @@ def plot_comparison(histories, metric, path, spreads=None, title_prefix=""):
         axes.set(title=f"{title_prefix}{part} {metric}", xlabel="epoch")
         axes.grid(alpha=0.3)
     train_axes.set_ylabel(METRIC_LABELS[metric])
+    _whole_epochs(max(len(history[metric]) for history in histories.values()), train_axes, val_axes)
     val_axes.legend()
     save_figure(figure, path)
 
@@ -71,6 +84,7 @@ def plot_side_by_side(histories, path, title):
                 axes.plot(_epochs(history[key]), history[key], style, marker=marker, label=f"{name}, {part}")
         axes.set(title=metric, xlabel="epoch", ylabel=METRIC_LABELS[metric])
         axes.grid(alpha=0.3)
+    _whole_epochs(max(len(history["loss"]) for history in histories.values()), *all_axes)
     all_axes[0].legend(fontsize=8)
     figure.suptitle(title)
     save_figure(figure, path)
@@ -79,12 +93,15 @@ def plot_side_by_side(histories, path, title):
 def plot_figure1(curves, path):
     """The BN paper's Figure 1: (a) test accuracy against training step for
     each model, then per model the 15th, 50th and 85th percentiles of one
-    sigmoid's input against training step.
+    sigmoid's input against training step, all on one y-scale so that the
+    models' spreads compare at a glance.
 
     `curves[model]` holds lists under "step", "test_accuracy", "p15", "p50", "p85".
     """
     figure, all_axes = plt.subplots(1, 1 + len(curves), figsize=(5 * (1 + len(curves)), 4))
     accuracy_axes, *percentile_axes = all_axes
+    for axes in percentile_axes[1:]:
+        axes.sharey(percentile_axes[0])
     for name, curve in curves.items():
         accuracy_axes.plot(curve["step"], curve["test_accuracy"], label=name)
     accuracy_axes.set(title="(a) test accuracy", xlabel="training step", ylabel="accuracy")

@@ -6,7 +6,16 @@ import pytest
 import tensorflow as tf
 import keras
 
-from lenet import BatchNorm, batch_norm_training, batch_statistics, build_lenet, normalize
+from lenet import (
+    KERAS_BN_VARIANT,
+    MODEL_NAMES,
+    VARIANTS,
+    BatchNorm,
+    batch_norm_training,
+    batch_statistics,
+    build_lenet,
+    normalize,
+)
 
 EPSILON = 1e-8
 SHAPES = {"dense (N, C)": (32, 7), "conv (N, H, W, C)": (8, 5, 6, 4)}
@@ -119,11 +128,11 @@ def test_inference_does_not_depend_on_the_batch():
     assert int(model.norm["C1"].recorded_batches.numpy()) == 8
 
 
-def trained_model(name="lenet_fc_bn2", steps=8, window_size=5):
+def trained_model(name="lenet_fc_bn2", steps=8, window_size=5, jit_compile=False):
     """A model after `steps` compiled training steps of batch 16 on random data."""
     keras.utils.set_random_seed(0)
     model = build_lenet(name, window_size=window_size)
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit_compile)
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(16 * steps, 32, 32, 1)).astype(np.float32)
     labels = rng.integers(0, 10, 16 * steps)
@@ -131,11 +140,14 @@ def trained_model(name="lenet_fc_bn2", steps=8, window_size=5):
     return model
 
 
-def test_compiled_fit_updates_the_buffers():
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "XLA"])
+def test_compiled_fit_updates_the_buffers(jit_compile):
     """The earlier project kept its statistics in Python lists, which a compiled
-    (graph-mode) fit never updated."""
-    model = trained_model(steps=8, window_size=5)
+    (graph-mode) fit never updated. XLA is asked for explicitly: compile()'s
+    default, "auto", resolves to no XLA on a CPU."""
+    model = trained_model(steps=8, window_size=5, jit_compile=jit_compile)
     assert not model.run_eagerly
+    assert model.jit_compile is jit_compile
     for name, layer in model.norm.items():
         assert int(layer.recorded_batches.numpy()) == 8, name
         means = layer.mean_window.numpy()
@@ -144,15 +156,45 @@ def test_compiled_fit_updates_the_buffers():
         assert np.all(layer.variance_window.numpy() > 0), name
 
 
-def test_config_round_trip():
+def test_layer_config_says_what_the_layer_is():
     layer = BatchNorm(epsilon=1e-3, window_size=7, name="bn")
-    clone = BatchNorm.from_config(layer.get_config())
+    config = layer.get_config()
+    assert (config["epsilon"], config["window_size"], config["name"]) == (1e-3, 7, "bn")
+    clone = BatchNorm.from_config(config)
     assert (clone.epsilon, clone.window_size, clone.name) == (1e-3, 7, "bn")
-    model = build_lenet("lenet_bn2", output_size=5, epsilon=1e-4, window_size=3)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_variant_config_is_truthful(name):
+    """Built with window 9 and epsilon 1e-4, the config says so, and the
+    reference's momentum is the one that window implies."""
+    model = build_lenet(name, output_size=5, epsilon=1e-4, window_size=9)
     config = model.get_config()
-    rebuilt = type(model).from_config(config)
-    assert rebuilt.get_config() == config
-    assert rebuilt.bn_after == ("C1", "C3") and rebuilt.output_size == 5
+    assert config["bn_after"] == list(VARIANTS.get(name, VARIANTS["lenet_fc_bn2"]))
+    assert (config["output_size"], config["epsilon"], config["window_size"]) == (5, 1e-4, 9)
+    assert config["bn_layer"] == ("keras" if name == KERAS_BN_VARIANT else "ours")
+    for norm in model.norm.values():
+        if name == KERAS_BN_VARIANT:
+            assert norm.momentum == pytest.approx(0.8) == config["keras_momentum"]
+        else:
+            assert norm.window_size == 9 and norm.mean_window.shape == (9, norm.gamma.shape[0])
+        assert norm.epsilon == 1e-4
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_variant_survives_a_config_and_a_keras_file_round_trip(name, tmp_path):
+    model = trained_model(name, steps=3, window_size=2)
+    images = np.random.default_rng(1).uniform(size=(12, 32, 32, 1)).astype(np.float32)
+    expected = model.predict(images, verbose=0)
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(images, verbose=0), expected)
+    # From the config alone: the same network, which takes the same weights.
+    rebuilt = type(model).from_config(model.get_config())
+    rebuilt(images[:1])
+    rebuilt.set_weights(model.get_weights())
+    np.testing.assert_allclose(rebuilt.predict(images, verbose=0), expected, atol=1e-6)
 
 
 def test_keras_file_round_trip_keeps_buffers_and_predictions(tmp_path):
@@ -201,3 +243,110 @@ def test_written_out_backward_pass_equals_automatic_differentiation(shape):
     written_out = gradients(lambda *args: batch_norm_training(*args, EPSILON))
     for name, got, expected in zip(("x", "gamma", "beta"), written_out, gradients(autodiff_reference)):
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4, err_msg=f"gradient w.r.t. {name}")
+
+
+# ---------------------------------------------------------------- where Keras's layer works
+
+
+@pytest.fixture
+def policy():
+    """Set Keras's global dtype policy for one test; float32 again afterwards."""
+    yield keras.mixed_precision.set_global_policy
+    keras.mixed_precision.set_global_policy("float32")
+
+
+# What an output may differ by, relative and absolute, from the same output in
+# float32 or from Keras's layer under the same policy: a few roundings to the
+# compute dtype (float16 keeps 11 significant bits, bfloat16 8).
+OUTPUT_TOLERANCE = {"mixed_float16": 2e-3, "mixed_bfloat16": 1.6e-2}
+
+
+@pytest.mark.parametrize("precision", OUTPUT_TOLERANCE)
+def test_mixed_precision_keeps_statistics_and_buffer_in_float32(precision, policy):
+    """Batch 128 on a 28x28 convolution: m = 100,352 values per channel, more
+    than float16 can hold, and m times a variance overflowed it."""
+    shape = (128, 28, 28, 6)
+    batches = [random_inputs(shape, seed=seed) for seed in range(3)]
+
+    def run():
+        ours, reference = ours_and_keras(shape)
+        outputs = [(ours(x, training=True), reference(x, training=True)) for x in batches]
+        x = tf.constant(batches[0])
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.cast(ours(x, training=True), "float32") * batches[1])
+        return ours, outputs, tape.gradient(loss, x)
+
+    float32_layer, _, _ = run()
+    policy(precision)
+    layer, outputs, gradient = run()
+
+    ours, reference = outputs[-1]
+    assert ours.dtype == precision.removeprefix("mixed_")  # the compute dtype
+    assert np.all(np.isfinite(np.asarray(ours, np.float32)))
+    assert np.all(np.isfinite(np.asarray(gradient, np.float32)))
+    tolerance = OUTPUT_TOLERANCE[precision]
+    np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(reference, np.float32),
+                               atol=tolerance, rtol=tolerance)
+    for window in ("mean_window", "variance_window"):
+        got, expected = getattr(layer, window), getattr(float32_layer, window)
+        assert got.dtype == "float32", window
+        np.testing.assert_allclose(got.numpy()[:3], expected.numpy()[:3], rtol=1e-3, atol=1e-6, err_msg=window)
+    # Inference from that buffer: finite, and close to the float32 layer's.
+    x = batches[2]
+    np.testing.assert_allclose(np.asarray(layer(x), np.float32), float32_layer(x).numpy(),
+                               atol=tolerance, rtol=tolerance)
+    assert layer.epsilon == EPSILON and float(np.float32(layer.epsilon)) > 0
+
+
+def test_a_frozen_layer_normalizes_with_its_window_and_records_nothing():
+    shape = SHAPES["conv (N, H, W, C)"]
+    ours, reference = ours_and_keras(shape)
+    for seed in range(3):
+        ours(random_inputs(shape, seed=seed), training=True)
+        reference(random_inputs(shape, seed=seed), training=True)
+    ours.trainable = reference.trainable = False
+    windows = (ours.mean_window.numpy().copy(), ours.variance_window.numpy().copy(), int(ours.recorded_batches))
+    x = random_inputs(shape, seed=9)
+    np.testing.assert_allclose(ours(x, training=True), ours(x, training=False), atol=1e-6)
+    # Keras's frozen layer does the same: its training output is its inference output.
+    np.testing.assert_allclose(reference(x, training=True), reference(x, training=False), atol=1e-6)
+    np.testing.assert_array_equal(ours.mean_window.numpy(), windows[0])
+    np.testing.assert_array_equal(ours.variance_window.numpy(), windows[1])
+    assert int(ours.recorded_batches) == windows[2]
+
+
+def test_a_frozen_layer_keeps_its_window_through_a_compiled_fit():
+    model = trained_model("lenet_bn2", steps=3)
+    frozen, free = model.norm["C1"], model.norm["C3"]
+    frozen.trainable = False
+    before = frozen.mean_window.numpy().copy(), frozen.gamma.numpy().copy()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True)
+    rng = np.random.default_rng(5)
+    model.fit(rng.uniform(size=(64, 32, 32, 1)).astype(np.float32), rng.integers(0, 10, 64),
+              batch_size=16, epochs=1, verbose=0)
+    assert int(frozen.recorded_batches) == 3 and int(free.recorded_batches) == 7
+    np.testing.assert_array_equal(frozen.mean_window.numpy(), before[0])
+    np.testing.assert_array_equal(frozen.gamma.numpy(), before[1])
+
+
+@pytest.mark.parametrize("spread", [0.0, 1e-5], ids=["constant channel", "near-constant channel"])
+def test_a_channel_without_variance_gives_finite_outputs_and_gradients_like_keras(spread):
+    shape = SHAPES["conv (N, H, W, C)"]
+    x = random_inputs(shape, seed=3)
+    x[..., 1] = 0.7 + spread * np.random.default_rng(4).normal(size=shape[:-1])
+    ours, reference = ours_and_keras(shape)
+    x = tf.constant(x)
+    readout = tf.constant(np.random.default_rng(5).normal(size=shape).astype(np.float32))
+    results = []
+    for layer in (ours, reference):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * readout)
+        results.append((y.numpy(), *(g.numpy() for g in tape.gradient(loss, [x, layer.gamma, layer.beta]))))
+    for name, got, expected in zip(("output", "input gradient", "gamma gradient", "beta gradient"), *results):
+        assert np.all(np.isfinite(got)), name
+        # At epsilon 1e-8 the constant channel's 1/sqrt(variance + epsilon) is
+        # 1e4: float32 rounding in x - mean is amplified that much in both layers.
+        np.testing.assert_allclose(got, expected, atol=2e-3 + 1e-3 * np.abs(expected).max(), rtol=0, err_msg=name)

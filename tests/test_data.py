@@ -81,8 +81,14 @@ def test_the_full_mnist_split_matches_the_earlier_projects_validation_size():
         (lambda a: (*a[:3], a[3] + 5), r"y_test has labels from 5 to 14, outside 0..9"),
         (lambda a: (a[0], a[1].astype(np.float32), *a[2:]), "y_train must hold integer"),
         (lambda a: (a[0].astype(np.int32) - 1, *a[1:]), "pixels outside 0..255"),
+        (lambda a: (a[0] / np.float32(255), *a[1:]), "x_train holds floats in 0..1, already scaled"),
+        (lambda a: (*a[:2], np.where(np.arange(a[2].size).reshape(a[2].shape) < 3, np.nan, a[2]), a[3]),
+         "x_test has 3 pixels that are NaN or infinite"),
+        (lambda a: (np.where(np.arange(a[0].size).reshape(a[0].shape) == 7, np.inf, a[0]), *a[1:]),
+         "x_train has 1 pixels that are NaN or infinite"),
     ],
-    ids=["image shape", "label count", "label range", "label type", "pixel range"],
+    ids=["image shape", "label count", "label range", "label type", "pixel range", "already scaled",
+         "NaN pixels", "infinite pixel"],
 )
 def test_bad_arrays_are_named(change, message):
     with pytest.raises(DataError, match=message):
@@ -105,7 +111,7 @@ def test_file_problems_are_named(tmp_path):
         utils.load_raw(tmp_path / "missing.npz")
     not_npz = tmp_path / "notes.txt"
     not_npz.write_text("hello")
-    with pytest.raises(DataError, match="not a readable .npz"):
+    with pytest.raises(DataError, match=r"notes.txt: not a .npz file \(a .npz is a zip archive"):
         utils.load_raw(not_npz)
     partial = tmp_path / "partial.npz"
     np.savez(partial, x_train=np.zeros((1, 28, 28)), y_train=np.zeros(1), y_test=np.zeros(1))
@@ -131,3 +137,38 @@ def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv"]
     utils.write_text(target, "new")
     assert target.read_text() == "new"
+
+
+def test_one_idx_file_instead_of_its_folder_says_to_pass_the_folder(tmp_path):
+    folder = idx_folder(tmp_path / "idx", mnist_like(num_train=10, num_test=5), compress=True)
+    with pytest.raises(DataError, match="an IDX file; pass the folder that holds all four IDX files") as error:
+        utils.load_raw(folder / "train-images-idx3-ubyte.gz")
+    assert "pickle" not in str(error.value)
+
+
+def test_a_truncated_idx_file_says_so_in_plain_numbers(tmp_path):
+    folder = idx_folder(tmp_path / "idx", mnist_like(num_train=10, num_test=5), compress=False)
+    path = folder / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError) as error:
+        utils.read_idx(path)
+    assert str(error.value) == (
+        f"{path}: its header promises 10 x 28 x 28 = 7840 bytes of data but the file holds 7740: "
+        "it is truncated or damaged; download it again"
+    )
+
+
+def test_a_failed_download_leaves_no_empty_cache_folder(tmp_path, monkeypatch):
+    import keras
+
+    cache = tmp_path / "keras"
+    monkeypatch.setenv("KERAS_HOME", str(cache))
+
+    def refuse_after_making_the_folder():
+        (cache / "datasets" / "fashion-mnist").mkdir(parents=True)  # as Keras's get_file does
+        raise Exception("URL fetch failure: Connection refused")
+
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", refuse_after_making_the_folder)
+    with pytest.raises(DataError, match="could not download fashion_mnist"):
+        utils.load_raw(None, "fashion_mnist")
+    assert not (cache / "datasets").exists()

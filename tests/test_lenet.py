@@ -63,14 +63,28 @@ def test_same_seed_gives_same_initial_weights_with_either_bn_layer():
         np.testing.assert_array_equal(ours.affine[stage].kernel.numpy(), reference.affine[stage].kernel.numpy())
 
 
-def test_output_is_logits_not_probabilities():
-    keras.utils.set_random_seed(0)
-    model = build_lenet("lenet", output_size=4)
-    model.classifier.bias.assign([5.0, -5.0, 0.0, 0.0])
-    logits = model(np.zeros((2, 32, 32, 1), np.float32)).numpy()
-    assert logits.shape == (2, 4)
+def test_the_loss_applies_exactly_one_softmax_to_the_outputs():
+    """The earlier project ended in a softmax and then took the loss from
+    logits, a double softmax. Here the outputs are logits: unbounded, not
+    summing to one, and the compiled loss equals the cross-entropy of their
+    softmax. Either mistake (a softmax layer, or a loss without from_logits)
+    breaks one of these."""
+    import models_handling
+
+    settings = models_handling.Settings(16, 10, 1, "adam", None, 1e-8, 5, 0, 0)
+    model = models_handling.build_and_compile("lenet_bn1", settings)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(48, 32, 32, 1)).astype(np.float32)
+    labels = rng.integers(0, 10, 48)
+    model.fit(images, labels, batch_size=16, epochs=3, verbose=0)
+    model.classifier.bias.assign(model.classifier.bias + 3.0)  # logits move; probabilities would not
+    logits = model.predict(images, verbose=0)
     assert not np.allclose(logits.sum(axis=1), 1.0)
-    assert (logits < 0).any()
+    assert logits.max() > 1.0
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    expected_loss = -np.mean(log_softmax[np.arange(48), labels])
+    loss, _ = model.evaluate(images, labels, batch_size=48, verbose=0)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
 
 
 def test_unknown_name_is_rejected():

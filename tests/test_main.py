@@ -38,7 +38,7 @@ def assert_png(path):
 
 
 def assert_no_temporary_files(folder):
-    assert not [p.name for p in folder.rglob("*.tmp")]
+    assert not [p.name for p in folder.rglob("*.tmp*")]
 
 
 def test_all_models_one_epoch_writes_every_promised_file(small_npz, tmp_path, capsys):
@@ -82,6 +82,19 @@ def test_single_model_without_plots_keeps_other_models_in_the_summary(small_npz,
     assert not (results / "comparison_accuracy.png").exists()
 
 
+def test_mixed_precision_run_trains_and_says_so(small_npz, tmp_path, capsys):
+    results = tmp_path / "results"
+    code, out, err = run_main(["--model", "lenet_fc_bn2", "--precision", "mixed_float16", "--epochs", 1,
+                               "--data", small_npz, "--results_dir", results, "--verbose", 0], capsys)
+    assert code == 0, err
+    entry = json.loads((results / "summary.json").read_text())["lenet_fc_bn2"]
+    assert entry["settings"]["precision"] == "mixed_float16"
+    assert np.isfinite(entry["test_loss"])
+    # The next model built in this process is float32 again.
+    settings = models_handling.Settings(32, 10, 1, "adam", None, 1e-8, 5, 0, 0)
+    assert models_handling.build_and_compile("lenet_bn1", settings).norm["C1"].compute_dtype == "float32"
+
+
 def test_same_seed_same_history_other_seed_other_history():
     splits = utils.prepare(*mnist_like(num_train=160, num_test=20), val_split=0.2, seed=0)
 
@@ -107,15 +120,20 @@ BAD_ARGUMENTS = {
     "negative batch": (["--batch_size", -1], "argument --batch_size: expected a positive integer, got '-1'"),
     "zero window": (["--window_size", 0], "argument --window_size: expected a positive integer"),
     "unknown statistics rule": (["--bn_statistics", "nope"], "argument --bn_statistics: invalid choice: 'nope'"),
+    "unknown precision": (["--precision", "float8"], "argument --precision: invalid choice: 'float8'"),
     "zero epsilon": (["--epsilon", 0], "argument --epsilon: expected a positive number, got '0'"),
     "split above one": (["--val_split", 1.5], "argument --val_split: expected a fraction strictly between 0 and 1"),
     "bad optimizer": (["--optimizer", "adamm"], "--optimizer adamm: not a Keras optimizer"),
     "missing data": (["--data", "{tmp}/missing.npz"], "missing.npz: no such file or folder; pass a local copy"),
-    "not an npz": (["--data", "{tmp}/notes.txt"], "notes.txt: not a readable .npz"),
+    "not an npz": (["--data", "{tmp}/notes.txt"], "notes.txt: not a .npz file"),
+    "dataset with data": (["--dataset", "fashion_mnist"], "--dataset fashion_mnist names what Keras downloads, "
+                          "but --data"),
     "npz without x_test": (["--data", "{tmp}/no_x_test.npz"], "the .npz lacks x_test"),
     "wrong image shape": (["--data", "{tmp}/wide.npz"], r"x_train has shape (200, 28, 30)"),
     "labels outside 0..9": (["--data", "{tmp}/labels.npz"], "y_train has labels from 10 to 19, outside 0..9"),
     "results_dir is a file": (["--results_dir", "{tmp}/notes.txt"], "is a file; name a folder"),
+    "results_dir below a file": (["--results_dir", "{tmp}/notes.txt/sub"], "notes.txt is a file; name a folder"),
+    "results_dir unwritable": (["--results_dir", "/proc/nope"], "--results_dir /proc/nope: cannot write there"),
 }
 
 
@@ -203,7 +221,7 @@ def test_interrupt_keeps_the_models_that_finished(small_npz, tmp_path, capsys, m
         ["--model", "all", "--epochs", 1, "--data", small_npz, "--results_dir", results, "--verbose", 0], capsys
     )
     assert code == 130
-    assert "interrupted: every model that finished has its results in" in err
+    assert "interrupted: the models that finished (lenet, lenet_bn1) have their results in" in err
     assert list(json.loads((results / "summary.json").read_text())) == ["lenet", "lenet_bn1"]
     for name in ("lenet", "lenet_bn1"):
         assert_png(results / f"{name}_loss.png")
@@ -278,3 +296,74 @@ def test_real_mnist_sample_lenet_fc_bn2_reaches_93_percent_in_3_epochs(mnist_npz
         settings = models_handling.Settings(64, 10, 3, "adam", None, 1e-8, 5, 0, seed)
         accuracies.append(models_handling.run_model("lenet_fc_bn2", splits, settings).test_accuracy)
     assert np.mean(accuracies) >= 0.93 and min(accuracies) >= 0.92, f"test accuracies {accuracies}"
+
+
+def test_interrupt_before_any_model_finished_does_not_claim_results(small_npz, tmp_path, capsys, monkeypatch):
+    def interrupt(*args, **options):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models_handling, "run_model", interrupt)
+    code, out, err = run_main(["--model", "all", "--data", small_npz, "--results_dir", tmp_path / "results"],
+                              capsys)
+    assert code == 130
+    assert err.strip() == "interrupted before any model finished: no results were written"
+
+
+def test_learning_rate_none_is_the_optimizers_default(small_npz, tmp_path, capsys):
+    code, out, err = run_main(["--model", "lenet", "--learning_rate", "None", "--epochs", 1, "--data", small_npz,
+                               "--results_dir", tmp_path, "--verbose", 0], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "summary.json").read_text())["lenet"]["settings"]["learning_rate"] is None
+
+
+def test_the_saved_model_loads_without_extra_arguments_and_predicts_as_tested(small_npz, tmp_path, capsys):
+    results = tmp_path / "results"
+    code, out, err = run_main(["--model", "lenet_fc_bn2", "--epochs", 1, "--data", small_npz,
+                               "--results_dir", results, "--verbose", 0], capsys)
+    assert code == 0, err
+    # A fresh process, as a user would load it: import lenet, then load.
+    script = (
+        "import sys, numpy as np, utils; utils.import_tensorflow_quietly(); import keras, lenet\n"
+        f"model = keras.models.load_model({str(results / 'lenet_fc_bn2.keras')!r})\n"
+        f"splits = utils.load_data({str(small_npz)!r}, val_split=0.15, seed=0)\n"
+        "loss, accuracy = model.evaluate(splits.x_test, splits.y_test, batch_size=64, verbose=0)\n"
+        "print(accuracy, int(model.norm['C1'].recorded_batches.numpy()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    accuracy, recorded = done.stdout.split()
+    summary = json.loads((results / "summary.json").read_text())["lenet_fc_bn2"]
+    assert float(accuracy) == pytest.approx(summary["test_accuracy"], abs=1e-6)
+    assert int(recorded) == main.DEFAULTS["window_size"]  # the precise refill's window came with it
+
+
+def test_comparison_plots_always_show_what_the_summary_holds(small_npz, tmp_path, capsys, monkeypatch):
+    drawn = []
+    real_plot = models_handling.visualizations.plot_comparison
+    monkeypatch.setattr(models_handling.visualizations, "plot_comparison",
+                        lambda histories, metric, path, **kw: (drawn.append(sorted(histories)),
+                                                               real_plot(histories, metric, path, **kw)))
+    results = tmp_path / "results"
+    common = ["--epochs", 1, "--data", small_npz, "--results_dir", results, "--verbose", 0]
+    assert run_main(["--model", "lenet", *common], capsys)[0] == 0
+    assert not (results / "comparison_accuracy.png").exists()  # one model: nothing to compare
+    assert run_main(["--model", "lenet_bn1", *common], capsys)[0] == 0
+    assert drawn[-1] == ["lenet", "lenet_bn1"]  # the earlier run's model too, as in summary.json
+    assert_png(results / "comparison_accuracy.png")
+    assert run_main(["--model", "lenet", "--flag_visualizations", 0, *common], capsys)[0] == 0
+    assert not (results / "comparison_accuracy.png").exists()  # not redrawn, so not left stale
+
+
+def test_each_model_plot_shows_its_test_accuracy_on_whole_epochs(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(models_handling.visualizations, "save_figure",
+                        lambda figure, path: figures.append(figure))
+    history = {"loss": [2.0], "accuracy": [0.3], "val_loss": [1.9], "val_accuracy": [0.35]}
+    result = models_handling.ModelResult("lenet", history, 1.5, 0.4321, 1.0, 10)
+    settings = models_handling.Settings(32, 10, 1, "adam", None, 1e-8, 5, 0, 0)
+    models_handling.save_results(result, tmp_path, settings, {})
+    for figure in figures:
+        axes = figure.axes[0]
+        assert "test accuracy 0.4321" in axes.get_title()
+        ticks = [tick for tick in axes.get_xticks() if axes.get_xlim()[0] <= tick <= axes.get_xlim()[1]]
+        assert ticks and all(float(tick).is_integer() for tick in ticks), ticks

@@ -167,3 +167,43 @@ def test_unknown_study_and_bad_unit_are_one_line_errors(small_npz, tmp_path, cap
     err = capsys.readouterr().err
     assert code == 2 and err.strip().count("\n") == 0 and "--unit 84" in err
     assert not (tmp_path / "figure1").exists()
+
+
+def test_a_study_says_what_it_does_and_keeps_finished_runs_when_interrupted(small_npz, tmp_path, capsys,
+                                                                            monkeypatch):
+    real_run_model = models_handling.run_model
+    calls = []
+
+    def run_then_interrupt(*args, **options):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run_model(*args, **options)
+
+    monkeypatch.setattr(models_handling, "run_model", run_then_interrupt)
+    code = studies.main(["seeds", "--data", str(small_npz), "--results_dir", str(tmp_path), "--seeds", "0",
+                         "--models", "lenet", "lenet_bn1", "--rules", "moving", *FAST])
+    out, err = capsys.readouterr()
+    assert code == 130
+    assert out.startswith("study seeds: The variants over several seeds")
+    assert f"data {small_npz}, 1 epochs per training run" in out
+    assert "lenet: training 1 epochs on 170 images ..." in out
+    assert "lenet: test accuracy" in out
+    assert "lenet_bn1: training 1 epochs" in out and "lenet_bn1: test accuracy" not in out
+    assert "seeds and lr keep the CSV of every run that finished" in err
+    rows = read_csv(tmp_path / "seeds" / "seeds.csv")
+    assert [(row["model"], row["seed"]) for row in rows] == [("lenet", "0")]
+
+
+def test_figure1_panels_of_both_networks_share_one_y_scale(monkeypatch, tmp_path):
+    import visualizations
+
+    figures = []
+    monkeypatch.setattr(visualizations, "save_figure", lambda figure, path: figures.append(figure))
+    curve = {"step": [0, 1], "test_accuracy": [0.1, 0.2]}
+    curves = {"lenet": {**curve, "p15": [-0.1, 0.0], "p50": [0.0, 0.1], "p85": [0.1, 0.2]},
+              "lenet_fc_bn2": {**curve, "p15": [-2.0, -1.5], "p50": [0.0, 0.1], "p85": [1.5, 2.0]}}
+    visualizations.plot_figure1(curves, tmp_path / "figure1.png")
+    _, lenet_axes, bn_axes = figures[0].axes
+    assert lenet_axes.get_ylim() == bn_axes.get_ylim()
+    assert lenet_axes.get_ylim()[0] <= -2.0 and lenet_axes.get_ylim()[1] >= 2.0
