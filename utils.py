@@ -162,10 +162,15 @@ def read_idx(path):
     data = np.frombuffer(content[header_size:], dtype=np.uint8)
     expected = int(np.prod(shape)) if len(shape) == ndim else None
     if data.size != expected:
-        shown = " x ".join(map(str, shape)) if len(shape) == ndim else f"{ndim} dimensions"
+        if len(shape) != ndim:
+            promised = f"{ndim} dimensions it does not give"
+        elif ndim > 1:
+            promised = f"{' x '.join(map(str, shape))} = {expected} bytes of data"
+        else:
+            promised = f"{expected} bytes of data"
         raise DataError(
-            f"{path}: its header promises {shown} = {expected} bytes of data but the file holds "
-            f"{data.size}: it is truncated or damaged; download it again"
+            f"{path}: its header promises {promised} but the file holds {data.size}: it is truncated or "
+            "damaged; download it again"
         )
     return data.reshape(shape)
 
@@ -190,7 +195,8 @@ def check_raw(x_train, y_train, x_test, y_test, num_classes=10):
         if np.issubdtype(images.dtype, np.floating):
             not_finite = int(np.count_nonzero(~np.isfinite(images)))
             if not_finite:
-                raise DataError(f"x_{part} has {not_finite} pixels that are NaN or infinite; fix or drop those images")
+                pixels = "1 pixel that is" if not_finite == 1 else f"{not_finite} pixels that are"
+                raise DataError(f"x_{part} has {pixels} NaN or infinite; fix or drop those images")
         if images.min() < 0 or images.max() > 255:
             raise DataError(f"x_{part} has pixels outside 0..255; store images as MNIST does (uint8)")
         if np.issubdtype(images.dtype, np.floating) and images.max() <= 1:

@@ -85,7 +85,7 @@ def test_the_full_mnist_split_matches_the_earlier_projects_validation_size():
         (lambda a: (*a[:2], np.where(np.arange(a[2].size).reshape(a[2].shape) < 3, np.nan, a[2]), a[3]),
          "x_test has 3 pixels that are NaN or infinite"),
         (lambda a: (np.where(np.arange(a[0].size).reshape(a[0].shape) == 7, np.inf, a[0]), *a[1:]),
-         "x_train has 1 pixels that are NaN or infinite"),
+         "x_train has 1 pixel that is NaN or infinite"),
     ],
     ids=["image shape", "label count", "label range", "label type", "pixel range", "already scaled",
          "NaN pixels", "infinite pixel"],
@@ -172,3 +172,11 @@ def test_a_failed_download_leaves_no_empty_cache_folder(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="could not download fashion_mnist"):
         utils.load_raw(None, "fashion_mnist")
     assert not (cache / "datasets").exists()
+
+
+def test_a_truncated_label_file_names_its_size(tmp_path):
+    folder = idx_folder(tmp_path / "idx", mnist_like(num_train=10, num_test=5), compress=False)
+    path = folder / "train-labels-idx1-ubyte"
+    path.write_bytes(path.read_bytes()[:-4])
+    with pytest.raises(DataError, match="its header promises 10 bytes of data but the file holds 6: it is truncated"):
+        utils.read_idx(path)
