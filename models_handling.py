@@ -99,9 +99,10 @@ def batches(images, labels, batch_size, shuffle_seed=None):
 
     With `shuffle_seed`, each pass over it (each epoch) takes a fresh seeded
     permutation of the samples. The pipeline shuffles indices and each batch
-    is gathered from the numpy arrays, which stay outside TensorFlow's graph:
-    embedded in it as a constant they hit the graph's 2 GB limit (about
-    650,000 padded images). tf.data's autotuner is off: on a 2-core machine
+    is gathered from the numpy arrays, which stay outside TensorFlow: copied
+    whole into a tensor (Dataset.from_tensors) they cost a second copy of the
+    data in memory (3.2 GB for 800,000 images) and risk TensorFlow's 2 GB
+    limit on graph constants. tf.data's autotuner is off: on a 2-core machine
     its background work took a core from training for whole epochs at a time,
     halving throughput (measured with bench.py).
     """
