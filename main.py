@@ -230,17 +230,24 @@ def run(args, ctrl_c, finished):
         result = models_handling.run_model(name, splits, settings, callbacks=[ctrl_c.callback()])
         models_handling.save_results(result, args.results_dir, settings, run_record, args.flag_visualizations)
         finished.append(result)
-        print(
-            f"{name}: test accuracy {result.test_accuracy:.4f}, test loss {result.test_loss:.4f} "
-            f"({result.train_seconds:.1f} s of training)"
-        )
+        if result.diverged:
+            where = result.diverged
+            rate = args.learning_rate if args.learning_rate is not None else "the optimizer's default"
+            print(f"{name}: diverged at epoch {where['epoch']}, step {where['step']} (loss {where['loss']}); "
+                  f"stopped there; try a lower --learning_rate than {rate}", file=sys.stderr)
+        else:
+            print(
+                f"{name}: test accuracy {result.test_accuracy:.4f}, test loss {result.test_loss:.4g} "
+                f"({result.train_seconds:.1f} s of training)"
+            )
 
-    print(f"\n{'model':<16}{'test accuracy':>15}{'test loss':>11}{'seconds':>9}")
+    # Columns stay apart at any magnitude: a space between them, losses in %g.
+    print(f"\n{'model':<15} {'test accuracy':>13} {'test loss':>10} {'seconds':>8}")
     for result in finished:
-        print(
-            f"{result.name:<16}{result.test_accuracy:>15.4f}{result.test_loss:>11.4f}"
-            f"{result.train_seconds:>9.1f}"
-        )
+        accuracy, loss = ("diverged", "") if result.diverged else (f"{result.test_accuracy:.4f}",
+                                                                    f"{result.test_loss:.4g}")
+        print(f"{result.name:<15} {accuracy:>13} {loss:>10} {result.train_seconds:>8.1f}")
+    return 1 if any(result.diverged for result in finished) else 0
 
 
 def interrupted(args, finished):
@@ -259,7 +266,7 @@ def main(argv=None):
     finished = []
     with CtrlC() as ctrl_c:
         try:
-            run(args, ctrl_c, finished)
+            status = run(args, ctrl_c, finished)
         except utils.UsageError as error:
             print(f"{parser.prog}: error: {error}", file=sys.stderr)
             return 2
@@ -269,7 +276,7 @@ def main(argv=None):
             return interrupted(args, finished)  # Ctrl-C broke a library off mid-operation; it failed later
         except KeyboardInterrupt:
             return interrupted(args, finished)
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -14,7 +15,7 @@ import tensorflow as tf
 
 import visualizations
 from lenet import build_lenet, describe, refill_statistics
-from utils import UsageError, atomic_path, set_seed, write_text
+from utils import UsageError, atomic_path, file_lock, set_seed, write_text
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 SUMMARY_FILE = "summary.json"
@@ -54,6 +55,7 @@ class ModelResult:
     train_seconds: float
     trainable_parameters: int
     model: keras.Model | None = field(default=None, repr=False)  # the trained model, to save
+    diverged: dict | None = None  # {"epoch", "step", "loss"} where the loss stopped being finite
 
 
 def make_optimizer(name, learning_rate=None):
@@ -158,6 +160,24 @@ def refill(model, images, settings, epoch):
     refill_statistics(model, refill_batches(images, settings.batch_size, settings.window_size, settings.seed, epoch))
 
 
+class StopOnDivergence(keras.callbacks.Callback):
+    """Stop training at the first step whose loss is not finite, and remember
+    where (Keras's TerminateOnNaN stops too, but only prints the place)."""
+
+    def __init__(self):
+        super().__init__()
+        self.at = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.at = {"epoch": self.epoch + 1, "step": batch + 1, "loss": str(float(loss))}
+            self.model.stop_training = True
+
+
 class PreciseStatistics(keras.callbacks.Callback):
     """The `precise` rule: refill BN's statistics at the end of every epoch,
     before that epoch's validation.
@@ -208,12 +228,16 @@ def run_model(name, splits, settings, model=None, callbacks=()):
     `model`, already compiled, reported under `name`."""
     if model is None:
         model = build_and_compile(name, settings)
+    divergence = StopOnDivergence()
     start = time.perf_counter()
-    history = train(model, splits, settings, callbacks)
+    history = train(model, splits, settings, [*callbacks, divergence])
     seconds = time.perf_counter() - start
-    test_loss, test_accuracy = evaluate(model, splits.x_test, splits.y_test, settings)
+    # A diverged model has nothing to test: its weights are not numbers.
+    test_loss, test_accuracy = (None, None) if divergence.at else evaluate(
+        model, splits.x_test, splits.y_test, settings)
     trainable = sum(int(weight.numpy().size) for weight in model.trainable_weights)
-    return ModelResult(name, history, test_loss, test_accuracy, seconds, trainable, model)
+    return ModelResult(name, history, test_loss, test_accuracy, seconds, trainable, model=model,
+                       diverged=divergence.at)
 
 
 # ---------------------------------------------------------------- results
@@ -265,19 +289,20 @@ def save_results(result, results_dir, settings, run_record, plots=True):
         with atomic_path(results_dir / f"{result.name}.keras") as temporary:
             result.model.save(temporary)
     if plots:
+        outcome = (
+            f"diverged at epoch {result.diverged['epoch']}, step {result.diverged['step']}" if result.diverged
+            else f"test accuracy {result.test_accuracy:.4f}, test loss {result.test_loss:.4g}"
+        )
         for metric in ("accuracy", "loss"):
             visualizations.plot_history(
-                result.history,
-                metric,
-                f"{describe(result.name)}: {metric}\ntest accuracy {result.test_accuracy:.4f}, "
-                f"test loss {result.test_loss:.4f}",
+                result.history, metric, f"{describe(result.name)}: {metric}\n{outcome}",
                 results_dir / f"{result.name}_{metric}.png",
             )
-    summary = read_summary(results_dir)
-    summary[result.name] = {
+    entry = {
         "test_accuracy": result.test_accuracy,
         "test_loss": result.test_loss,
-        "final_val_accuracy": result.history["val_accuracy"][-1],
+        "diverged": result.diverged,
+        "final_val_accuracy": None if result.diverged else result.history["val_accuracy"][-1],
         "epochs": len(result.history["loss"]),
         "train_seconds": round(result.train_seconds, 2),
         "trainable_parameters": result.trainable_parameters,
@@ -285,8 +310,20 @@ def save_results(result, results_dir, settings, run_record, plots=True):
         **run_record,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_text(results_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    summary = update_summary(results_dir, result.name, entry)
     save_comparison(results_dir, summary, plots)
+
+
+def update_summary(results_dir, name, entry):
+    """Set summary.json's entry for `name`, keeping every other entry, and
+    return the summary as written. The read and the write happen under a file
+    lock, so runs writing into one folder at once never lose each other's
+    entries."""
+    with file_lock(Path(results_dir) / SUMMARY_FILE):
+        summary = read_summary(results_dir)
+        summary[name] = entry
+        write_text(Path(results_dir) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def save_comparison(results_dir, summary, plots=True):

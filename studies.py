@@ -128,7 +128,9 @@ def train_and_report(name, splits, settings, **options):
     """models_handling.run_model, with a line as the run starts and one as it ends."""
     print(f"  {name}: training {settings.epochs} epochs on {len(splits.y_train)} images ...", flush=True)
     result = models_handling.run_model(name, splits, settings, **options)
-    print(f"  {name}: test accuracy {result.test_accuracy:.4f} ({result.train_seconds:.1f} s)", flush=True)
+    outcome = (f"diverged at epoch {result.diverged['epoch']}, step {result.diverged['step']}" if result.diverged
+               else f"test accuracy {result.test_accuracy:.4f}")
+    print(f"  {name}: {outcome} ({result.train_seconds:.1f} s)", flush=True)
     return result
 
 
@@ -325,21 +327,24 @@ def learning_rates(args):
             settings = base_settings(args, optimizer=optimizer, learning_rate=rate, bn_statistics="moving")
             model = models_handling.build_and_compile(name, settings)
             label = f"{name}, {optimizer} at {rate if rate else 'its default rate'}"
-            result = train_and_report(label, splits, settings, model=model,
-                                      callbacks=[keras.callbacks.TerminateOnNaN()])
-            diverged = not all(math.isfinite(value) for value in result.history["loss"]) or \
-                len(result.history["loss"]) < settings.epochs or not math.isfinite(result.test_loss)
+            result = train_and_report(label, splits, settings, model=model)
+            # A diverged run (run_model stops it at its first non-finite loss)
+            # has no test figures.
+            diverged = result.diverged is not None
             rate_used = float(f"{float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)):.6g}")
-            precise = result.test_accuracy if not model.norm else accuracy_of(
+            precise = result.test_accuracy if diverged or not model.norm else accuracy_of(
                 with_precise_statistics(model, splits.x_train, settings), splits.x_test, splits.y_test, 1000)[0]
             rows.append({
                 "model": name, "optimizer": optimizer, "learning_rate": rate_used,
                 "test_accuracy": precise, "test_accuracy_moving": result.test_accuracy,
                 "test_loss_moving": result.test_loss, "diverged": diverged,
             })
-            print(f"  {name} {optimizer} lr {rate_used:g}: test accuracy {precise:.4f}"
-                  + (f" (precise), {result.test_accuracy:.4f} (moving)" if model.norm else "")
-                  + (" (diverged)" if diverged else ""), flush=True)
+            if diverged:
+                print(f"  {name} {optimizer} lr {rate_used:g}: diverged at epoch {result.diverged['epoch']}",
+                      flush=True)
+            else:
+                print(f"  {name} {optimizer} lr {rate_used:g}: test accuracy {precise:.4f}"
+                      + (f" (precise), {result.test_accuracy:.4f} (moving)" if model.norm else ""), flush=True)
             write_rows(study_dir(args, "lr") / "lr.csv", rows)  # kept if the study is interrupted
 
     folder = study_dir(args, "lr")

@@ -11,6 +11,11 @@ import gzip
 import os
 import sys
 import zipfile
+
+try:
+    import fcntl  # POSIX only
+except ImportError:
+    fcntl = None
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -281,6 +286,9 @@ def import_tensorflow_quietly():
         import tensorflow as tf
 
         tf.config.list_physical_devices()
+        # Its Python logger's warnings are hints for TensorFlow developers
+        # (tf.function retracing when a sweep builds model after model).
+        tf.get_logger().setLevel("ERROR")
     finally:
         os.dup2(saved_stderr, 2)
         os.close(saved_stderr)
@@ -320,6 +328,24 @@ def atomic_path(path):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+@contextlib.contextmanager
+def file_lock(path):
+    """Hold an exclusive lock for `path` (on a hidden .lock file beside it)
+    while the block runs: fcntl's advisory lock, which every process of this
+    project takes. Where fcntl does not exist (Windows) there is no lock."""
+    if fcntl is None:
+        yield
+        return
+    lock_path = Path(path).with_name(f".{Path(path).name}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def make_writable_folder(folder, flag):

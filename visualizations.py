@@ -125,10 +125,12 @@ def plot_learning_rates(rows, references, path):
     for name in models:
         mine = sorted((row for row in rows if row["model"] == name), key=lambda row: row["learning_rate"])
         rates = [row["learning_rate"] for row in mine]
-        (line,) = axes.plot(rates, [row["test_accuracy"] for row in mine], marker="o", label=f"{name}, SGD")
+        # A diverged run has no accuracy (None): a gap in its line.
+        accuracies = np.array([row["test_accuracy"] for row in mine], dtype=float)
+        (line,) = axes.plot(rates, accuracies, marker="o", label=f"{name}, SGD")
         moving = [row["test_accuracy_moving"] for row in mine]
         if moving != [row["test_accuracy"] for row in mine]:
-            axes.plot(rates, moving, ":", marker="s", color=line.get_color(),
+            axes.plot(rates, np.array(moving, dtype=float), ":", marker="s", color=line.get_color(),
                       label=f"{name}, SGD, moving statistics (last training steps)")
         for label, accuracy in references.items():
             if label.startswith(name + ","):

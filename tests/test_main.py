@@ -367,3 +367,56 @@ def test_each_model_plot_shows_its_test_accuracy_on_whole_epochs(tmp_path, monke
         assert "test accuracy 0.4321" in axes.get_title()
         ticks = [tick for tick in axes.get_xticks() if axes.get_xlim()[0] <= tick <= axes.get_xlim()[1]]
         assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
+
+
+def test_a_diverging_model_stops_at_once_and_the_sweep_goes_on(small_npz, tmp_path, capsys):
+    """Adam at 1e38 makes the weights overflow within an epoch: the loss turns NaN."""
+    results = tmp_path / "results"
+    code, out, err = run_main(["--model", "all", "--optimizer", "adam", "--learning_rate", "1e38", "--epochs", 3,
+                               "--data", small_npz, "--results_dir", results, "--verbose", 0], capsys)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == len(VARIANTS)  # one line per model, no traceback, no TensorFlow warnings
+    assert lines[0].startswith("lenet: diverged at epoch 1, step ")
+    assert lines[0].endswith("(loss nan); stopped there; try a lower --learning_rate than 1e+38")
+    summary = json.loads((results / "summary.json").read_text())
+    assert list(summary) == list(VARIANTS)  # every model of the sweep ran
+    for entry in summary.values():
+        assert entry["diverged"]["epoch"] == 1 and entry["diverged"]["loss"] == "nan"
+        assert entry["test_accuracy"] is None and entry["final_val_accuracy"] is None
+        assert entry["epochs"] == 1  # stopped in the first epoch, not run to the third
+    assert out.splitlines()[-1].split() == ["lenet_fc_bn2", "diverged", out.splitlines()[-1].split()[-1]]
+
+
+def test_the_closing_table_keeps_its_columns_at_any_magnitude(small_npz, tmp_path, capsys, monkeypatch):
+    def exploding(name, splits, settings, **options):
+        history = {"loss": [3e5], "accuracy": [0.1], "val_loss": [2e5], "val_accuracy": [0.1]}
+        return models_handling.ModelResult(name, history, 147264.0, 0.09821717, 12.5, 10)
+
+    monkeypatch.setattr(models_handling, "run_model", exploding)
+    code, out, err = run_main(["--model", "lenet", "--data", small_npz, "--results_dir", tmp_path,
+                               "--flag_visualizations", 0], capsys)
+    assert code == 0, err
+    header, row = out.strip().splitlines()[-2:]
+    assert header.split() == ["model", "test", "accuracy", "test", "loss", "seconds"]
+    assert row.split() == ["lenet", "0.0982", "1.473e+05", "12.5"]
+
+
+def _write_entries(results_dir, prefix, count):
+    for index in range(count):
+        models_handling.update_summary(results_dir, f"{prefix}{index}", {"test_accuracy": index / count})
+
+
+def test_runs_writing_into_one_folder_at_once_keep_every_entry(tmp_path):
+    """Four processes each add 40 entries to one summary.json, all at once."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_write_entries, args=(tmp_path, prefix, 40)) for prefix in "abcd"]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert sorted(summary) == sorted(f"{prefix}{index}" for prefix in "abcd" for index in range(40))

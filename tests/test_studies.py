@@ -98,16 +98,20 @@ def test_figure1_follows_one_f6_sigmoid_input_at_regular_steps(small_npz, tmp_pa
 
 
 def test_lr_runs_sgd_at_each_rate_and_the_default_optimizer(small_npz, tmp_path, capsys):
-    run_study(["lr", "--data", small_npz, "--results_dir", tmp_path, "--rates", 0.1, 10, *FAST], capsys)
+    run_study(["lr", "--data", small_npz, "--results_dir", tmp_path, "--rates", 0.1, 1e38, *FAST], capsys)
     folder = tmp_path / "lr"
     rows = read_csv(folder / "lr.csv")
-    runs = sorted((row["model"], row["optimizer"], round(float(row["learning_rate"]), 6)) for row in rows)
+    runs = sorted((row["model"], row["optimizer"], float(row["learning_rate"])) for row in rows)
     assert runs == ([
-        ("lenet", "adam", 0.001), ("lenet", "sgd", 0.1), ("lenet", "sgd", 10.0),
-        ("lenet_fc_bn2", "adam", 0.001), ("lenet_fc_bn2", "sgd", 0.1), ("lenet_fc_bn2", "sgd", 10.0),
+        ("lenet", "adam", 0.001), ("lenet", "sgd", 0.1), ("lenet", "sgd", 1e38),
+        ("lenet_fc_bn2", "adam", 0.001), ("lenet_fc_bn2", "sgd", 0.1), ("lenet_fc_bn2", "sgd", 1e38),
     ])
     for row in rows:
-        assert row["diverged"] in ("True", "False")
+        # SGD at 1e38 overflows the weights: the run stops and has no test figures.
+        assert row["diverged"] == str(float(row["learning_rate"]) == 1e38)
+        if row["diverged"] == "True":
+            assert row["test_accuracy"] == row["test_accuracy_moving"] == ""
+            continue
         assert 0 <= float(row["test_accuracy"]) <= 1
         moving = float(row["test_accuracy_moving"])
         if row["model"] == "lenet":  # no BN: nothing to refill
