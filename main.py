@@ -72,9 +72,25 @@ positive_float = checked_number(float, lambda value: 0 < value < float("inf"), "
 fraction = checked_number(float, lambda value: 0 < value < 1, "a fraction strictly between 0 and 1")
 
 
-def positive_float_or_none(text):
-    """A positive number, or None (as --help shows the default)."""
-    return None if text.strip().lower() == "none" else positive_float(text)
+# Upper bounds of main.py's numeric flags, stated in --help: beyond them a run
+# would ask for more memory or time than any machine this runs on has (a C1
+# activation of a 65,536-image batch alone is 1.2 GB), or for a number float32
+# cannot hold (3.4e38).
+LIMITS = {"batch_size": 65_536, "output_size": 10_000, "epochs": 10_000, "window_size": 10_000,
+          "seed": 2**32 - 1, "learning_rate": 1e38, "epsilon": 1.0}
+
+
+def int_up_to(limit, low=1):
+    return checked_number(int, lambda value: low <= value <= limit, f"an integer from {low} to {limit}")
+
+
+def float_up_to(limit):
+    return checked_number(float, lambda value: 0 < value <= limit, f"a positive number up to {limit:g}")
+
+
+def float_up_to_or_none(limit):
+    bounded = float_up_to(limit)
+    return lambda text: None if text.strip().lower() == "none" else bounded(text)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -94,18 +110,21 @@ def build_parser():
     add = parser.add_argument
     add("--model", choices=[*MODEL_NAMES, "all"], metavar="NAME",
         help="; ".join(describe(name) for name in MODEL_NAMES) + "; all: the five variants in turn")
-    add("--batch_size", type=positive_int, help="mini-batch size for training and evaluation")
-    add("--output_size", type=positive_int, help="number of classes (units of the output layer)")
-    add("--epochs", type=positive_int, help="passes over the training split")
+    add("--batch_size", type=int_up_to(LIMITS["batch_size"]),
+        help=f"mini-batch size for training and evaluation (1 to {LIMITS['batch_size']})")
+    add("--output_size", type=int_up_to(LIMITS["output_size"]),
+        help=f"number of classes (units of the output layer; 1 to {LIMITS['output_size']})")
+    add("--epochs", type=int_up_to(LIMITS["epochs"]), help=f"passes over the training split (1 to {LIMITS['epochs']})")
     add("--optimizer", help="Keras optimizer name (adam, sgd, rmsprop, ...)")
-    add("--learning_rate", type=positive_float_or_none,
-        help="optimizer learning rate; None: the optimizer's own default (0.001 for adam)")
-    add("--epsilon", type=positive_float,
+    add("--learning_rate", type=float_up_to_or_none(LIMITS["learning_rate"]),
+        help=f"optimizer learning rate, up to {LIMITS['learning_rate']:g}; None: the optimizer's own default "
+        "(0.001 for adam)")
+    add("--epsilon", type=float_up_to(LIMITS["epsilon"]),
         help="BN's epsilon, added to the variance before the square root so that a "
-        "channel with (near) zero variance does not divide by zero")
-    add("--window_size", type=positive_int,
+        f"channel with (near) zero variance does not divide by zero (up to {LIMITS['epsilon']:g})")
+    add("--window_size", type=int_up_to(LIMITS["window_size"]),
         help="BN at inference normalizes with the average mean and variance of this many "
-        "training mini-batches (which ones: --bn_statistics)")
+        f"training mini-batches (which ones: --bn_statistics; 1 to {LIMITS['window_size']})")
     add("--bn_statistics", choices=models_handling.BN_STATISTICS,
         help="what fills BN's inference window: precise refills it at every epoch's end, before "
         "validation, from window_size training batches passed through the trained, frozen weights "
@@ -120,8 +139,8 @@ def build_parser():
     add("--jit_compile", type=int, choices=[0, 1],
         help="1: compile each training and inference step with XLA (faster after a few seconds of "
         "compiling per model); 0: run TensorFlow's own kernels. Results differ only by float rounding")
-    add("--seed", type=non_negative_int,
-        help="fixes the train/validation split, the initial weights and the shuffling")
+    add("--seed", type=int_up_to(LIMITS["seed"], low=0),
+        help=f"fixes the train/validation split, the initial weights and the shuffling (0 to {LIMITS['seed']})")
     add("--val_split", type=fraction, help="fraction of the training set held out for validation")
     add("--data", help="a Keras-format .npz (x_train, y_train, x_test, y_test) or a folder with "
         "the four MNIST IDX files (raw or .gz); None: download --dataset with Keras")

@@ -40,7 +40,7 @@ from lenet import (  # noqa: E402
     momentum_matching_window,
     normalize,
 )
-from main import DEFAULTS, OneLineErrorParser, non_negative_int, positive_float, positive_int  # noqa: E402
+from main import DEFAULTS, LIMITS, OneLineErrorParser, int_up_to, non_negative_int, positive_float, positive_int  # noqa: E402,E501
 
 # ---------------------------------------------------------------- shared pieces
 
@@ -504,7 +504,7 @@ def build_parser():
                          "None downloads --dataset with Keras")
         sub.add_argument("--dataset", default=DEFAULTS["dataset"], choices=["mnist", "fashion_mnist"],
                          help="what Keras downloads when --data is None")
-        sub.add_argument("--epochs", type=positive_int, default=DEFAULTS["epochs"],
+        sub.add_argument("--epochs", type=int_up_to(LIMITS["epochs"]), default=DEFAULTS["epochs"],
                          help="passes over the training split, for every network the study trains")
         sub.add_argument("--results_dir", default="results/studies", help="the study writes into RESULTS_DIR/NAME/")
         sub.add_argument("--verbose", type=int, choices=[0, 1, 2], default=DEFAULTS["verbose"],
@@ -512,7 +512,7 @@ def build_parser():
         sub.add_argument("--jit_compile", type=int, choices=[0, 1], default=DEFAULTS["jit_compile"],
                          help="as main.py --jit_compile")
         if name != "seeds":
-            sub.add_argument("--seed", type=non_negative_int, default=DEFAULTS["seed"],
+            sub.add_argument("--seed", type=int_up_to(LIMITS["seed"], low=0), default=DEFAULTS["seed"],
                              help="fixes the split, the initial weights and the shuffling")
         return sub
 
@@ -525,7 +525,7 @@ def build_parser():
     sub.add_argument("--rules", nargs="+", choices=models_handling.BN_STATISTICS,
                      default=list(models_handling.BN_STATISTICS), metavar="RULE",
                      help="the --bn_statistics rules to train under (precise, moving)")
-    sub.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2],
+    sub.add_argument("--seeds", type=int_up_to(LIMITS["seed"], low=0), nargs="+", default=[0, 1, 2],
                      help="each fixes the split, the initial weights and the shuffling of one run")
     sub.add_argument("--models", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="MODEL",
                      help="which of the five variants to train")

@@ -116,12 +116,20 @@ def bad_npz(tmp_path, name, change):
 
 BAD_ARGUMENTS = {
     "unknown model": (["--model", "lenet_bn3"], "invalid choice: 'lenet_bn3'"),
-    "zero epochs": (["--epochs", 0], "argument --epochs: expected a positive integer, got '0'"),
-    "negative batch": (["--batch_size", -1], "argument --batch_size: expected a positive integer, got '-1'"),
-    "zero window": (["--window_size", 0], "argument --window_size: expected a positive integer"),
+    "zero epochs": (["--epochs", 0], "argument --epochs: expected an integer from 1 to 10000, got '0'"),
+    "negative batch": (["--batch_size", -1], "argument --batch_size: expected an integer from 1 to 65536, got '-1'"),
+    "zero window": (["--window_size", 0], "argument --window_size: expected an integer from 1 to 10000"),
+    "huge batch": (["--batch_size", 10**9], "argument --batch_size: expected an integer from 1 to 65536"),
+    "huge window": (["--window_size", 10**7], "argument --window_size: expected an integer from 1 to 10000"),
+    "huge output": (["--output_size", 10**8], "argument --output_size: expected an integer from 1 to 10000"),
+    "endless epochs": (["--epochs", 10**6], "argument --epochs: expected an integer from 1 to 10000"),
+    "seed beyond 32 bits": (["--seed", 2**32], "argument --seed: expected an integer from 0 to 4294967295"),
+    "learning rate beyond float32": (["--learning_rate", "1e39"],
+                                     "argument --learning_rate: expected a positive number up to 1e+38"),
+    "epsilon above one": (["--epsilon", 2], "argument --epsilon: expected a positive number up to 1"),
     "unknown statistics rule": (["--bn_statistics", "nope"], "argument --bn_statistics: invalid choice: 'nope'"),
     "unknown precision": (["--precision", "float8"], "argument --precision: invalid choice: 'float8'"),
-    "zero epsilon": (["--epsilon", 0], "argument --epsilon: expected a positive number, got '0'"),
+    "zero epsilon": (["--epsilon", 0], "argument --epsilon: expected a positive number up to 1, got '0'"),
     "split above one": (["--val_split", 1.5], "argument --val_split: expected a fraction strictly between 0 and 1"),
     "bad optimizer": (["--optimizer", "adamm"], "--optimizer adamm: not a Keras optimizer"),
     "missing data": (["--data", "{tmp}/missing.npz"], "missing.npz: no such file or folder; pass a local copy"),
@@ -191,7 +199,7 @@ def test_bad_flag_in_a_real_process_prints_one_line(tmp_path):
     done = run_script(["--epochs", "0"])
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "main.py: error: argument --epochs: expected a positive integer, got '0' (see --help)"
+        "main.py: error: argument --epochs: expected an integer from 1 to 10000, got '0' (see --help)"
     ]
 
 
