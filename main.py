@@ -19,6 +19,7 @@ DEFAULTS = {
     "precision": "float32",  # or mixed_float16 (GPUs with tensor cores), mixed_bfloat16
     "verbose": 1,
     "flag_visualizations": 1,
+    "tensorboard": 0,  # 1: TensorBoard logs under <results_dir>/logs/<model>/
     "jit_compile": 1,  # 1: XLA-compile each step (faster; 0 for TensorFlow's own kernels)
     "seed": 0,
     "val_split": 0.15,
@@ -136,6 +137,9 @@ def build_parser():
     add("--verbose", type=int, choices=[0, 1, 2],
         help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch")
     add("--flag_visualizations", type=int, choices=[0, 1], help="1: write the PNG plots; 0: skip them")
+    add("--tensorboard", type=int, choices=[0, 1],
+        help="1: write TensorBoard logs (per-epoch scalars, BN statistics histograms) under "
+        "RESULTS_DIR/logs/MODEL/; view them with tensorboard --logdir RESULTS_DIR/logs")
     add("--jit_compile", type=int, choices=[0, 1],
         help="1: compile each training and inference step with XLA (faster after a few seconds of "
         "compiling per model); 0: run TensorFlow's own kernels. Results differ only by float rounding")
@@ -246,7 +250,10 @@ def run(args, ctrl_c, finished):
     for name in names:
         ctrl_c.check()
         print(f"\n== {describe(name)}")
-        result = models_handling.run_model(name, splits, settings, callbacks=[ctrl_c.callback()])
+        callbacks = [ctrl_c.callback()]
+        if args.tensorboard:
+            callbacks += models_handling.tensorboard_callbacks(Path(args.results_dir) / "logs" / name)
+        result = models_handling.run_model(name, splits, settings, callbacks=callbacks)
         models_handling.save_results(result, args.results_dir, settings, run_record, args.flag_visualizations)
         finished.append(result)
         if result.diverged:

@@ -207,6 +207,37 @@ class PreciseStatistics(keras.callbacks.Callback):
         self.refilled = True
 
 
+class BNWindowHistograms(keras.callbacks.Callback):
+    """TensorBoard histograms, once per epoch, of the inference statistics of
+    every BN layer: the window's filled rows of means and variances (ours) or
+    the moving mean and variance (Keras's), in <log_dir>/bn_statistics/."""
+
+    def __init__(self, log_dir):
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "bn_statistics"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        with self.writer.as_default():
+            for name, norm in self.model.norm.items():
+                if hasattr(norm, "mean_window"):
+                    rows = int(norm.filled_rows())
+                    means, variances = norm.mean_window[:rows], norm.variance_window[:rows]
+                else:
+                    means, variances = norm.moving_mean, norm.moving_variance
+                tf.summary.histogram(f"{name}/mean", means, step=epoch + 1)
+                tf.summary.histogram(f"{name}/variance", variances, step=epoch + 1)
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        self.writer.close()
+
+
+def tensorboard_callbacks(log_dir):
+    """Keras's TensorBoard (per-epoch loss and accuracy, training and
+    validation) and the BN statistics histograms, all under `log_dir`."""
+    return [keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False), BNWindowHistograms(log_dir)]
+
+
 def train(model, splits, settings, callbacks=()):
     """Fit on the training split, validating after every epoch; the history as plain lists."""
     if settings.bn_statistics == "precise" and model.norm:

@@ -428,3 +428,26 @@ def test_runs_writing_into_one_folder_at_once_keep_every_entry(tmp_path):
         assert worker.exitcode == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert sorted(summary) == sorted(f"{prefix}{index}" for prefix in "abcd" for index in range(40))
+
+
+def test_tensorboard_logs_hold_the_scalars_and_the_bn_histograms(small_npz, tmp_path, capsys):
+    import tensorflow as tf
+
+    results = tmp_path / "results"
+    code, out, err = run_main(["--model", "lenet_bn2", "--tensorboard", 1, "--epochs", 2, "--data", small_npz,
+                               "--results_dir", results, "--verbose", 0], capsys)
+    assert code == 0, err
+    logs = results / "logs" / "lenet_bn2"
+
+    def tags(folder):
+        found = {}
+        for path in folder.glob("events.out.tfevents.*"):
+            for event in tf.compat.v1.train.summary_iterator(str(path)):
+                for value in event.summary.value:
+                    found.setdefault(value.tag, []).append(event.step)
+        return found
+
+    assert "epoch_loss" in tags(logs / "train") and "epoch_accuracy" in tags(logs / "validation")
+    histograms = tags(logs / "bn_statistics")
+    assert sorted(histograms) == ["C1/mean", "C1/variance", "C3/mean", "C3/variance"]
+    assert histograms["C1/mean"] == [1, 2]  # one per epoch
