@@ -77,24 +77,25 @@ def measure(batch_size, num_images, repeats, jit_compile):
     for model in models.values():  # warm-up: tracing, first allocations
         train_epoch(model)
         inference(model)
-        refill(model, 0)
+        if model.norm:
+            refill(model, 0)
     train_times = {name: [] for name in MODELS}
     inference_times = {name: [] for name in MODELS}
-    refill_times = {name: [] for name in MODELS}
+    refill_times = {name: [] for name, model in models.items() if model.norm}  # lenet has nothing to refill
     for repeat in range(repeats):
         for name, model in models.items():  # in turns, so that a slow spell hits every model
             train_times[name].append(train_epoch(model))
             inference_times[name].append(inference(model))
-            refill_times[name].append(refill(model, repeat + 1))
-            print(
-                f"  repetition {repeat + 1}/{repeats} {name}: train {train_times[name][-1]:.1f} s, "
-                f"inference {inference_times[name][-1]:.2f} s, refill {refill_times[name][-1]:.3f} s",
-                flush=True,
-            )
+            line = f"  repetition {repeat + 1}/{repeats} {name}: train {train_times[name][-1]:.1f} s, " \
+                   f"inference {inference_times[name][-1]:.2f} s"
+            if name in refill_times:
+                refill_times[name].append(refill(model, repeat + 1))
+                line += f", refill {refill_times[name][-1]:.3f} s"
+            print(line, flush=True)
     return (
         {name: num_images / statistics.median(times) for name, times in train_times.items()},
         {name: len(test_images) / statistics.median(times) for name, times in inference_times.items()},
-        {name: statistics.median(times) for name, times in refill_times.items() if models[name].norm},
+        {name: statistics.median(times) for name, times in refill_times.items()},
     )
 
 

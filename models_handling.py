@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 import visualizations
-from lenet import build_lenet, describe, refill_statistics
+from lenet import BatchNorm, build_lenet, describe, refill_statistics
 from utils import UsageError, atomic_path, file_lock, set_seed, write_text
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -196,13 +196,13 @@ class PreciseStatistics(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if batch + 1 == self.params.get("steps"):
-            self.refill()
+            self.refill_now()
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.refilled:
-            self.refill()
+            self.refill_now()
 
-    def refill(self):
+    def refill_now(self):
         refill(self.model, self.train_images, self.settings, self.epoch)
         self.refilled = True
 
@@ -219,7 +219,7 @@ class BNWindowHistograms(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         with self.writer.as_default():
             for name, norm in self.model.norm.items():
-                if hasattr(norm, "mean_window"):
+                if isinstance(norm, BatchNorm):
                     rows = int(norm.filled_rows())
                     means, variances = norm.mean_window[:rows], norm.variance_window[:rows]
                 else:

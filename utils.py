@@ -11,15 +11,15 @@ import gzip
 import os
 import sys
 import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 try:
     import fcntl  # POSIX only
 except ImportError:
     fcntl = None
-from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
 
 IMAGE_SIDE = 28  # MNIST and Fashion-MNIST images are 28x28
 PAD = 2  # LeNet-5 takes 32x32: MNIST padded by 2 px, as in LeCun et al. (1998)
@@ -116,6 +116,8 @@ def _load_npz(path):
 
 # IDX file stems as MNIST and Fashion-MNIST are distributed; some mirrors name
 # them "train-images.idx3-ubyte", which is accepted too.
+# An IDX file of unsigned bytes starts with two zero bytes and type code 0x08.
+IDX_UBYTE_MAGIC = b"\0\0\x08"
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
@@ -132,7 +134,7 @@ def _looks_like_idx(path):
             head = stream.read(3)
     except OSError:
         return False
-    return head == b"\0\0\x08"
+    return head == IDX_UBYTE_MAGIC
 
 
 def _find_idx(folder, stem):
@@ -159,7 +161,7 @@ def read_idx(path):
             content = stream.read()
     except OSError as error:
         raise DataError(f"{path}: cannot read it ({error})") from None
-    if len(content) < 4 or content[:2] != b"\0\0" or content[2] != 0x08:
+    if len(content) < 4 or content[:3] != IDX_UBYTE_MAGIC:
         raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
     ndim = content[3]
     header_size = 4 + 4 * ndim
