@@ -29,7 +29,8 @@ import tensorflow as tf  # noqa: E402
 
 import models_handling  # noqa: E402
 from lenet import INPUT_SHAPE, KERAS_BN_VARIANT, VARIANTS  # noqa: E402
-from main import DEFAULTS, OneLineErrorParser, positive_int  # noqa: E402
+from command_line import LIMITS, OneLineErrorParser, int_up_to  # noqa: E402
+from main import DEFAULTS  # noqa: E402
 
 MODELS = ("lenet", "lenet_fc_bn2", KERAS_BN_VARIANT)
 # The default sweep (python main.py --model all) on the full MNIST.
@@ -57,10 +58,8 @@ def measure(batch_size, num_images, repeats, jit_compile):
     """Median images per second, training (full epochs) and inference (evaluate),
     per model; and the median seconds of one `precise` statistics refill (the
     window_size batches that pass through the network at each epoch's end)."""
-    settings = models_handling.Settings(
-        batch_size, 10, 1, DEFAULTS["optimizer"], None, DEFAULTS["epsilon"], DEFAULTS["window_size"], 0, 0,
-        jit_compile=jit_compile,
-    )
+    settings = models_handling.Settings.from_mapping(
+        {**DEFAULTS, "batch_size": batch_size, "epochs": 1, "verbose": 0, "jit_compile": jit_compile})
     train_images, train_labels = synthetic_mnist(num_images, seed=0)
     test_images, test_labels = synthetic_mnist(min(num_images, SWEEP["test"]), seed=1)
     models = {name: models_handling.build_and_compile(name, settings) for name in MODELS}
@@ -115,10 +114,12 @@ def sweep_seconds(train_speed, inference_speed, refill_seconds):
 
 def main(argv=None):
     parser = OneLineErrorParser(prog="bench.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=positive_int, default=FULL_RUN["images"], help="training images per epoch")
-    parser.add_argument("--batch_size", type=positive_int, default=DEFAULTS["batch_size"])
-    parser.add_argument("--repeats", type=positive_int, default=FULL_RUN["repeats"],
-                        help="timed repetitions per figure")
+    parser.add_argument("--images", type=int_up_to(LIMITS["images"]), default=FULL_RUN["images"],
+                        help=f"training images per epoch (1 to {LIMITS['images']})")
+    parser.add_argument("--batch_size", type=int_up_to(LIMITS["batch_size"]), default=DEFAULTS["batch_size"],
+                        help=f"1 to {LIMITS['batch_size']}")
+    parser.add_argument("--repeats", type=int_up_to(LIMITS["repeats"]), default=FULL_RUN["repeats"],
+                        help=f"timed repetitions per figure (1 to {LIMITS['repeats']})")
     parser.add_argument("--jit_compile", type=int, choices=[0, 1], default=DEFAULTS["jit_compile"],
                         help="1: XLA-compiled steps, as main.py runs by default; 0: TensorFlow's own kernels")
     parser.add_argument("--output", help="a JSON file for the figures; by default results/bench.json for a "

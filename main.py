@@ -46,59 +46,18 @@ utils.import_tensorflow_quietly()  # before the modules below import it
 import keras  # noqa: E402
 
 import models_handling  # noqa: E402
+from command_line import (  # noqa: E402
+    LIMITS,
+    OneLineErrorParser,
+    float_up_to,
+    float_up_to_or_none,
+    fraction,
+    int_up_to,
+)
 from lenet import MODEL_NAMES, VARIANTS, describe  # noqa: E402
 
 
 # ---------------------------------------------------------------- arguments
-
-
-def checked_number(convert, is_valid, expected):
-    """An argparse `type` that converts the text and rejects values outside a range."""
-
-    def parse(text):
-        try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not is_valid(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    return parse
-
-
-positive_int = checked_number(int, lambda value: value >= 1, "a positive integer")
-non_negative_int = checked_number(int, lambda value: value >= 0, "an integer >= 0")
-positive_float = checked_number(float, lambda value: 0 < value < float("inf"), "a positive number")
-fraction = checked_number(float, lambda value: 0 < value < 1, "a fraction strictly between 0 and 1")
-
-
-# Upper bounds of main.py's numeric flags, stated in --help: beyond them a run
-# would ask for more memory or time than any machine this runs on has (a C1
-# activation of a 65,536-image batch alone is 1.2 GB), or for a number float32
-# cannot hold (3.4e38).
-LIMITS = {"batch_size": 65_536, "output_size": 10_000, "epochs": 10_000, "window_size": 10_000,
-          "seed": 2**32 - 1, "learning_rate": 1e38, "epsilon": 1.0}
-
-
-def int_up_to(limit, low=1):
-    return checked_number(int, lambda value: low <= value <= limit, f"an integer from {low} to {limit}")
-
-
-def float_up_to(limit):
-    return checked_number(float, lambda value: 0 < value <= limit, f"a positive number up to {limit:g}")
-
-
-def float_up_to_or_none(limit):
-    bounded = float_up_to(limit)
-    return lambda text: None if text.strip().lower() == "none" else bounded(text)
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line: the problem, then where to look."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser():
@@ -223,20 +182,7 @@ def run(args, ctrl_c, finished):
     splits = utils.load_data(args.data, args.dataset, args.val_split, args.seed, args.output_size)
     models_handling.make_optimizer(args.optimizer, args.learning_rate)  # rejects a bad name now
     utils.make_writable_folder(args.results_dir, "--results_dir")
-    settings = models_handling.Settings(
-        batch_size=args.batch_size,
-        output_size=args.output_size,
-        epochs=args.epochs,
-        optimizer=args.optimizer,
-        learning_rate=args.learning_rate,
-        epsilon=args.epsilon,
-        window_size=args.window_size,
-        verbose=args.verbose,
-        seed=args.seed,
-        jit_compile=bool(args.jit_compile),
-        bn_statistics=args.bn_statistics,
-        precision=args.precision,
-    )
+    settings = models_handling.Settings.from_mapping(vars(args))
     run_record = {
         "data": args.data or f"keras.datasets.{args.dataset}",
         "val_split": args.val_split,

@@ -5,7 +5,7 @@ import io
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,6 +44,13 @@ class Settings:
     jit_compile: bool = True  # XLA-compile each training and inference step
     bn_statistics: str = "precise"  # one of BN_STATISTICS
     precision: str = "float32"  # one of PRECISIONS
+
+    @classmethod
+    def from_mapping(cls, mapping):
+        """The settings named in `mapping`, a dict shaped like main.py's
+        DEFAULTS (or parsed arguments); other keys are ignored."""
+        values = {name.name: mapping[name.name] for name in fields(cls)}
+        return cls(**{**values, "jit_compile": bool(values["jit_compile"])})
 
 
 @dataclass

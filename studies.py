@@ -40,27 +40,17 @@ from lenet import (  # noqa: E402
     momentum_matching_window,
     normalize,
 )
-from main import DEFAULTS, LIMITS, OneLineErrorParser, int_up_to, non_negative_int, positive_float, positive_int  # noqa: E402,E501
+from command_line import LIMITS, OneLineErrorParser, float_up_to, int_up_to  # noqa: E402
+from main import DEFAULTS  # noqa: E402
+
+F6_UNITS = 84  # the sigmoids of LeNet-5's F6 layer, whose inputs figure1 follows
 
 # ---------------------------------------------------------------- shared pieces
 
 
 def base_settings(args, **changes):
     """main.py's settings at its defaults, with this study's flags applied."""
-    settings = models_handling.Settings(
-        batch_size=DEFAULTS["batch_size"],
-        output_size=DEFAULTS["output_size"],
-        epochs=args.epochs,
-        optimizer=DEFAULTS["optimizer"],
-        learning_rate=DEFAULTS["learning_rate"],
-        epsilon=DEFAULTS["epsilon"],
-        window_size=DEFAULTS["window_size"],
-        verbose=args.verbose,
-        seed=getattr(args, "seed", 0),
-        jit_compile=bool(args.jit_compile),
-        bn_statistics=getattr(args, "bn_statistics", DEFAULTS["bn_statistics"]),
-    )
-    return replace(settings, **changes)
+    return replace(models_handling.Settings.from_mapping({**DEFAULTS, **vars(args)}), **changes)
 
 
 def load_splits(args, seed):
@@ -273,8 +263,6 @@ class SigmoidInputProbe(keras.callbacks.Callback):
 
 def figure1(args):
     """The BN paper's Figure 1 on LeNet-5, without BN and with BN everywhere."""
-    if args.unit >= 84:
-        raise utils.UsageError(f"--unit {args.unit}: F6 has 84 units; choose 0 to 83")
     splits = load_splits(args, args.seed)
     settings = base_settings(args)
     probe_images = splits.x_val[: args.probe_images]
@@ -530,20 +518,23 @@ def build_parser():
     sub.add_argument("--models", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="MODEL",
                      help="which of the five variants to train")
     sub = study("figure1")
-    sub.add_argument("--every", type=positive_int, default=20, help="measure every this many training steps")
-    sub.add_argument("--unit", type=non_negative_int, default=0, help="which of F6's 84 units to follow")
-    sub.add_argument("--probe_images", type=positive_int, default=1000,
-                     help="how many (fixed) validation images the percentiles are taken over")
-    sub.add_argument("--target", type=positive_float, default=0.9,
-                     help="report the first step at which test accuracy reaches this")
+    sub.add_argument("--every", type=int_up_to(LIMITS["steps"]), default=20,
+                     help=f"measure every this many training steps (1 to {LIMITS['steps']})")
+    sub.add_argument("--unit", type=int_up_to(F6_UNITS - 1, low=0), default=0,
+                     help=f"which of F6's {F6_UNITS} units to follow (0 to {F6_UNITS - 1})")
+    sub.add_argument("--probe_images", type=int_up_to(LIMITS["images"]), default=1000,
+                     help="how many (fixed) validation images the percentiles are taken over "
+                     f"(1 to {LIMITS['images']}; the whole validation split at most)")
+    sub.add_argument("--target", type=float_up_to(1.0), default=0.9,
+                     help="report the first step at which test accuracy reaches this (up to 1)")
     statistics_rule(sub)
     sub = study("lr")
-    sub.add_argument("--rates", type=positive_float, nargs="+", default=[0.01, 0.1, 1.0, 10.0],
+    sub.add_argument("--rates", type=float_up_to(LIMITS["learning_rate"]), nargs="+", default=[0.01, 0.1, 1.0, 10.0],
                      help="SGD learning rates; the default optimizer at its own rate is always added")
     sub = study("window")
-    sub.add_argument("--windows", type=positive_int, nargs="+", default=[1, 5, 50, 500],
+    sub.add_argument("--windows", type=int_up_to(LIMITS["window_size"]), nargs="+", default=[1, 5, 50, 500],
                      help="window sizes; the whole run's number of training steps is always added")
-    sub.add_argument("--inference_batch_sizes", type=positive_int, nargs="+", default=[1, 10, 100, 1000],
+    sub.add_argument("--inference_batch_sizes", type=int_up_to(LIMITS["batch_size"]), nargs="+", default=[1, 10, 100, 1000],
                      help="how many test images each rule predicts at a time")
     return parser
 

@@ -46,3 +46,16 @@ def test_a_bad_output_is_refused_before_measuring(output, message, fake_measure,
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
     assert not fake_measure
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--images", "2000000", "argument --images: expected an integer from 1 to 1000000"),
+    ("--batch_size", "0", "argument --batch_size: expected an integer from 1 to 65536"),
+    ("--repeats", "100000", "argument --repeats: expected an integer from 1 to 1000"),
+])
+def test_a_flag_out_of_bounds_is_refused_before_measuring(flag, value, message, fake_measure, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main([flag, value])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not fake_measure

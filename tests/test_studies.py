@@ -8,6 +8,7 @@ import pytest
 
 import models_handling
 import studies
+import utils
 from conftest import mnist_like
 from test_main import assert_png
 
@@ -162,15 +163,39 @@ def test_a_window_cut_from_a_longer_one_equals_training_with_that_window(tmp_pat
     np.testing.assert_allclose(derived(splits.x_test), direct(splits.x_test), atol=1e-5)
 
 
-def test_unknown_study_and_bad_unit_are_one_line_errors(small_npz, tmp_path, capsys):
+STUDY_FLAGS_OUT_OF_BOUNDS = {
+    "unit beyond F6": (["figure1", "--unit", "84"], "argument --unit: expected an integer from 0 to 83, got '84'"),
+    "target above one": (["figure1", "--target", "1.5"], "argument --target: expected a positive number up to 1"),
+    "endless probe": (["figure1", "--probe_images", "10000000"], "argument --probe_images: expected an integer "
+                      "from 1 to 1000000"),
+    "every zero": (["figure1", "--every", "0"], "argument --every: expected an integer from 1 to 1000000"),
+    "rate beyond float32": (["lr", "--rates", "0.1", "1e39"], "argument --rates: expected a positive number up "
+                            "to 1e+38"),
+    "huge window": (["window", "--windows", "5", "100000"], "argument --windows: expected an integer from 1 to "
+                    "10000"),
+    "huge inference batch": (["window", "--inference_batch_sizes", "1000000"], "argument --inference_batch_sizes: "
+                             "expected an integer from 1 to 65536"),
+    "endless epochs": (["seeds", "--epochs", "100000"], "argument --epochs: expected an integer from 1 to 10000"),
+}
+
+
+@pytest.mark.parametrize("arguments, message", STUDY_FLAGS_OUT_OF_BOUNDS.values(),
+                         ids=STUDY_FLAGS_OUT_OF_BOUNDS.keys())
+def test_a_flag_out_of_bounds_is_refused_in_one_line_before_anything_is_built(arguments, message, tmp_path,
+                                                                               capsys, monkeypatch):
+    monkeypatch.setattr(utils, "load_data", lambda *args: pytest.fail("data loaded despite a bad flag"))
+    with pytest.raises(SystemExit) as exit_:
+        studies.main([*arguments, "--results_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.strip().count("\n") == 0 and message in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_unknown_study_is_a_one_line_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         studies.main(["nonsense"])
     assert exit_.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
-    code = studies.main(["figure1", "--data", str(small_npz), "--unit", "84", "--results_dir", str(tmp_path)])
-    err = capsys.readouterr().err
-    assert code == 2 and err.strip().count("\n") == 0 and "--unit 84" in err
-    assert not (tmp_path / "figure1").exists()
 
 
 def test_a_study_says_what_it_does_and_keeps_finished_runs_when_interrupted(small_npz, tmp_path, capsys,

@@ -1,0 +1,54 @@
+"""What main.py, studies.py and bench.py share on the command line: argparse
+types that check a number's range, the upper bounds of the numeric flags, and
+a parser whose errors fit on one line."""
+
+import argparse
+
+# Upper bounds of the numeric flags, stated in --help: beyond them a run would
+# ask for more memory or time than any machine this runs on has (a C1
+# activation of a 65,536-image batch alone is 1.2 GB), or for a number float32
+# cannot hold (3.4e38).
+LIMITS = {
+    "batch_size": 65_536, "output_size": 10_000, "epochs": 10_000, "window_size": 10_000,
+    "seed": 2**32 - 1, "learning_rate": 1e38, "epsilon": 1.0,
+    "images": 1_000_000,  # synthetic 32x32 float32 images: 4 GB
+    "repeats": 1_000, "steps": 1_000_000,
+}
+
+
+def checked_number(convert, is_valid, expected):
+    """An argparse `type` that converts the text and rejects values outside a range."""
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not is_valid(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+def int_up_to(limit, low=1):
+    return checked_number(int, lambda value: low <= value <= limit, f"an integer from {low} to {limit}")
+
+
+def float_up_to(limit):
+    return checked_number(float, lambda value: 0 < value <= limit, f"a positive number up to {limit:g}")
+
+
+def float_up_to_or_none(limit):
+    bounded = float_up_to(limit)
+    return lambda text: None if text.strip().lower() == "none" else bounded(text)
+
+
+fraction = checked_number(float, lambda value: 0 < value < 1, "a fraction strictly between 0 and 1")
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line: the problem, then where to look."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
