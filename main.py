@@ -184,12 +184,12 @@ def run(args, ctrl_c, finished):
     utils.make_writable_folder(args.results_dir, "--results_dir")
     settings = models_handling.Settings.from_mapping(vars(args))
     run_record = {
-        "data": args.data or f"keras.datasets.{args.dataset}",
+        **utils.data_record(args.data, args.dataset),
         "val_split": args.val_split,
         "images": {"train": len(splits.y_train), "val": len(splits.y_val), "test": len(splits.y_test)},
     }
     print(
-        f"data: {run_record['data']}: {len(splits.y_train)} training, {len(splits.y_val)} validation, "
+        f"data: {args.data or run_record['data']}: {len(splits.y_train)} training, {len(splits.y_val)} validation, "
         f"{len(splits.y_test)} test images; results in {args.results_dir}/"
     )
 

@@ -8,6 +8,7 @@ downloader needs only numpy, so the command line can reject bad data quickly.
 
 import contextlib
 import gzip
+import hashlib
 import os
 import sys
 import zipfile
@@ -184,6 +185,32 @@ def read_idx(path):
 
 def _load_idx_folder(folder):
     return tuple(read_idx(_find_idx(folder, IDX_FILES[key])) for key in NPZ_KEYS)
+
+
+def data_record(data=None, dataset="mnist"):
+    """How summary.json names the data, the same on every machine.
+
+    The path as given, relative to the working folder where it lies inside it,
+    else the file or folder name (never an absolute path of this machine); and
+    a SHA-256 of its bytes, so that a rerun can tell the same data from other
+    data under the same name: `sha256sum FILE` gives it for a .npz, `cat` of
+    the four IDX files in NPZ_KEYS order piped to `sha256sum` for a folder.
+    Keras's downloads are named by their dataset (Keras checks their hashes).
+    """
+    if data is None:
+        return {"data": f"keras.datasets.{dataset}", "data_sha256": None}
+    path = Path(os.path.abspath(data))
+    try:
+        name = path.relative_to(os.path.abspath(os.getcwd())).as_posix()
+    except ValueError:
+        name = path.name
+    files = [_find_idx(path, IDX_FILES[key]) for key in NPZ_KEYS] if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as stream:
+            while block := stream.read(1 << 20):
+                digest.update(block)
+    return {"data": name, "data_sha256": digest.hexdigest()}
 
 
 # ---------------------------------------------------------------- checking

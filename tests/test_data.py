@@ -1,5 +1,7 @@
 """Loading (.npz and IDX folders), checking, splitting and preprocessing."""
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -180,3 +182,22 @@ def test_a_truncated_label_file_names_its_size(tmp_path):
     path.write_bytes(path.read_bytes()[:-4])
     with pytest.raises(DataError, match="its header promises 10 bytes of data but the file holds 6: it is truncated"):
         utils.read_idx(path)
+
+
+def test_the_data_record_names_data_portably_with_its_sha256(tmp_path, monkeypatch):
+    arrays = mnist_like(num_train=10, num_test=5)
+    (tmp_path / "work" / "data").mkdir(parents=True)
+    npz = write_npz(tmp_path / "work" / "data" / "mnist.npz", *arrays)
+    folder = idx_folder(tmp_path / "idx", arrays, compress=True)
+    monkeypatch.chdir(tmp_path / "work")
+
+    inside = utils.data_record("data/mnist.npz")
+    assert inside == {"data": "data/mnist.npz", "data_sha256": hashlib.sha256(npz.read_bytes()).hexdigest()}
+    assert utils.data_record(str(npz)) == inside  # an absolute path inside the working folder: the same record
+    assert utils.data_record("data/../data/mnist.npz")["data"] == "data/mnist.npz"
+
+    outside = utils.data_record(str(folder))  # outside the working folder: its name alone
+    idx_bytes = b"".join((folder / f"{IDX_NAMES[key]}.gz").read_bytes() for key in utils.NPZ_KEYS)
+    assert outside == {"data": "idx", "data_sha256": hashlib.sha256(idx_bytes).hexdigest()}
+    assert utils.data_record("../idx") == outside
+    assert utils.data_record(None, "fashion_mnist") == {"data": "keras.datasets.fashion_mnist", "data_sha256": None}

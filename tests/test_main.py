@@ -1,6 +1,7 @@
 """The command line end to end: what a run writes, how it fails, how it stops."""
 
 import csv
+import hashlib
 import json
 import os
 import signal
@@ -67,6 +68,8 @@ def test_all_models_one_epoch_writes_every_promised_file(small_npz, tmp_path, ca
     assert entry["settings"]["batch_size"] == main.DEFAULTS["batch_size"]
     assert entry["settings"]["bn_statistics"] == "precise"
     assert entry["images"] == {"train": 170, "val": 30, "test": 60}
+    assert entry["data"] == "small.npz"  # outside the working folder: named, no path of this machine
+    assert entry["data_sha256"] == hashlib.sha256(small_npz.read_bytes()).hexdigest()
     assert summary["lenet"]["trainable_parameters"] == 61_706  # LeNet-5 with a 10-way output
     assert_no_temporary_files(results)
 
