@@ -20,6 +20,7 @@ DEFAULTS = {
     "verbose": 1,
     "flag_visualizations": 1,
     "tensorboard": 0,  # 1: TensorBoard logs under <results_dir>/logs/<model>/
+    "resume": 0,  # 1: skip models already finished with these settings and data; continue interrupted ones
     "jit_compile": 1,  # 1: XLA-compile each step (faster; 0 for TensorFlow's own kernels)
     "seed": 0,
     "val_split": 0.15,
@@ -32,6 +33,7 @@ import argparse  # noqa: E402  (DEFAULTS stays the first thing a reader sees)
 import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+from dataclasses import asdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 if __name__ == "__main__":
@@ -99,6 +101,10 @@ def build_parser():
     add("--tensorboard", type=int, choices=[0, 1],
         help="1: write TensorBoard logs (per-epoch scalars, BN statistics histograms) under "
         "RESULTS_DIR/logs/MODEL/; view them with tensorboard --logdir RESULTS_DIR/logs")
+    add("--resume", type=int, choices=[0, 1],
+        help="1: rerun a sweep without redoing work: a model whose summary.json entry has the same settings "
+        "and data is skipped, and a model interrupted mid-training continues from its last finished epoch "
+        "(backed up under RESULTS_DIR/backup/MODEL/ until it finishes); 0: train every model afresh")
     add("--jit_compile", type=int, choices=[0, 1],
         help="1: compile each training and inference step with XLA (faster after a few seconds of "
         "compiling per model); 0: run TensorFlow's own kernels. Results differ only by float rounding")
@@ -193,14 +199,24 @@ def run(args, ctrl_c, finished):
         f"{len(splits.y_test)} test images; results in {args.results_dir}/"
     )
 
+    identity = models_handling.run_identity(asdict(settings), run_record)
+    earlier = models_handling.read_summary(args.results_dir) if args.resume else {}
     for name in names:
         ctrl_c.check()
+        entry = earlier.get(name)
+        if entry is not None and models_handling.run_identity(entry.get("settings", {}), entry) == identity:
+            print(f"\n== {describe(name)}: finished earlier with the same settings and data; skipped (--resume)")
+            finished.append(models_handling.result_from_summary(args.results_dir, name, entry))
+            continue
         print(f"\n== {describe(name)}")
         callbacks = [ctrl_c.callback()]
         if args.tensorboard:
             callbacks += models_handling.tensorboard_callbacks(Path(args.results_dir) / "logs" / name)
-        result = models_handling.run_model(name, splits, settings, callbacks=callbacks)
+        backup = models_handling.ResumableTraining(
+            Path(args.results_dir) / models_handling.BACKUP_FOLDER / name, identity, args.resume)
+        result = models_handling.run_model(name, splits, settings, callbacks=callbacks, backup=backup)
         models_handling.save_results(result, args.results_dir, settings, run_record, args.flag_visualizations)
+        backup.remove()
         finished.append(result)
         if result.diverged:
             where = result.diverged

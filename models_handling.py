@@ -1,9 +1,11 @@
 """Build a named model, compile, train and evaluate it, and write its results."""
 
+import contextlib
 import csv
 import io
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -19,6 +21,7 @@ from utils import UsageError, atomic_path, file_lock, set_seed, write_text
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 SUMMARY_FILE = "summary.json"
+BACKUP_FOLDER = "backup"  # <results_dir>/backup/<model>/: an unfinished model's last finished epoch
 # What fills BN's inference window: "precise" refills it at every epoch's end
 # from training batches passed through the trained weights (Algorithm 2);
 # "moving" keeps the last training steps' statistics.
@@ -103,46 +106,71 @@ def build_and_compile(name, settings):
     return compile_model(build_lenet(name, settings.output_size, settings.epsilon, settings.window_size), settings)
 
 
-def batches(images, labels, batch_size, shuffle_seed=None):
-    """A tf.data pipeline of (images, labels) mini-batches, the last one short.
+class EpochOrder(keras.callbacks.Callback):
+    """The order in which an epoch visits the training images: a permutation
+    drawn from the run's seed and the epoch's number, which Keras announces at
+    each epoch's start. An epoch's order thus depends on nothing that ran
+    before it: a run resumed at epoch k (ResumableTraining) draws what an
+    uninterrupted one draws there. (tf.data's own reshuffling draws a new
+    seed each time an iterator is made, and Keras makes more iterators than
+    it uses, so its orders depend on Keras's internals.)"""
 
-    With `shuffle_seed`, each pass over it (each epoch) takes a fresh seeded
-    permutation of the samples. The pipeline shuffles indices and each batch
-    is gathered from the numpy arrays, which stay outside TensorFlow: copied
-    whole into a tensor (Dataset.from_tensors) they cost a second copy of the
-    data in memory (3.2 GB for 800,000 images) and risk TensorFlow's 2 GB
-    limit on graph constants. tf.data's autotuner is off: on a 2-core machine
-    its background work took a core from training for whole epochs at a time,
-    halving throughput (measured with bench.py).
+    def __init__(self, count, seed):
+        super().__init__()
+        self.count, self.seed, self.epoch, self.orders = count, seed, 0, {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def order(self):
+        if self.epoch not in self.orders:  # its own stream: refill_batches draws from [seed, epoch]
+            self.orders = {self.epoch: np.random.default_rng([self.seed, self.epoch, 1]).permutation(self.count)}
+        return self.orders[self.epoch]
+
+
+def batches(images, labels, batch_size, order=None):
+    """A tf.data pipeline of (images, labels) mini-batches, the last one short,
+    in the order of the images or, with `order` (an EpochOrder), in the
+    current epoch's order.
+
+    The pipeline batches positions and each batch is gathered from the numpy
+    arrays, which stay outside TensorFlow: copied whole into a tensor
+    (Dataset.from_tensors) they cost a second copy of the data in memory
+    (3.2 GB for 800,000 images) and risk TensorFlow's 2 GB limit on graph
+    constants. tf.data's autotuner is off: on a 2-core machine its background
+    work took a core from training for whole epochs at a time, halving
+    throughput (measured with bench.py).
     """
-    order = tf.data.Dataset.range(len(images))
-    if shuffle_seed is not None:
-        order = order.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
 
-    def gather(indices):
+    def gather(positions):
+        chosen = positions if order is None else order.order()[positions]
+        return images[chosen], labels[chosen]
+
+    def gather_tensors(positions):
         image_batch, label_batch = tf.numpy_function(
-            lambda chosen: (images[chosen], labels[chosen]), [indices],
-            (tf.as_dtype(images.dtype), tf.as_dtype(labels.dtype)), stateful=False,
+            gather, [positions], (tf.as_dtype(images.dtype), tf.as_dtype(labels.dtype)), stateful=order is not None,
         )
         return tf.ensure_shape(image_batch, (None, *images.shape[1:])), tf.ensure_shape(label_batch, (None,))
 
     options = tf.data.Options()
     options.autotune.enabled = False
-    return order.batch(batch_size).map(gather).with_options(options).prefetch(2)
+    return tf.data.Dataset.range(len(images)).batch(batch_size).map(gather_tensors).with_options(options).prefetch(2)
 
 
 def fit(model, images, labels, settings, epochs, validation_data=None, callbacks=()):
-    """Keras's fit over seeded, reshuffled mini-batches, validating on
-    `validation_data` (images, labels) after every epoch."""
+    """Keras's fit over mini-batches in a seeded order that changes every
+    epoch (EpochOrder), validating on `validation_data` (images, labels)
+    after every epoch."""
     if validation_data is not None:
         validation_data = batches(*validation_data, settings.batch_size)
+    order = EpochOrder(len(images), settings.seed)
     return model.fit(
-        batches(images, labels, settings.batch_size, shuffle_seed=settings.seed),
+        batches(images, labels, settings.batch_size, order),
         epochs=epochs,
         validation_data=validation_data,
         shuffle=False,  # the pipeline shuffles
         verbose=settings.verbose,
-        callbacks=list(callbacks),
+        callbacks=[order, *callbacks],
     )
 
 
@@ -183,6 +211,75 @@ class StopOnDivergence(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             self.at = {"epoch": self.epoch + 1, "step": batch + 1, "loss": str(float(loss))}
             self.model.stop_training = True
+
+
+def run_identity(settings, record):
+    """What a model's result depends on, in the form JSON holds it: its
+    settings (a dict; `verbose` aside), the data by content (by name for a
+    Keras download) and the validation split. `record` is main.py's run
+    record or a summary.json entry."""
+    identity = {
+        "settings": {key: value for key, value in settings.items() if key != "verbose"},
+        "data": record.get("data_sha256") or record.get("data"),
+        "val_split": record.get("val_split"),
+    }
+    return json.loads(json.dumps(identity))
+
+
+class ResumableTraining(keras.callbacks.BackupAndRestore):
+    """Keras's BackupAndRestore, and what it leaves out for an interrupted
+    model to end exactly as an uninterrupted one would.
+
+    Keras saves the weights, the optimizer's state and BN's windows after
+    every epoch, and restores them (and the epoch to start from) when fit
+    begins. Here the finished epochs' history and training seconds are kept
+    beside them (each epoch's order of images depends only on the seed and
+    the epoch: EpochOrder). The backup
+    carries the run's identity (run_identity): only a run with the same
+    settings and data resumes from it, and only with `resume`; any other
+    start removes it. It stays when training ends; `remove` it once the
+    model's results are written.
+    """
+
+    def __init__(self, backup_dir, identity, resume):
+        self.folder = Path(backup_dir)
+        identity_path, self.progress_path = self.folder / "run.json", self.folder / "progress.json"
+        if self.folder.exists():
+            kept = resume and identity_path.exists() and json.loads(identity_path.read_text()) == identity
+            if resume and not kept:
+                print(f"{self.folder} was left by a run with other settings or data: starting afresh")
+            if not kept:
+                shutil.rmtree(self.folder)
+        super().__init__(str(self.folder), double_checkpoint=True, delete_checkpoint=False)
+        self.identity, self.identity_path = identity, identity_path
+        self.history, self.seconds = {key: [] for key in HISTORY_KEYS}, []  # per epoch, since the start
+        self.restored_epochs = 0
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.restored_epochs = self.model._initial_epoch or 0  # where BackupAndRestore tells fit to start
+        if self.restored_epochs:
+            progress = json.loads(self.progress_path.read_text())
+            self.history = {key: progress["history"][key][:self.restored_epochs] for key in HISTORY_KEYS}
+            self.seconds = progress["seconds"][:self.restored_epochs]
+            print(f"{self.model.name}: resuming after epoch {self.restored_epochs} from {self.folder}/")
+        self.earlier_history = {key: list(values) for key, values in self.history.items()}
+        self.earlier_seconds = self.seconds[-1] if self.seconds else 0.0
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key in HISTORY_KEYS:
+            self.history[key].append(float(logs[key]))
+        self.seconds.append(self.earlier_seconds + time.perf_counter() - self.started)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_text(self.identity_path, json.dumps(self.identity) + "\n")
+        write_text(self.progress_path, json.dumps({"history": self.history, "seconds": self.seconds}) + "\n")
+        super().on_epoch_end(epoch, logs)  # then the weights: never ahead of the history
+
+    def remove(self):
+        shutil.rmtree(self.folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.folder.parent.rmdir()  # the backup folder, once no model has one there
 
 
 class PreciseStatistics(keras.callbacks.Callback):
@@ -261,15 +358,20 @@ def evaluate(model, images, labels, settings):
     return float(loss), float(accuracy)
 
 
-def run_model(name, splits, settings, model=None, callbacks=()):
+def run_model(name, splits, settings, model=None, callbacks=(), backup=None):
     """Train and test one model: the named one, built and compiled here, or
-    `model`, already compiled, reported under `name`."""
+    `model`, already compiled, reported under `name`. With `backup` (a
+    ResumableTraining), every finished epoch is backed up, and a backed-up
+    run continues from its last finished epoch."""
     if model is None:
         model = build_and_compile(name, settings)
     divergence = StopOnDivergence()
     start = time.perf_counter()
-    history = train(model, splits, settings, [*callbacks, divergence])
+    history = train(model, splits, settings, [*([backup] if backup else []), *callbacks, divergence])
     seconds = time.perf_counter() - start
+    if backup is not None:
+        history = {key: backup.earlier_history[key] + history[key] for key in HISTORY_KEYS}
+        seconds += backup.earlier_seconds
     # A diverged model has nothing to test: its weights are not numbers.
     test_loss, test_accuracy = (None, None) if divergence.at else evaluate(
         model, splits.x_test, splits.y_test, settings)
@@ -350,6 +452,16 @@ def save_results(result, results_dir, settings, run_record, plots=True):
     }
     summary = update_summary(results_dir, result.name, entry)
     save_comparison(results_dir, summary, plots)
+
+
+def result_from_summary(results_dir, name, entry):
+    """A model's result as summary.json and its history CSV hold it (for a
+    model that a resumed sweep skips)."""
+    history_path = Path(results_dir) / f"{name}_history.csv"
+    history = read_history(history_path) if history_path.exists() else {key: [] for key in HISTORY_KEYS}
+    return ModelResult(name, history, entry.get("test_loss"), entry.get("test_accuracy"),
+                       entry.get("train_seconds", 0.0), entry.get("trainable_parameters"),
+                       diverged=entry.get("diverged"))
 
 
 def update_summary(results_dir, name, entry):

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -108,6 +109,23 @@ def test_same_seed_same_history_other_seed_other_history():
     first = history(seed=1)
     assert history(seed=1) == first
     assert history(seed=2) != first
+
+
+def test_each_epoch_visits_every_image_once_in_an_order_set_by_seed_and_epoch_alone():
+    images, labels = np.arange(50, dtype=np.float32)[:, None], np.arange(50)
+
+    def epoch_labels(order, epoch):
+        order.on_epoch_begin(epoch)
+        return np.concatenate([batch_labels for _, batch_labels in models_handling.batches(images, labels, 16,
+                                                                                            order)])
+
+    order = models_handling.EpochOrder(50, seed=3)
+    first, second = epoch_labels(order, 0), epoch_labels(order, 1)
+    assert sorted(first) == sorted(second) == list(range(50))
+    assert not np.array_equal(first, second)
+    assert np.array_equal(epoch_labels(models_handling.EpochOrder(50, seed=3), 1), second)  # no epoch 0 before
+    assert not np.array_equal(epoch_labels(models_handling.EpochOrder(50, seed=4), 1), second)
+    assert np.array_equal(np.concatenate([y for _, y in models_handling.batches(images, labels, 16)]), labels)
 
 
 # ---------------------------------------------------------------- bad input
@@ -454,3 +472,63 @@ def test_tensorboard_logs_hold_the_scalars_and_the_bn_histograms(small_npz, tmp_
     histograms = tags(logs / "bn_statistics")
     assert sorted(histograms) == ["C1/mean", "C1/variance", "C3/mean", "C3/variance"]
     assert histograms["C1/mean"] == [1, 2]  # one per epoch
+
+
+# ---------------------------------------------------------------- resume
+
+
+def test_an_interrupted_model_resumes_to_the_history_of_an_uninterrupted_run(small_npz, tmp_path, capsys,
+                                                                             monkeypatch):
+    common = ["--model", "lenet_bn2", "--epochs", 3, "--data", small_npz, "--verbose", 0, "--flag_visualizations", 0]
+    assert run_main([*common, "--results_dir", tmp_path / "whole"], capsys)[0] == 0
+
+    class InterruptAfterEpoch2(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    real_run_model = models_handling.run_model
+    monkeypatch.setattr(models_handling, "run_model", lambda name, splits, settings, callbacks=(), **options:
+                        real_run_model(name, splits, settings, callbacks=[*callbacks, InterruptAfterEpoch2()],
+                                       **options))
+    resumed = tmp_path / "resumed"
+    assert run_main([*common, "--results_dir", resumed], capsys)[0] == 130
+    assert (resumed / "backup" / "lenet_bn2" / "latest.weights.h5").exists()
+    monkeypatch.setattr(models_handling, "run_model", real_run_model)
+
+    code, out, err = run_main([*common, "--results_dir", resumed, "--resume", 1], capsys)
+    assert code == 0, err
+    assert "lenet_bn2: resuming after epoch 2 from" in out
+    assert (resumed / "lenet_bn2_history.csv").read_text() == (tmp_path / "whole" / "lenet_bn2_history.csv").read_text()
+    whole, again = (json.loads((folder / "summary.json").read_text())["lenet_bn2"] for folder in (tmp_path / "whole",
+                                                                                                   resumed))
+    assert again["epochs"] == 3 and again["test_accuracy"] == whole["test_accuracy"]
+    assert again["test_loss"] == whole["test_loss"]
+    assert not (resumed / "backup").exists()
+
+
+def test_resume_skips_a_model_finished_with_the_same_settings_and_data(small_npz, tmp_path, capsys):
+    results = tmp_path / "results"
+    common = ["--model", "lenet", "--epochs", 1, "--data", small_npz, "--results_dir", results, "--verbose", 0]
+    assert run_main(common, capsys)[0] == 0
+    before = {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in results.iterdir()}
+
+    code, out, err = run_main([*common, "--resume", 1, "--verbose", 2], capsys)  # verbose changes no result
+    assert code == 0, err
+    assert "finished earlier with the same settings and data; skipped (--resume)" in out
+    table = out.split("test accuracy")[-1]
+    assert "lenet" in table and f"{json.loads(before['summary.json'][0])['lenet']['test_accuracy']:.4f}" in table
+    assert {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in results.iterdir()} == before
+
+    code, out, err = run_main([*common, "--resume", 1, "--window_size", 3], capsys)  # other settings: trained
+    assert code == 0 and "skipped" not in out
+
+
+def test_a_backup_of_other_settings_is_never_resumed(tmp_path, capsys):
+    folder = tmp_path / "backup" / "lenet_bn2"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"settings": {"epochs": 5}, "data": "x", "val_split": 0.15}))
+    (folder / "latest.weights.h5").write_bytes(b"weights of another run")
+    models_handling.ResumableTraining(folder, {"settings": {"epochs": 3}, "data": "x", "val_split": 0.15}, True)
+    assert "was left by a run with other settings or data: starting afresh" in capsys.readouterr().out
+    assert not folder.exists()
