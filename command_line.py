@@ -13,6 +13,7 @@ LIMITS = {
     "seed": 2**32 - 1, "learning_rate": 1e38, "epsilon": 1.0,
     "images": 1_000_000,  # synthetic 32x32 float32 images: 4 GB
     "repeats": 1_000, "steps": 1_000_000,
+    "devices": 64,  # logical CPU devices share the cores; beyond a few dozen they only add overhead
 }
 
 

@@ -81,6 +81,37 @@ def batch_norm_training(x, gamma, beta, epsilon):
     return forward(x, gamma, beta)
 
 
+def synchronized_batch_statistics(x, replicas):
+    """Algorithm 1, lines 1-2, over the global batch that the replicas of a
+    tf.distribute strategy share: every channel's mean and biased variance
+    over all replicas' values, and m, how many values that is.
+
+    `replicas` is the tf.distribute replica context. Each replica's count and
+    per-channel sum are summed across replicas (an all-reduce), then the
+    squared deviations from that global mean (a second one: exact, where
+    E[x^2] - E[x]^2 loses digits when the mean is large). TensorFlow passes
+    gradients back through an all-reduce (as an all-reduce of the gradients),
+    so autodiff gives every replica the gradient of the global statistics:
+    training on N replicas is training on one device with the global batch.
+    """
+    axes = tuple(range(len(x.shape) - 1))
+    local_count = ops.cast(values_per_channel(x), x.dtype)
+    # One tensor per all-reduce, each depending on the one before: replicas
+    # must launch their all-reduces in the same order.
+    totals = replicas.all_reduce(
+        tf.distribute.ReduceOp.SUM, ops.concatenate([ops.sum(x, axis=axes), local_count[None]], axis=0))
+    mean, count = totals[:-1] / totals[-1], totals[-1]
+    squared_deviations = replicas.all_reduce(tf.distribute.ReduceOp.SUM, ops.sum(ops.square(x - mean), axis=axes))
+    return mean, squared_deviations / count, count
+
+
+def batch_norm_synchronized(x, gamma, beta, epsilon, replicas):
+    """Algorithm 1 with the global batch's statistics (synchronized_batch_statistics):
+    y, the statistics, and m over all replicas."""
+    mean, variance, count = synchronized_batch_statistics(x, replicas)
+    return normalize(x, mean, variance, gamma, beta, epsilon), mean, variance, count
+
+
 def population_statistics(mean_window, variance_window, filled):
     """Algorithm 2, line 10, over a window of training mini-batches.
 
@@ -125,9 +156,16 @@ class BatchNorm(keras.layers.Layer):
     the buffer are float32 and the output is in the compute dtype; a frozen
     layer (`trainable = False`) normalizes with its buffer and records nothing,
     even in training mode, which is what fine-tuning relies on.
+
+    Under a tf.distribute strategy with several replicas, `synchronized=True`
+    normalizes every replica's shard with the global batch's statistics (as
+    Keras's `synchronized=True` and PyTorch's SyncBatchNorm), and every
+    replica records that same row; `synchronized=False` normalizes each shard
+    with its own statistics ("ghost batches"), and the buffer records their
+    average over the replicas. With one replica both are Algorithm 1 as is.
     """
 
-    def __init__(self, epsilon=1e-8, window_size=5, **kwargs):
+    def __init__(self, epsilon=1e-8, window_size=5, synchronized=True, **kwargs):
         super().__init__(**kwargs)
         if not epsilon > 0:
             raise ValueError(f"epsilon must be positive, got {epsilon}")
@@ -135,6 +173,7 @@ class BatchNorm(keras.layers.Layer):
             raise ValueError(f"window_size must be a positive integer, got {window_size}")
         self.epsilon = float(epsilon)
         self.window_size = int(window_size)
+        self.synchronized = bool(synchronized)
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -143,18 +182,23 @@ class BatchNorm(keras.layers.Layer):
         self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma", autocast=False)
         self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta", autocast=False)
         window_shape = (self.window_size, channels)
+        # How replicas' writes combine under tf.distribute: synchronized, they
+        # all write the same row, which the first replica's write stands for;
+        # otherwise their rows are averaged.
+        rows = "only_first_replica" if self.synchronized else "mean"
         self.mean_window = self.add_weight(
             shape=window_shape, initializer="zeros", dtype="float32", trainable=False, autocast=False,
-            name="mean_window",
+            aggregation=rows, name="mean_window",
         )
         self.variance_window = self.add_weight(
             shape=window_shape, initializer="ones", dtype="float32", trainable=False, autocast=False,
-            name="variance_window",
+            aggregation=rows, name="variance_window",
         )
         # How many training batches have been recorded; the next goes into
         # row recorded_batches % window_size.
         self.recorded_batches = self.add_weight(
-            shape=(), initializer="zeros", dtype="int64", trainable=False, name="recorded_batches"
+            shape=(), initializer="zeros", dtype="int64", trainable=False, aggregation="only_first_replica",
+            name="recorded_batches",
         )
 
     def call(self, inputs, training=None):
@@ -164,9 +208,13 @@ class BatchNorm(keras.layers.Layer):
         x = ops.cast(inputs, "float32")
         gamma = ops.cast(self.gamma.value, "float32")
         beta = ops.cast(self.beta.value, "float32")
-        if training and self.trainable:
+        replicas = tf.distribute.get_replica_context()  # None where a strategy runs across replicas
+        if training and self.trainable and self.synchronized and replicas and replicas.num_replicas_in_sync > 1:
+            outputs, mean, variance, count = batch_norm_synchronized(x, gamma, beta, self.epsilon, replicas)
+            self._record(mean, variance, count)
+        elif training and self.trainable:
             outputs, mean, variance = batch_norm_training(x, gamma, beta, self.epsilon)
-            self._record(mean, variance, x)
+            self._record(mean, variance, ops.cast(values_per_channel(x), "float32"))
         else:
             mean, variance = population_statistics(self.mean_window, self.variance_window, self.filled_rows())
             outputs = normalize(x, mean, variance, gamma, beta, self.epsilon)
@@ -179,9 +227,9 @@ class BatchNorm(keras.layers.Layer):
         """Forget every recorded batch: the next ones refill the window from row 0."""
         self.recorded_batches.assign(0)
 
-    def _record(self, mean, variance, inputs):
-        """Write the batch's mean and unbiased variance into the buffer's next row."""
-        m = ops.cast(values_per_channel(inputs), variance.dtype)
+    def _record(self, mean, variance, m):
+        """Write the batch's mean and unbiased variance (over its m values per
+        channel) into the buffer's next row."""
         unbiased_variance = variance * m / ops.maximum(m - 1, 1)
         has_variance = m > 1
 
@@ -197,7 +245,8 @@ class BatchNorm(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon, "window_size": self.window_size}
+        return {**super().get_config(), "epsilon": self.epsilon, "window_size": self.window_size,
+                "synchronized": self.synchronized}
 
 
 # --------------------------------------------------------------------------
@@ -233,7 +282,9 @@ class LeNet5(keras.Model):
     normalization, placed between the affine map and its sigmoid as in the BN
     paper, section 3.2; such a layer drops its bias, which BN's beta replaces.
     `bn_layer` is "ours" (the hand-written `BatchNorm`) or "keras"
-    (`keras.layers.BatchNormalization`, the reference).
+    (`keras.layers.BatchNormalization`, the reference). `synchronized`: under
+    a tf.distribute strategy, BN normalizes with the global batch's
+    statistics (True) or each replica's own (False).
     """
 
     def __init__(
@@ -244,6 +295,7 @@ class LeNet5(keras.Model):
         epsilon=1e-8,
         window_size=5,
         keras_momentum=0.99,
+        synchronized=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -258,6 +310,7 @@ class LeNet5(keras.Model):
         self.epsilon = epsilon
         self.window_size = window_size
         self.keras_momentum = keras_momentum
+        self.synchronized = synchronized
 
         def affine(name, layer, **options):
             return layer(name=name, use_bias=name not in self.bn_after, **options)
@@ -277,10 +330,14 @@ class LeNet5(keras.Model):
 
     def _make_norm(self, name):
         if self.bn_layer == "keras":
+            # Keras's synchronized path computes E[x^2] - E[x]^2 even on one
+            # device, so it is asked for only under a strategy, where it matters.
             return keras.layers.BatchNormalization(
-                epsilon=self.epsilon, momentum=self.keras_momentum, name=name
+                epsilon=self.epsilon, momentum=self.keras_momentum, name=name,
+                synchronized=self.synchronized and tf.distribute.has_strategy(),
             )
-        return BatchNorm(epsilon=self.epsilon, window_size=self.window_size, name=name)
+        return BatchNorm(epsilon=self.epsilon, window_size=self.window_size, synchronized=self.synchronized,
+                         name=name)
 
     def _affine_bn(self, name, x, training):
         """What the layer's sigmoid receives: the affine map, then BN where there is BN."""
@@ -321,6 +378,7 @@ class LeNet5(keras.Model):
             "epsilon": self.epsilon,
             "window_size": self.window_size,
             "keras_momentum": self.keras_momentum,
+            "synchronized": self.synchronized,
         }
 
 
@@ -378,15 +436,16 @@ def momentum_matching_window(window_size):
     return (window_size - 1) / (window_size + 1)
 
 
-def build_lenet(name, output_size=10, epsilon=1e-8, window_size=5):
+def build_lenet(name, output_size=10, epsilon=1e-8, window_size=5, synchronized=True):
     """The named variant, built for 32x32x1 inputs."""
     if name == KERAS_BN_VARIANT:
         model = LeNet5(
             VARIANTS["lenet_fc_bn2"], "keras", output_size, epsilon, window_size,
-            keras_momentum=momentum_matching_window(window_size), name=name,
+            keras_momentum=momentum_matching_window(window_size), synchronized=synchronized, name=name,
         )
     elif name in VARIANTS:
-        model = LeNet5(VARIANTS[name], "ours", output_size, epsilon, window_size, name=name)
+        model = LeNet5(VARIANTS[name], "ours", output_size, epsilon, window_size, synchronized=synchronized,
+                       name=name)
     else:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
     model(ops.zeros((1, *INPUT_SHAPE)))  # creates the weights; inference leaves BN state alone

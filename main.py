@@ -17,6 +17,8 @@ DEFAULTS = {
     "window_size": 5,
     "bn_statistics": "precise",  # precise: window refilled with the trained weights each epoch; moving: last steps
     "precision": "float32",  # or mixed_float16 (GPUs with tensor cores), mixed_bfloat16
+    "devices": 1,  # N: the global batch split across N GPUs (or N logical CPU devices)
+    "bn_sync": "global",  # several devices: BN with the global batch's statistics, or "replica": each shard's own
     "verbose": 1,
     "flag_visualizations": 1,
     "tensorboard": 0,  # 1: TensorBoard logs under <results_dir>/logs/<model>/
@@ -47,6 +49,7 @@ utils.import_tensorflow_quietly()  # before the modules below import it
 
 import keras  # noqa: E402
 
+import distribution  # noqa: E402
 import models_handling  # noqa: E402
 from command_line import (  # noqa: E402
     LIMITS,
@@ -95,6 +98,14 @@ def build_parser():
     add("--precision", choices=models_handling.PRECISIONS,
         help="Keras dtype policy: float32, or float16 / bfloat16 arithmetic with float32 weights "
         "(faster on GPUs with tensor cores and CPUs with bfloat16 units; BN's statistics stay float32)")
+    add("--devices", type=int_up_to(LIMITS["devices"]),
+        help="train on this many devices with tf.distribute.MirroredStrategy, batch_size staying the global "
+        "batch, split evenly: the GPUs where the machine has that many, else logical CPU devices sharing the "
+        f"cores (1 to {LIMITS['devices']})")
+    add("--bn_sync", choices=models_handling.BN_SYNC,
+        help="with several devices, BN normalizes each device's shard of the batch with the global batch's "
+        "statistics (global: summed across devices, as Keras's synchronized=True) or with the shard's own "
+        "(replica; the window then records their average). One device: no difference")
     add("--verbose", type=int, choices=[0, 1, 2],
         help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch")
     add("--flag_visualizations", type=int, choices=[0, 1], help="1: write the PNG plots; 0: skip them")
@@ -185,8 +196,14 @@ def run(args, ctrl_c, finished):
             "drop one of the two"
         )
     check_results_dir(args.results_dir)
+    # Before anything runs on TensorFlow, which then starts its devices.
+    strategy = distribution.make_strategy(args.devices, args.batch_size)
     splits = utils.load_data(args.data, args.dataset, args.val_split, args.seed, args.output_size)
     models_handling.make_optimizer(args.optimizer, args.learning_rate)  # rejects a bad name now
+    if strategy.num_replicas_in_sync > 1 and args.jit_compile:
+        print(f"{strategy.num_replicas_in_sync} replicas: XLA off (as --jit_compile 0), since XLA cannot compile "
+              "a step whose variables lie on several devices")
+        args.jit_compile = 0
     utils.make_writable_folder(args.results_dir, "--results_dir")
     settings = models_handling.Settings.from_mapping(vars(args))
     run_record = {
@@ -203,31 +220,9 @@ def run(args, ctrl_c, finished):
     earlier = models_handling.read_summary(args.results_dir) if args.resume else {}
     for name in names:
         ctrl_c.check()
-        entry = earlier.get(name)
-        if entry is not None and models_handling.run_identity(entry.get("settings", {}), entry) == identity:
-            print(f"\n== {describe(name)}: finished earlier with the same settings and data; skipped (--resume)")
-            finished.append(models_handling.result_from_summary(args.results_dir, name, entry))
-            continue
-        print(f"\n== {describe(name)}")
-        callbacks = [ctrl_c.callback()]
-        if args.tensorboard:
-            callbacks += models_handling.tensorboard_callbacks(Path(args.results_dir) / "logs" / name)
-        backup = models_handling.ResumableTraining(
-            Path(args.results_dir) / models_handling.BACKUP_FOLDER / name, identity, args.resume)
-        result = models_handling.run_model(name, splits, settings, callbacks=callbacks, backup=backup)
-        models_handling.save_results(result, args.results_dir, settings, run_record, args.flag_visualizations)
-        backup.remove()
+        with strategy.scope():  # the model's variables are made on every replica's device
+            result = train_one(name, splits, settings, run_record, identity, earlier.get(name), args, ctrl_c)
         finished.append(result)
-        if result.diverged:
-            where = result.diverged
-            rate = args.learning_rate if args.learning_rate is not None else "the optimizer's default"
-            print(f"{name}: diverged at epoch {where['epoch']}, step {where['step']} (loss {where['loss']}); "
-                  f"stopped there; try a lower --learning_rate than {rate}", file=sys.stderr)
-        else:
-            print(
-                f"{name}: test accuracy {result.test_accuracy:.4f}, test loss {result.test_loss:.4g} "
-                f"({result.train_seconds:.1f} s of training)"
-            )
 
     # Columns stay apart at any magnitude: a space between them, losses in %g.
     print(f"\n{'model':<15} {'test accuracy':>13} {'test loss':>10} {'seconds':>8}")
@@ -236,6 +231,36 @@ def run(args, ctrl_c, finished):
                                                                     f"{result.test_loss:.4g}")
         print(f"{result.name:<15} {accuracy:>13} {loss:>10} {result.train_seconds:>8.1f}")
     return 1 if any(result.diverged for result in finished) else 0
+
+
+def train_one(name, splits, settings, run_record, identity, earlier_entry, args, ctrl_c):
+    """One model of the sweep: skipped when --resume finds it finished with the
+    same settings and data, else trained (or continued from its backup),
+    tested and written. Its result."""
+    if earlier_entry is not None and models_handling.run_identity(earlier_entry.get("settings", {}),
+                                                                  earlier_entry) == identity:
+        print(f"\n== {describe(name)}: finished earlier with the same settings and data; skipped (--resume)")
+        return models_handling.result_from_summary(args.results_dir, name, earlier_entry)
+    print(f"\n== {describe(name)}")
+    callbacks = [ctrl_c.callback()]
+    if args.tensorboard:
+        callbacks += models_handling.tensorboard_callbacks(Path(args.results_dir) / "logs" / name)
+    backup = models_handling.ResumableTraining(
+        Path(args.results_dir) / models_handling.BACKUP_FOLDER / name, identity, args.resume)
+    result = models_handling.run_model(name, splits, settings, callbacks=callbacks, backup=backup)
+    models_handling.save_results(result, args.results_dir, settings, run_record, args.flag_visualizations)
+    backup.remove()
+    if result.diverged:
+        where = result.diverged
+        rate = args.learning_rate if args.learning_rate is not None else "the optimizer's default"
+        print(f"{name}: diverged at epoch {where['epoch']}, step {where['step']} (loss {where['loss']}); "
+              f"stopped there; try a lower --learning_rate than {rate}", file=sys.stderr)
+    else:
+        print(
+            f"{name}: test accuracy {result.test_accuracy:.4f}, test loss {result.test_loss:.4g} "
+            f"({result.train_seconds:.1f} s of training)"
+        )
+    return result
 
 
 def interrupted(args, finished):

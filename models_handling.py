@@ -29,6 +29,9 @@ BN_STATISTICS = ("precise", "moving")
 # Keras dtype policies a run may train under: float32 throughout, or float16 /
 # bfloat16 computation with float32 variables (BN's statistics stay float32).
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# With several replicas (tf.distribute), what BN normalizes each replica's
+# shard with: the global batch's statistics, or the shard's own.
+BN_SYNC = ("global", "replica")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class Settings:
     jit_compile: bool = True  # XLA-compile each training and inference step
     bn_statistics: str = "precise"  # one of BN_STATISTICS
     precision: str = "float32"  # one of PRECISIONS
+    devices: int = 1  # replicas the global batch is split across (distribution.make_strategy)
+    bn_sync: str = "global"  # one of BN_SYNC
 
     @classmethod
     def from_mapping(cls, mapping):
@@ -103,7 +108,9 @@ def build_and_compile(name, settings):
     """
     keras.mixed_precision.set_global_policy(settings.precision)
     set_seed(settings.seed)
-    return compile_model(build_lenet(name, settings.output_size, settings.epsilon, settings.window_size), settings)
+    model = build_lenet(name, settings.output_size, settings.epsilon, settings.window_size,
+                        synchronized=settings.bn_sync == "global")
+    return compile_model(model, settings)
 
 
 class EpochOrder(keras.callbacks.Callback):

@@ -1,10 +1,11 @@
-"""What batch normalization does here: five studies, each one command.
+"""What batch normalization does here: six studies, each one command.
 
     python studies.py keras_check --data mnist.npz   # ours against keras.layers.BatchNormalization
     python studies.py seeds --data mnist.npz         # the five variants over seeds, both statistics rules
     python studies.py figure1 --data mnist.npz       # the BN paper's Figure 1 on LeNet-5
     python studies.py lr --data mnist.npz            # plain SGD at learning rates 0.01 to 10
     python studies.py window --data mnist.npz        # inference statistics: rule, window and batch size
+    python studies.py replicas --data mnist.npz      # the batch split over 1 to 8 devices, BN synchronized or not
 
 Each writes PNGs, a CSV of its numbers and a summary.json into
 <results_dir>/<study>/ (default results/studies/<study>/). Training goes
@@ -13,6 +14,7 @@ by `python studies.py NAME --help` is main.py's DEFAULTS.
 """
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -28,6 +30,7 @@ utils.import_tensorflow_quietly()  # before the modules below import it
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+import distribution  # noqa: E402
 import models_handling  # noqa: E402
 import visualizations  # noqa: E402
 from lenet import (  # noqa: E402
@@ -458,12 +461,49 @@ def window(args):
 
 # ---------------------------------------------------------------- command line
 
+# ---------------------------------------------------------------- replicas
+
+
+def replicas(args):
+    """lenet_fc_bn2 with its global batch split over 1, 2, 4, 8 replicas
+    (logical CPU devices here; GPUs work the same), BN synchronized across
+    them (global) or not (replica), all else equal."""
+    uneven = [count for count in args.replicas if DEFAULTS["batch_size"] % count]
+    if uneven:
+        raise utils.UsageError(f"--replicas {' '.join(map(str, uneven))}: the global batch of "
+                               f"{DEFAULTS['batch_size']} does not split evenly over that many; use divisors of it")
+    cpus = distribution.logical_cpus(max(args.replicas))  # before anything runs on TensorFlow
+    splits = load_splits(args, args.seed)
+    folder, rows, points = study_dir(args, "replicas"), [], {rule: [] for rule in models_handling.BN_SYNC}
+    for count in args.replicas:
+        # One replica: both rules are the same computation, trained once.
+        for rule in models_handling.BN_SYNC if count > 1 else ("global",):
+            # XLA off throughout, as several devices need, so that only the
+            # split differs between the runs.
+            settings = base_settings(args, devices=count, bn_sync=rule, jit_compile=False)
+            with distribution.mirrored_cpus(cpus[:count]).scope() if count > 1 else contextlib.nullcontext():
+                print(f"  {count} replica(s) of {DEFAULTS['batch_size'] // count} images, --bn_sync {rule}:", flush=True)
+                result = train_and_report("lenet_fc_bn2", splits, settings)
+            for row_rule in models_handling.BN_SYNC if count == 1 else (rule,):
+                rows.append({"replicas": count, "batch_per_replica": DEFAULTS["batch_size"] // count,
+                             "bn_sync": row_rule, "test_accuracy": result.test_accuracy,
+                             "final_val_accuracy": result.history["val_accuracy"][-1],
+                             "train_seconds": round(result.train_seconds, 1)})
+                points[row_rule].append((count, result.test_accuracy))
+            write_rows(folder / "replicas.csv", rows)  # kept if the study is interrupted
+    visualizations.plot_replicas(points, DEFAULTS["batch_size"], folder / "replicas.png")
+    summary = {"epochs": args.epochs, "seed": args.seed, "global_batch": DEFAULTS["batch_size"], "runs": rows}
+    write_summary(folder, summary)
+    return summary
+
+
 STUDIES = {
     "keras_check": keras_check,
     "seeds": seeds,
     "figure1": figure1,
     "lr": learning_rates,
     "window": window,
+    "replicas": replicas,
 }
 ABOUT = {
     "keras_check": "Hand-written BN against keras.layers.BatchNormalization in lenet_fc_bn2, "
@@ -473,6 +513,8 @@ ABOUT = {
     "lr": "lenet and lenet_fc_bn2 with plain SGD at several learning rates, test accuracy under both "
           "statistics rules.",
     "window": "Test accuracy against the inference window (both statistics rules) and the inference batch size.",
+    "replicas": "lenet_fc_bn2 with the global batch of 64 split over 1, 2, 4, 8 replicas, BN statistics "
+                "synchronized (global) or per replica.",
 }
 
 
@@ -536,6 +578,9 @@ def build_parser():
                      help="window sizes; the whole run's number of training steps is always added")
     sub.add_argument("--inference_batch_sizes", type=int_up_to(LIMITS["batch_size"]), nargs="+", default=[1, 10, 100, 1000],
                      help="how many test images each rule predicts at a time")
+    sub = study("replicas")
+    sub.add_argument("--replicas", type=int_up_to(LIMITS["devices"]), nargs="+", default=[1, 2, 4, 8],
+                     help="replica counts to split the global batch of 64 over (each must divide 64)")
     return parser
 
 

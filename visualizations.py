@@ -163,3 +163,20 @@ def plot_window_study(window_points, batch_points, path):
     for axes in (window_axes, batch_axes):
         axes.grid(alpha=0.3, which="both")
     save_figure(figure, path)
+
+
+def plot_replicas(points, global_batch, path):
+    """Test accuracy against the number of replicas the global batch is split
+    over (log axis; the batch each replica normalizes in the labels), one
+    line per --bn_sync rule ({rule: [(replicas, accuracy)]})."""
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for rule, rule_points in points.items():
+        axes.plot(*zip(*rule_points), marker="o", label=f"--bn_sync {rule}")
+    replicas = sorted({count for rule_points in points.values() for count, _ in rule_points})
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(replicas, [f"{count}\n({global_batch // count} per replica)" for count in replicas])
+    axes.set(title=f"lenet_fc_bn2, global batch {global_batch} split over replicas", xlabel="replicas",
+             ylabel="test accuracy")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    save_figure(figure, path)

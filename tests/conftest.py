@@ -12,6 +12,16 @@ import utils
 
 utils.import_tensorflow_quietly()
 
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPU devices for the tf.distribute tests (test_distribution.py),
+# made before anything runs on TensorFlow, which fixes its devices then; a
+# plain run places everything on the first, as it would without them.
+TEST_DEVICES = 2
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * TEST_DEVICES
+)
+
 
 def mnist_like(num_train=200, num_test=60, seed=0):
     """Random uint8 images (N, 28, 28) and labels 0..9, shaped and typed as MNIST."""

@@ -236,3 +236,23 @@ def test_figure1_panels_of_both_networks_share_one_y_scale(monkeypatch, tmp_path
     _, lenet_axes, bn_axes = figures[0].axes
     assert lenet_axes.get_ylim() == bn_axes.get_ylim()
     assert lenet_axes.get_ylim()[0] <= -2.0 and lenet_axes.get_ylim()[1] >= 2.0
+
+
+def test_replicas_trains_once_per_split_and_rule_and_global_on_two_equals_one(small_npz, tmp_path, capsys):
+    out = run_study(["replicas", "--data", small_npz, "--results_dir", tmp_path, "--replicas", 1, 2, *FAST], capsys)
+    assert out.count("1 replica(s) of 64 images, --bn_sync global:") == 1
+    assert "2 replica(s) of 32 images, --bn_sync replica:\n  lenet_fc_bn2: training" in out
+    rows = read_csv(tmp_path / "replicas" / "replicas.csv")
+    assert [(row["replicas"], row["batch_per_replica"], row["bn_sync"]) for row in rows] == [
+        ("1", "64", "global"), ("1", "64", "replica"), ("2", "32", "global"), ("2", "32", "replica")]
+    accuracy = {(row["replicas"], row["bn_sync"]): float(row["test_accuracy"]) for row in rows}
+    # Synchronized BN makes two replicas one device with the whole batch.
+    assert accuracy[("2", "global")] == pytest.approx(accuracy[("1", "global")], abs=1e-3)
+    assert_png(tmp_path / "replicas" / "replicas.png")
+    assert json.loads((tmp_path / "replicas" / "summary.json").read_text())["global_batch"] == 64
+
+
+def test_replicas_that_do_not_divide_the_batch_are_refused(small_npz, tmp_path, capsys):
+    code = studies.main(["replicas", "--data", str(small_npz), "--results_dir", str(tmp_path), "--replicas", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--replicas 3: the global batch of 64 does not split evenly" in err
