@@ -208,8 +208,11 @@ class BatchNorm(keras.layers.Layer):
         x = ops.cast(inputs, "float32")
         gamma = ops.cast(self.gamma.value, "float32")
         beta = ops.cast(self.beta.value, "float32")
-        replicas = tf.distribute.get_replica_context()  # None where a strategy runs across replicas
-        if training and self.trainable and self.synchronized and replicas and replicas.num_replicas_in_sync > 1:
+        # None in a strategy's cross-replica context (the `precise` refill,
+        # which passes whole batches); TensorFlow's default context otherwise.
+        replicas = tf.distribute.get_replica_context()
+        synchronize = self.synchronized and replicas is not None and replicas.num_replicas_in_sync > 1
+        if training and self.trainable and synchronize:
             outputs, mean, variance, count = batch_norm_synchronized(x, gamma, beta, self.epsilon, replicas)
             self._record(mean, variance, count)
         elif training and self.trainable:

@@ -240,8 +240,8 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
     Keras saves the weights, the optimizer's state and BN's windows after
     every epoch, and restores them (and the epoch to start from) when fit
     begins. Here the finished epochs' history and training seconds are kept
-    beside them (each epoch's order of images depends only on the seed and
-    the epoch: EpochOrder). The backup
+    beside them; each epoch's order of images depends only on the seed and
+    the epoch (EpochOrder), so nothing else needs replaying. The backup
     carries the run's identity (run_identity): only a run with the same
     settings and data resumes from it, and only with `resume`; any other
     start removes it. It stays when training ends; `remove` it once the
@@ -260,16 +260,15 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
         super().__init__(str(self.folder), double_checkpoint=True, delete_checkpoint=False)
         self.identity, self.identity_path = identity, identity_path
         self.history, self.seconds = {key: [] for key in HISTORY_KEYS}, []  # per epoch, since the start
-        self.restored_epochs = 0
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        self.restored_epochs = self.model._initial_epoch or 0  # where BackupAndRestore tells fit to start
-        if self.restored_epochs:
+        restored = self.model._initial_epoch or 0  # where BackupAndRestore tells fit to start
+        if restored:
             progress = json.loads(self.progress_path.read_text())
-            self.history = {key: progress["history"][key][:self.restored_epochs] for key in HISTORY_KEYS}
-            self.seconds = progress["seconds"][:self.restored_epochs]
-            print(f"{self.model.name}: resuming after epoch {self.restored_epochs} from {self.folder}/")
+            self.history = {key: progress["history"][key][:restored] for key in HISTORY_KEYS}
+            self.seconds = progress["seconds"][:restored]
+            print(f"{self.model.name}: resuming after epoch {restored} from {self.folder}/")
         self.earlier_history = {key: list(values) for key, values in self.history.items()}
         self.earlier_seconds = self.seconds[-1] if self.seconds else 0.0
         self.started = time.perf_counter()
