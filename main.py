@@ -252,7 +252,7 @@ def train_one(name, splits, settings, run_record, identity, earlier_entry, args,
     backup.remove()
     if result.diverged:
         where = result.diverged
-        rate = args.learning_rate if args.learning_rate is not None else "the optimizer's default"
+        rate = f"{args.learning_rate:g}" if args.learning_rate is not None else "the optimizer's default"
         print(f"{name}: diverged at epoch {where['epoch']}, step {where['step']} (loss {where['loss']}); "
               f"stopped there; try a lower --learning_rate than {rate}", file=sys.stderr)
     else:
