@@ -269,7 +269,6 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
             self.history = {key: progress["history"][key][:restored] for key in HISTORY_KEYS}
             self.seconds = progress["seconds"][:restored]
             print(f"{self.model.name}: resuming after epoch {restored} from {self.folder}/")
-        self.earlier_history = {key: list(values) for key, values in self.history.items()}
         self.earlier_seconds = self.seconds[-1] if self.seconds else 0.0
         self.started = time.perf_counter()
 
@@ -375,8 +374,8 @@ def run_model(name, splits, settings, model=None, callbacks=(), backup=None):
     start = time.perf_counter()
     history = train(model, splits, settings, [*([backup] if backup else []), *callbacks, divergence])
     seconds = time.perf_counter() - start
-    if backup is not None:
-        history = {key: backup.earlier_history[key] + history[key] for key in HISTORY_KEYS}
+    if backup is not None:  # its history holds the restored epochs too, fit's only those it ran
+        history = {key: list(backup.history[key]) for key in HISTORY_KEYS}
         seconds += backup.earlier_seconds
     # A diverged model has nothing to test: its weights are not numbers.
     test_loss, test_accuracy = (None, None) if divergence.at else evaluate(
