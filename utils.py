@@ -307,6 +307,12 @@ def import_tensorflow_quietly():
     Python exception once stderr is back.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # TensorFlow's CPU allocator asks malloc for every large tensor afresh,
+    # which maps new pages and faults them in on each training step; its BFC
+    # allocator keeps freed memory for reuse. Measured on 2 cores without XLA:
+    # lenet_fc_bn2 trained at 0.85x plain lenet with the default allocator and
+    # 0.97x with BFC, lenet itself no faster (README's Speed).
+    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     sys.stderr.flush()
     saved_stderr = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)

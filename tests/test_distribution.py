@@ -109,11 +109,13 @@ def test_one_epoch_on_two_replicas_repeats_one_device():
     for key in models_handling.HISTORY_KEYS:
         np.testing.assert_allclose(mirrored.history[key], single.history[key], atol=1e-4, err_msg=key)
     np.testing.assert_allclose(mirrored.test_loss, single.test_loss, atol=1e-4)
+    # An epoch of training carries the two summation orders' rounding into the
+    # windows: up to 1.03e-5 (6e-5 relative) in one C3 mean, measured.
     for name, norm in single.model.norm.items():
         np.testing.assert_allclose(mirrored.model.norm[name].mean_window.numpy(), norm.mean_window.numpy(),
-                                   atol=1e-5)
+                                   atol=1e-5, rtol=1e-4)
         np.testing.assert_allclose(mirrored.model.norm[name].variance_window.numpy(),
-                                   norm.variance_window.numpy(), atol=1e-5)
+                                   norm.variance_window.numpy(), atol=1e-5, rtol=1e-4)
 
 
 def test_main_on_two_devices_says_xla_is_off_and_records_the_devices(small_npz, tmp_path, capsys):
