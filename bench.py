@@ -1,15 +1,19 @@
 """Speed benchmark: how fast lenet, lenet_fc_bn2 (hand-written BN) and
-lenet_keras_bn (Keras's BN) train and predict, on synthetic MNIST-shaped data.
+lenet_keras_bn (Keras's BN) train and predict, on synthetic MNIST-shaped data,
+on both compile paths (XLA and TensorFlow's own kernels) and as
+`--jit_compile auto` chooses between them.
 
     python bench.py                           # 60,000 images, batch 64, 5 repetitions
     python bench.py --images 6400 --repeats 2 # a quick look (written nowhere without --output)
-    python bench.py --jit_compile 0           # without XLA, as main.py --jit_compile 0
 
 Each figure is the median of --repeats repetitions, taken in turns across the
-three models after a warm-up epoch, and the ratios are taken within this one
-run, because CPU machines (shared ones above all) are noisy. Prints a table and
-writes the figures to --output; at the default --images and --repeats, to
-results/bench.json unless --output says otherwise.
+three models and both paths after a warm-up epoch, and the ratios are taken
+within this one run, because CPU machines (shared ones above all) are noisy.
+Inference is timed at the training batch size and at main.py's
+inference_batch_size. `auto` is what jit_choice chooses for each model on a
+fresh copy of it, at the cost it reports; its figures are the chosen path's.
+Prints a table and writes the figures to --output; at the default --images and
+--repeats, to results/bench.json unless --output says otherwise.
 """
 
 import json
@@ -17,6 +21,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import utils
@@ -28,11 +33,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import models_handling  # noqa: E402
-from lenet import INPUT_SHAPE, KERAS_BN_VARIANT, VARIANTS  # noqa: E402
 from command_line import LIMITS, OneLineErrorParser, int_up_to  # noqa: E402
+from jit_choice import choose_jit_compile  # noqa: E402
+from lenet import INPUT_SHAPE, KERAS_BN_VARIANT, VARIANTS  # noqa: E402
 from main import DEFAULTS  # noqa: E402
 
 MODELS = ("lenet", "lenet_fc_bn2", KERAS_BN_VARIANT)
+PATHS = {"xla": True, "tensorflow": False}  # name: jit_compile
 # The default sweep (python main.py --model all) on the full MNIST.
 SWEEP = {"train": 51_000, "val": 9_000, "test": 10_000, "epochs": DEFAULTS["epochs"]}
 FULL_RUN = {"images": 60_000, "repeats": 5}  # what results/bench.json holds
@@ -54,62 +61,108 @@ def seconds(action):
     return time.perf_counter() - start
 
 
-def measure(batch_size, num_images, repeats, jit_compile):
-    """Median images per second, training (full epochs) and inference (evaluate),
-    per model; and the median seconds of one `precise` statistics refill (the
-    window_size batches that pass through the network at each epoch's end)."""
-    settings = models_handling.Settings.from_mapping(
-        {**DEFAULTS, "batch_size": batch_size, "epochs": 1, "verbose": 0, "jit_compile": jit_compile})
+def bench_settings(batch_size, inference_batch_size, jit_compile):
+    return models_handling.Settings.from_mapping({
+        **DEFAULTS, "batch_size": batch_size, "inference_batch_size": inference_batch_size, "epochs": 1,
+        "verbose": 0, "jit_compile": jit_compile,
+    })
+
+
+def measure(batch_size, inference_batch_size, num_images, repeats):
+    """Per path and model, medians: training images per second (full epochs),
+    inference images per second (evaluate) at `inference_batch_size` and at
+    `batch_size`, and the seconds of one `precise` statistics refill (the
+    window_size batches that pass through the network at each epoch's end).
+    Each is {path: {model: figure}}."""
     train_images, train_labels = synthetic_mnist(num_images, seed=0)
     test_images, test_labels = synthetic_mnist(min(num_images, SWEEP["test"]), seed=1)
-    models = {name: models_handling.build_and_compile(name, settings) for name in MODELS}
+    runs = {}  # (path, model name): (model, settings)
+    for path, jit_compile in PATHS.items():
+        settings = bench_settings(batch_size, inference_batch_size, jit_compile)
+        for name in MODELS:
+            runs[path, name] = models_handling.build_and_compile(name, settings), settings
 
-    def train_epoch(model):
-        return seconds(lambda: models_handling.fit(model, train_images, train_labels, settings, epochs=1))
+    def timings(model, settings, repeat):
+        """One repetition's seconds: a training epoch, inference at both batch sizes, a refill."""
+        small_batches = replace(settings, inference_batch_size=batch_size)
+        return {
+            "train": seconds(lambda: models_handling.fit(model, train_images, train_labels, settings, epochs=1)),
+            "inference": seconds(lambda: models_handling.evaluate(model, test_images, test_labels, settings)),
+            "inference_at_training_batch": seconds(
+                lambda: models_handling.evaluate(model, test_images, test_labels, small_batches)),
+            "refill": seconds(lambda: models_handling.refill(model, train_images, settings, repeat)) if model.norm
+            else None,  # lenet has nothing to refill
+        }
 
-    def inference(model):
-        return seconds(lambda: models_handling.evaluate(model, test_images, test_labels, settings))
-
-    def refill(model, repeat):
-        return seconds(lambda: models_handling.refill(model, train_images, settings, repeat))
-
-    for model in models.values():  # warm-up: tracing, first allocations
-        train_epoch(model)
-        inference(model)
-        if model.norm:
-            refill(model, 0)
-    train_times = {name: [] for name in MODELS}
-    inference_times = {name: [] for name in MODELS}
-    refill_times = {name: [] for name, model in models.items() if model.norm}  # lenet has nothing to refill
+    for model, settings in runs.values():  # warm-up: tracing, compiling, first allocations
+        timings(model, settings, 0)
+    times = {key: [] for key in runs}
     for repeat in range(repeats):
-        for name, model in models.items():  # in turns, so that a slow spell hits every model
-            train_times[name].append(train_epoch(model))
-            inference_times[name].append(inference(model))
-            line = f"  repetition {repeat + 1}/{repeats} {name}: train {train_times[name][-1]:.1f} s, " \
-                   f"inference {inference_times[name][-1]:.2f} s"
-            if name in refill_times:
-                refill_times[name].append(refill(model, repeat + 1))
-                line += f", refill {refill_times[name][-1]:.3f} s"
+        for (path, name), (model, settings) in runs.items():  # in turns: a slow spell hits every model
+            times[path, name].append(timings(model, settings, repeat + 1))
+            latest = times[path, name][-1]
+            line = (f"  repetition {repeat + 1}/{repeats} {path:<10} {name}: train {latest['train']:.1f} s, "
+                    f"inference {latest['inference']:.2f} s (batch {inference_batch_size}), "
+                    f"{latest['inference_at_training_batch']:.2f} s (batch {batch_size})")
+            if latest["refill"] is not None:
+                line += f", refill {latest['refill']:.3f} s"
             print(line, flush=True)
-    return (
-        {name: num_images / statistics.median(times) for name, times in train_times.items()},
-        {name: len(test_images) / statistics.median(times) for name, times in inference_times.items()},
-        {name: statistics.median(times) for name, times in refill_times.items()},
-    )
+
+    def median(kind, path, name):
+        return statistics.median(repetition[kind] for repetition in times[path, name])
+
+    count = {"train": num_images, "inference": len(test_images), "inference_at_training_batch": len(test_images)}
+    figures = {kind: {path: {name: count[kind] / median(kind, path, name) for name in MODELS} for path in PATHS}
+               for kind in count}
+    figures["refill"] = {path: {name: median("refill", path, name) for name in MODELS if name != "lenet"}
+                         for path in PATHS}
+    return figures
 
 
-def sweep_seconds(train_speed, inference_speed, refill_seconds):
-    """Estimated time of `main.py --model all` at the defaults on the full MNIST: each
-    epoch trains on 51,000 images, refills BN's statistics and validates on 9,000,
-    then the test set. The four BN variants are costed as lenet_fc_bn2, the one
-    with the most BN layers."""
+def measure_choices(batch_size, num_images):
+    """What `--jit_compile auto` chooses for each model, each on a fresh copy
+    timed as main.py times it: {model: JitChoice}."""
+    train_images, train_labels = synthetic_mnist(num_images, seed=0)
+    settings = bench_settings(batch_size, DEFAULTS["inference_batch_size"], "auto")
+    choices = {}
+    for name in MODELS:
+        model = models_handling.build_and_compile(name, settings)
+        choices[name] = choose_jit_compile(
+            model, models_handling.timing_batches(train_images, train_labels, batch_size))
+        print(f"  auto, {name}: {choices[name].describe()}", flush=True)
+    return choices
+
+
+def with_auto(figures, choices):
+    """`figures` with an "auto" path: each model's figures on the path chosen for it."""
+    chosen = {name: "xla" if choice.jit_compile else "tensorflow" for name, choice in choices.items()}
+    return {kind: {**per_path, "auto": {name: per_path[chosen[name]][name] for name in per_path["xla"]}}
+            for kind, per_path in figures.items()}
+
+
+def sweep_seconds(train_speed, inference_speed, refill_seconds, choosing_seconds=None):
+    """Estimated time of `main.py --model all` at the defaults on the full MNIST
+    on one path (each argument {model: figure}): each epoch trains on 51,000
+    images, refills BN's statistics and validates on 9,000, then the test set,
+    and with `choosing_seconds` each model first chooses its path. The four BN
+    variants are costed as lenet_fc_bn2, the one with the most BN layers."""
     total = 0.0
     for name in VARIANTS:
         measured = "lenet" if name == "lenet" else "lenet_fc_bn2"
         total += SWEEP["epochs"] * SWEEP["train"] / train_speed[measured]
         total += (SWEEP["epochs"] * SWEEP["val"] + SWEEP["test"]) / inference_speed[measured]
         total += SWEEP["epochs"] * refill_seconds.get(measured, 0.0)
+        total += (choosing_seconds or {}).get(measured, 0.0)
     return total
+
+
+def cpu_name():
+    """The CPU's model name, where Linux tells it (platform.processor() says only x86_64)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def main(argv=None):
@@ -117,11 +170,11 @@ def main(argv=None):
     parser.add_argument("--images", type=int_up_to(LIMITS["images"]), default=FULL_RUN["images"],
                         help=f"training images per epoch (1 to {LIMITS['images']})")
     parser.add_argument("--batch_size", type=int_up_to(LIMITS["batch_size"]), default=DEFAULTS["batch_size"],
-                        help=f"1 to {LIMITS['batch_size']}")
+                        help=f"training batch size, 1 to {LIMITS['batch_size']}")
+    parser.add_argument("--inference_batch_size", type=int_up_to(LIMITS["batch_size"]),
+                        default=DEFAULTS["inference_batch_size"], help=f"as main.py's, 1 to {LIMITS['batch_size']}")
     parser.add_argument("--repeats", type=int_up_to(LIMITS["repeats"]), default=FULL_RUN["repeats"],
                         help=f"timed repetitions per figure (1 to {LIMITS['repeats']})")
-    parser.add_argument("--jit_compile", type=int, choices=[0, 1], default=DEFAULTS["jit_compile"],
-                        help="1: XLA-compiled steps, as main.py runs by default; 0: TensorFlow's own kernels")
     parser.add_argument("--output", help="a JSON file for the figures; by default results/bench.json for a "
                         "full run (the default --images and --repeats) and no file for a shorter one")
     args = parser.parse_args(argv)
@@ -139,47 +192,63 @@ def main(argv=None):
         print(f"warning: {args.images} images make epochs too short to time well; the figures and the sweep "
               f"estimate below are rough (use --images {FEWEST_TRUSTED_IMAGES} or more)", file=sys.stderr)
 
-    print(
-        f"{args.images} synthetic images, batch {args.batch_size}, {args.repeats} repetitions, "
-        f"jit_compile {args.jit_compile}"
-    )
-    train_speed, inference_speed, refill_seconds = measure(
-        args.batch_size, args.images, args.repeats, bool(args.jit_compile))
+    print(f"{args.images} synthetic images, training batch {args.batch_size}, inference batch "
+          f"{args.inference_batch_size}, {args.repeats} repetitions; paths: XLA, TensorFlow's kernels, auto")
+    choices = measure_choices(args.batch_size, args.images)
+    figures = with_auto(measure(args.batch_size, args.inference_batch_size, args.images, args.repeats), choices)
+    choosing_seconds = {name: choice.seconds for name, choice in choices.items()}
+    sweep = {path: sweep_seconds(figures["train"][path], figures["inference"][path], figures["refill"][path],
+                                 choosing_seconds if path == "auto" else None)
+             for path in figures["train"]}
+    train, inference = figures["train"], figures["inference"]
     ratios = {
-        "fc_bn2_train_vs_keras_bn_train": train_speed["lenet_fc_bn2"] / train_speed[KERAS_BN_VARIANT],
-        "fc_bn2_train_vs_lenet_train": train_speed["lenet_fc_bn2"] / train_speed["lenet"],
-        "fc_bn2_inference_vs_lenet_inference": inference_speed["lenet_fc_bn2"] / inference_speed["lenet"],
+        "auto_sweep_vs_faster_fixed_path": sweep["auto"] / min(sweep["xla"], sweep["tensorflow"]),
+        "xla_sweep_vs_auto_sweep": sweep["xla"] / sweep["auto"],
+        **{f"fc_bn2_train_vs_lenet_train, {path}": train[path]["lenet_fc_bn2"] / train[path]["lenet"]
+           for path in train},
+        **{f"fc_bn2_train_vs_keras_bn_train, {path}": train[path]["lenet_fc_bn2"] / train[path][KERAS_BN_VARIANT]
+           for path in train},
+        **{f"inference_batch_{args.inference_batch_size}_vs_{args.batch_size}, {path}, {name}":
+           inference[path][name] / figures["inference_at_training_batch"][path][name]
+           for path in PATHS for name in MODELS},
     }
-    sweep = sweep_seconds(train_speed, inference_speed, refill_seconds)
     # What the `precise` rule adds to a full-data epoch (51,000 training images).
-    refill_share = {
-        name: refill / (SWEEP["train"] / train_speed[name]) for name, refill in refill_seconds.items()
-    }
+    refill_share = {path: {name: refill / (SWEEP["train"] / train[path][name]) for name, refill in per_model.items()}
+                    for path, per_model in figures["refill"].items()}
 
-    print(f"\n{'model':<16}{'train img/s':>13}{'inference img/s':>17}")
-    for name in MODELS:
-        print(f"{name:<16}{train_speed[name]:>13.0f}{inference_speed[name]:>17.0f}")
-    print()
+    columns = {"train": "train", "inference": f"infer@{args.inference_batch_size}",
+               "inference_at_training_batch": f"infer@{args.batch_size}"}
+    print(f"\nimages per second\n{'path':<11}{'model':<16}" + "".join(f"{title:>13}" for title in columns.values()))
+    for path in train:
+        for name in MODELS:
+            print(f"{path:<11}{name:<16}" + "".join(f"{figures[kind][path][name]:>13.0f}" for kind in columns))
+    print(f"\nauto chose: " + ", ".join(f"{name} {'XLA' if choice.jit_compile else 'TensorFlow'} "
+                                       f"({choice.seconds:.1f} s to choose)" for name, choice in choices.items()))
     for name, value in ratios.items():
-        print(f"{name:<38}{value:>6.2f}x")
-    for name, refill in refill_seconds.items():
-        print(f"{'refill, ' + name:<38}{refill * 1000:>6.0f} ms, {refill_share[name]:.2%} of a "
-              f"{SWEEP['train']:,}-image training epoch")
-    print(f"{'estimated default sweep (--model all)':<38}{sweep / 60:>6.1f} min")
+        print(f"{name:<52}{value:>6.2f}x")
+    for path, per_model in figures["refill"].items():
+        for name, refill in per_model.items():
+            print(f"{'refill, ' + path + ', ' + name:<52}{refill * 1000:>6.0f} ms, {refill_share[path][name]:.2%} "
+                  f"of a {SWEEP['train']:,}-image training epoch")
+    for path, total in sweep.items():
+        print(f"{'estimated default sweep (--model all), ' + path:<52}{total / 60:>6.1f} min")
 
     record = {
         "settings": vars(args),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
+            "cpu": cpu_name(),
             "python": platform.python_version(),
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
         },
-        "train_images_per_second": train_speed,
-        "inference_images_per_second": inference_speed,
+        "train_images_per_second": train,
+        "inference_images_per_second": inference,
+        "inference_images_per_second_at_training_batch": figures["inference_at_training_batch"],
+        "auto_choices": {name: choice.record() for name, choice in choices.items()},
         "ratios": ratios,
-        "refill_seconds": refill_seconds,
+        "refill_seconds": figures["refill"],
         "refill_share_of_a_full_training_epoch": refill_share,
         "estimated_default_sweep_seconds": sweep,
     }

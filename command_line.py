@@ -45,6 +45,13 @@ def float_up_to_or_none(limit):
     return lambda text: None if text.strip().lower() == "none" else bounded(text)
 
 
+def auto_or_switch(text):
+    """--jit_compile: "auto", or 0 / 1 as an int."""
+    if text not in ("auto", "0", "1"):
+        raise argparse.ArgumentTypeError(f"expected auto, 0 or 1, got {text!r}")
+    return text if text == "auto" else int(text)
+
+
 fraction = checked_number(float, lambda value: 0 < value < 1, "a fraction strictly between 0 and 1")
 
 

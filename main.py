@@ -23,7 +23,8 @@ DEFAULTS = {
     "flag_visualizations": 1,
     "tensorboard": 0,  # 1: TensorBoard logs under <results_dir>/logs/<model>/
     "resume": 0,  # 1: skip models already finished with these settings and data; continue interrupted ones
-    "jit_compile": 1,  # 1: XLA-compile each step (faster; 0 for TensorFlow's own kernels)
+    "jit_compile": "auto",  # auto: per model, the faster of XLA (1) and TensorFlow's own kernels (0), timed
+    "inference_batch_size": 1024,  # validation and test (BN's inference uses no batch statistics)
     "seed": 0,
     "val_split": 0.15,
     "data": None,  # None: download with Keras; else a .npz or a folder of IDX files
@@ -54,6 +55,7 @@ import models_handling  # noqa: E402
 from command_line import (  # noqa: E402
     LIMITS,
     OneLineErrorParser,
+    auto_or_switch,
     float_up_to,
     float_up_to_or_none,
     fraction,
@@ -76,7 +78,7 @@ def build_parser():
     add("--model", choices=[*MODEL_NAMES, "all"], metavar="NAME",
         help="; ".join(describe(name) for name in MODEL_NAMES) + "; all: the five variants in turn")
     add("--batch_size", type=int_up_to(LIMITS["batch_size"]),
-        help=f"mini-batch size for training and evaluation (1 to {LIMITS['batch_size']})")
+        help=f"mini-batch size for training and for the precise refill (1 to {LIMITS['batch_size']})")
     add("--output_size", type=int_up_to(LIMITS["output_size"]),
         help=f"number of classes (units of the output layer; 1 to {LIMITS['output_size']})")
     add("--epochs", type=int_up_to(LIMITS["epochs"]), help=f"passes over the training split (1 to {LIMITS['epochs']})")
@@ -116,9 +118,13 @@ def build_parser():
         help="1: rerun a sweep without redoing work: a model whose summary.json entry has the same settings "
         "and data is skipped, and a model interrupted mid-training continues from its last finished epoch "
         "(backed up under RESULTS_DIR/backup/MODEL/ until it finishes); 0: train every model afresh")
-    add("--jit_compile", type=int, choices=[0, 1],
-        help="1: compile each training and inference step with XLA (faster after a few seconds of "
-        "compiling per model); 0: run TensorFlow's own kernels. Results differ only by float rounding")
+    add("--jit_compile", type=auto_or_switch,
+        help="1: compile each training and inference step with XLA; 0: run TensorFlow's own kernels; auto: "
+        "time a few training steps both ways at each model's start and keep the faster (which one depends on "
+        "the machine). Results differ only by float rounding")
+    add("--inference_batch_size", type=int_up_to(LIMITS["batch_size"]),
+        help="batch size for validation and test: larger is faster, and at inference BN uses its window, "
+        f"never the batch, so results change only by float rounding (1 to {LIMITS['batch_size']})")
     add("--seed", type=int_up_to(LIMITS["seed"], low=0),
         help=f"fixes the train/validation split, the initial weights and the shuffling (0 to {LIMITS['seed']})")
     add("--val_split", type=fraction, help="fraction of the training set held out for validation")

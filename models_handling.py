@@ -7,7 +7,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 import visualizations
+from jit_choice import STEPS, JitChoice, choose_jit_compile
 from lenet import BatchNorm, build_lenet, describe, refill_statistics
 from utils import UsageError, atomic_path, file_lock, set_seed, write_text
 
@@ -47,18 +48,20 @@ class Settings:
     window_size: int
     verbose: int
     seed: int
-    jit_compile: bool = True  # XLA-compile each training and inference step
+    jit_compile: bool | str = "auto"  # True: XLA; False: TensorFlow's kernels; "auto": the faster (jit_choice)
     bn_statistics: str = "precise"  # one of BN_STATISTICS
     precision: str = "float32"  # one of PRECISIONS
     devices: int = 1  # replicas the global batch is split across (distribution.make_strategy)
     bn_sync: str = "global"  # one of BN_SYNC
+    inference_batch_size: int = 1024  # validation and test; inference does not depend on batch companions
 
     @classmethod
     def from_mapping(cls, mapping):
         """The settings named in `mapping`, a dict shaped like main.py's
         DEFAULTS (or parsed arguments); other keys are ignored."""
         values = {name.name: mapping[name.name] for name in fields(cls)}
-        return cls(**{**values, "jit_compile": bool(values["jit_compile"])})
+        jit_compile = values["jit_compile"]
+        return cls(**{**values, "jit_compile": jit_compile if jit_compile == "auto" else bool(jit_compile)})
 
 
 @dataclass
@@ -71,6 +74,7 @@ class ModelResult:
     trainable_parameters: int
     model: keras.Model | None = field(default=None, repr=False)  # the trained model, to save
     diverged: dict | None = None  # {"epoch", "step", "loss"} where the loss stopped being finite
+    jit_choice: dict | None = None  # with jit_compile "auto": the path chosen and the timings (JitChoice.record)
 
 
 def make_optimizer(name, learning_rate=None):
@@ -93,7 +97,8 @@ def compile_model(model, settings):
         optimizer=make_optimizer(settings.optimizer, settings.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
-        jit_compile=settings.jit_compile,
+        # "auto" decides at the start of training (fit); until then, TensorFlow's kernels.
+        jit_compile=settings.jit_compile is True,
     )
     return model
 
@@ -167,9 +172,16 @@ def batches(images, labels, batch_size, order=None):
 def fit(model, images, labels, settings, epochs, validation_data=None, callbacks=()):
     """Keras's fit over mini-batches in a seeded order that changes every
     epoch (EpochOrder), validating on `validation_data` (images, labels)
-    after every epoch."""
+    after every epoch (in batches of settings.inference_batch_size).
+
+    With `jit_compile` "auto", the model's first fit starts by choosing the
+    faster compile path on a few batches of `images` (jit_choice), printed
+    and kept as `model.jit_choice`."""
+    if settings.jit_compile == "auto" and getattr(model, "jit_choice", None) is None:
+        model.jit_choice = choose_jit_compile(model, timing_batches(images, labels, settings.batch_size))
+        print(f"{model.name}: {model.jit_choice.describe()}")
     if validation_data is not None:
-        validation_data = batches(*validation_data, settings.batch_size)
+        validation_data = batches(*validation_data, settings.inference_batch_size)
     order = EpochOrder(len(images), settings.seed)
     return model.fit(
         batches(images, labels, settings.batch_size, order),
@@ -179,6 +191,13 @@ def fit(model, images, labels, settings, epochs, validation_data=None, callbacks
         verbose=settings.verbose,
         callbacks=[order, *callbacks],
     )
+
+
+def timing_batches(images, labels, batch_size):
+    """Up to jit_choice.STEPS full training batches (a short one only when
+    the images do not fill one), in the order of the images."""
+    full = min(len(images), STEPS * batch_size) // batch_size * batch_size or len(images)
+    return batches(images[:full], labels[:full], batch_size)
 
 
 def refill_batches(images, batch_size, count, seed, epoch):
@@ -259,6 +278,10 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
                 shutil.rmtree(self.folder)
         super().__init__(str(self.folder), double_checkpoint=True, delete_checkpoint=False)
         self.identity, self.identity_path = identity, identity_path
+        # With jit_compile "auto", the path the backed-up epochs ran on: a
+        # resumed run continues on it, as an uninterrupted run would have.
+        progress = json.loads(self.progress_path.read_text()) if self.progress_path.exists() else {}
+        self.jit_choice = JitChoice.from_record(progress["jit_choice"]) if progress.get("jit_choice") else None
         self.history, self.seconds = {key: [] for key in HISTORY_KEYS}, []  # per epoch, since the start
 
     def on_train_begin(self, logs=None):
@@ -278,7 +301,9 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
         self.seconds.append(self.earlier_seconds + time.perf_counter() - self.started)
         self.folder.mkdir(parents=True, exist_ok=True)
         write_text(self.identity_path, json.dumps(self.identity) + "\n")
-        write_text(self.progress_path, json.dumps({"history": self.history, "seconds": self.seconds}) + "\n")
+        choice = getattr(self.model, "jit_choice", None)
+        write_text(self.progress_path, json.dumps({"history": self.history, "seconds": self.seconds,
+                                                   "jit_choice": choice.record() if choice else None}) + "\n")
         super().on_epoch_end(epoch, logs)  # then the weights: never ahead of the history
 
     def remove(self):
@@ -359,7 +384,7 @@ def train(model, splits, settings, callbacks=()):
 
 def evaluate(model, images, labels, settings):
     """(loss, accuracy) on the given images, in inference mode."""
-    loss, accuracy = model.evaluate(batches(images, labels, settings.batch_size), verbose=0)
+    loss, accuracy = model.evaluate(batches(images, labels, settings.inference_batch_size), verbose=0)
     return float(loss), float(accuracy)
 
 
@@ -370,6 +395,10 @@ def run_model(name, splits, settings, model=None, callbacks=(), backup=None):
     run continues from its last finished epoch."""
     if model is None:
         model = build_and_compile(name, settings)
+    if backup is not None and backup.jit_choice is not None and settings.jit_compile == "auto":
+        model.jit_choice = backup.jit_choice
+        compile_model(model, replace(settings, jit_compile=backup.jit_choice.jit_compile))
+        print(f"{name}: {backup.jit_choice.path()}, as chosen before the interruption")
     divergence = StopOnDivergence()
     start = time.perf_counter()
     history = train(model, splits, settings, [*([backup] if backup else []), *callbacks, divergence])
@@ -381,8 +410,9 @@ def run_model(name, splits, settings, model=None, callbacks=(), backup=None):
     test_loss, test_accuracy = (None, None) if divergence.at else evaluate(
         model, splits.x_test, splits.y_test, settings)
     trainable = sum(int(weight.numpy().size) for weight in model.trainable_weights)
+    choice = getattr(model, "jit_choice", None)
     return ModelResult(name, history, test_loss, test_accuracy, seconds, trainable, model=model,
-                       diverged=divergence.at)
+                       diverged=divergence.at, jit_choice=choice.record() if choice else None)
 
 
 # ---------------------------------------------------------------- results
@@ -452,6 +482,7 @@ def save_results(result, results_dir, settings, run_record, plots=True):
         "train_seconds": round(result.train_seconds, 2),
         "trainable_parameters": result.trainable_parameters,
         "settings": asdict(settings),
+        "jit_choice": result.jit_choice,
         **run_record,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -43,7 +43,7 @@ from lenet import (  # noqa: E402
     momentum_matching_window,
     normalize,
 )
-from command_line import LIMITS, OneLineErrorParser, float_up_to, int_up_to  # noqa: E402
+from command_line import LIMITS, OneLineErrorParser, auto_or_switch, float_up_to, int_up_to  # noqa: E402
 from main import DEFAULTS  # noqa: E402
 
 F6_UNITS = 84  # the sigmoids of LeNet-5's F6 layer, whose inputs figure1 follows
@@ -138,9 +138,11 @@ def keras_check(args):
     ours = models_handling.build_and_compile("lenet_fc_bn2", settings)
     reference = models_handling.build_and_compile(KERAS_BN_VARIANT, settings)
     copy_network(ours, reference)  # the same seed gives the same weights; this makes sure
-    results = {}
-    for label, model in (("ours", ours), ("keras", reference)):
-        results[label] = train_and_report(label, splits, settings, model=model)
+    results = {"ours": train_and_report("ours", splits, settings, model=ours)}
+    if settings.jit_compile == "auto":  # the reference on the path chosen for ours: the same arithmetic
+        settings = replace(settings, jit_compile=ours.jit_choice.jit_compile)
+        models_handling.compile_model(reference, settings)
+    results["keras"] = train_and_report("keras", splits, settings, model=reference)
 
     folder = study_dir(args, "keras_check")
     rows, gaps = [], {}
@@ -539,8 +541,8 @@ def build_parser():
         sub.add_argument("--results_dir", default="results/studies", help="the study writes into RESULTS_DIR/NAME/")
         sub.add_argument("--verbose", type=int, choices=[0, 1, 2], default=DEFAULTS["verbose"],
                          help="Keras's training output: 0 silent, 1 progress bar, 2 one line per epoch")
-        sub.add_argument("--jit_compile", type=int, choices=[0, 1], default=DEFAULTS["jit_compile"],
-                         help="as main.py --jit_compile")
+        sub.add_argument("--jit_compile", type=auto_or_switch, default=DEFAULTS["jit_compile"],
+                         help="as main.py --jit_compile: 1 XLA, 0 TensorFlow's kernels, auto the faster")
         if name != "seeds":
             sub.add_argument("--seed", type=int_up_to(LIMITS["seed"], low=0), default=DEFAULTS["seed"],
                              help="fixes the split, the initial weights and the shuffling")

@@ -5,18 +5,31 @@ import json
 import pytest
 
 import bench
+from jit_choice import JitChoice
 
-FAKE_FIGURES = (
-    {"lenet": 1000.0, "lenet_fc_bn2": 800.0, "lenet_keras_bn": 700.0},
-    {"lenet": 2000.0, "lenet_fc_bn2": 1900.0, "lenet_keras_bn": 1800.0},
-    {"lenet_fc_bn2": 0.05, "lenet_keras_bn": 0.06},
-)
+
+def per_model(lenet, fc_bn2, keras_bn):
+    return {"lenet": lenet, "lenet_fc_bn2": fc_bn2, "lenet_keras_bn": keras_bn}
+
+
+# XLA trains lenet faster, TensorFlow's kernels the BN networks.
+FAKE_FIGURES = {
+    "train": {"xla": per_model(1000.0, 800.0, 700.0), "tensorflow": per_model(900.0, 850.0, 750.0)},
+    "inference": {"xla": per_model(2000.0, 1900.0, 1800.0), "tensorflow": per_model(3000.0, 2900.0, 2800.0)},
+    "inference_at_training_batch": {"xla": per_model(1000.0, 950.0, 900.0),
+                                    "tensorflow": per_model(1500.0, 1450.0, 1400.0)},
+    "refill": {"xla": {"lenet_fc_bn2": 0.05, "lenet_keras_bn": 0.06},
+               "tensorflow": {"lenet_fc_bn2": 0.04, "lenet_keras_bn": 0.05}},
+}
+FAKE_CHOICES = {name: JitChoice(name == "lenet", {"xla": 1.0, "tensorflow": 1.0}, 2.0)
+                for name in ("lenet", "lenet_fc_bn2", "lenet_keras_bn")}
 
 
 @pytest.fixture
 def fake_measure(monkeypatch):
     calls = []
     monkeypatch.setattr(bench, "measure", lambda *args: calls.append(args) or FAKE_FIGURES)
+    monkeypatch.setattr(bench, "measure_choices", lambda *args: calls.append(args) or FAKE_CHOICES)
     return calls
 
 
@@ -34,8 +47,29 @@ def test_a_full_run_writes_results_bench_json_with_the_refill_share(fake_measure
     assert bench.main([]) == 0
     record = json.loads((tmp_path / "results" / "bench.json").read_text())
     # 0.05 s of refill against a 51,000-image epoch at 800 images/s (63.75 s).
-    assert record["refill_share_of_a_full_training_epoch"]["lenet_fc_bn2"] == pytest.approx(0.05 / 63.75)
-    assert fake_measure[0][1:3] == (60_000, 5)
+    assert record["refill_share_of_a_full_training_epoch"]["xla"]["lenet_fc_bn2"] == pytest.approx(0.05 / 63.75)
+    assert fake_measure[1] == (64, 1024, 60_000, 5)
+
+
+def test_auto_takes_each_models_chosen_path_and_pays_for_choosing(fake_measure, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert bench.main(["--output", "bench.json"]) == 0
+    record = json.loads((tmp_path / "bench.json").read_text())
+    assert record["train_images_per_second"]["auto"] == per_model(1000.0, 850.0, 750.0)
+    assert record["inference_images_per_second"]["auto"] == per_model(2000.0, 2900.0, 2800.0)
+
+    # lenet on XLA, the four BN variants as lenet_fc_bn2 on TensorFlow's kernels,
+    # each epoch 51,000 training images, 9,000 validation, a refill; the test
+    # set once; and 2 s of choosing per model.
+    lenet = 10 * 51_000 / 1000 + (10 * 9_000 + 10_000) / 2000
+    bn = 10 * 51_000 / 850 + (10 * 9_000 + 10_000) / 2900 + 10 * 0.04
+    sweep = record["estimated_default_sweep_seconds"]
+    assert sweep["auto"] == pytest.approx(lenet + 4 * bn + 5 * 2.0)
+    assert record["ratios"]["auto_sweep_vs_faster_fixed_path"] == pytest.approx(
+        sweep["auto"] / min(sweep["xla"], sweep["tensorflow"]))
+    assert record["ratios"]["inference_batch_1024_vs_64, tensorflow, lenet"] == pytest.approx(2.0)
+    assert record["auto_choices"]["lenet"] == {"xla": True, "ms_per_step": {"xla": 1.0, "tensorflow": 1.0},
+                                               "seconds": 2.0}
 
 
 @pytest.mark.parametrize("output, message", [("{tmp}", "name a file such as bench.json, not a folder"),

@@ -150,6 +150,9 @@ BAD_ARGUMENTS = {
     "epsilon above one": (["--epsilon", 2], "argument --epsilon: expected a positive number up to 1"),
     "unknown statistics rule": (["--bn_statistics", "nope"], "argument --bn_statistics: invalid choice: 'nope'"),
     "unknown precision": (["--precision", "float8"], "argument --precision: invalid choice: 'float8'"),
+    "unknown compile path": (["--jit_compile", "xla"], "argument --jit_compile: expected auto, 0 or 1, got 'xla'"),
+    "zero inference batch": (["--inference_batch_size", 0],
+                             "argument --inference_batch_size: expected an integer from 1 to 65536, got '0'"),
     "zero epsilon": (["--epsilon", 0], "argument --epsilon: expected a positive number up to 1, got '0'"),
     "split above one": (["--val_split", 1.5], "argument --val_split: expected a fraction strictly between 0 and 1"),
     "bad optimizer": (["--optimizer", "adamm"], "--optimizer adamm: not a Keras optimizer"),
@@ -479,8 +482,9 @@ def test_tensorboard_logs_hold_the_scalars_and_the_bn_histograms(small_npz, tmp_
 
 def test_an_interrupted_model_resumes_to_the_history_of_an_uninterrupted_run(small_npz, tmp_path, capsys,
                                                                              monkeypatch):
+    """Under --jit_compile auto: the resumed run continues on the path chosen
+    before the interruption, and ends as an uninterrupted run on that path."""
     common = ["--model", "lenet_bn2", "--epochs", 3, "--data", small_npz, "--verbose", 0, "--flag_visualizations", 0]
-    assert run_main([*common, "--results_dir", tmp_path / "whole"], capsys)[0] == 0
 
     class InterruptAfterEpoch2(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -492,13 +496,17 @@ def test_an_interrupted_model_resumes_to_the_history_of_an_uninterrupted_run(sma
                         real_run_model(name, splits, settings, callbacks=[*callbacks, InterruptAfterEpoch2()],
                                        **options))
     resumed = tmp_path / "resumed"
-    assert run_main([*common, "--results_dir", resumed], capsys)[0] == 130
-    assert (resumed / "backup" / "lenet_bn2" / "latest.weights.h5").exists()
+    assert run_main([*common, "--results_dir", resumed, "--jit_compile", "auto"], capsys)[0] == 130
+    backup = resumed / "backup" / "lenet_bn2"
+    assert (backup / "latest.weights.h5").exists()
+    chosen = json.loads((backup / "progress.json").read_text())["jit_choice"]["xla"]
     monkeypatch.setattr(models_handling, "run_model", real_run_model)
+    assert run_main([*common, "--results_dir", tmp_path / "whole", "--jit_compile", int(chosen)], capsys)[0] == 0
 
-    code, out, err = run_main([*common, "--results_dir", resumed, "--resume", 1], capsys)
+    code, out, err = run_main([*common, "--results_dir", resumed, "--resume", 1, "--jit_compile", "auto"], capsys)
     assert code == 0, err
     assert "lenet_bn2: resuming after epoch 2 from" in out
+    assert f"lenet_bn2: {'XLA' if chosen else 'TensorFlow'}" in out and "as chosen before the interruption" in out
     assert (resumed / "lenet_bn2_history.csv").read_text() == (tmp_path / "whole" / "lenet_bn2_history.csv").read_text()
     whole, again = (json.loads((folder / "summary.json").read_text())["lenet_bn2"] for folder in (tmp_path / "whole",
                                                                                                    resumed))

@@ -1,0 +1,95 @@
+"""`--jit_compile auto`: pick, for one model on this machine, the faster way to
+run its training step, XLA (jit_compile=True) or TensorFlow's own kernels
+(False), by timing a few training steps both ways.
+
+Neither path wins everywhere: on one 2-core CPU XLA trained LeNet 1.3 times
+faster, on another TensorFlow's kernels were 1.5 times faster, so the run
+measures instead of guessing. Both ways compute the same network; results
+differ only by float rounding.
+"""
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import keras
+
+# Timed training steps: ROUNDS rounds, each STEPS steps on one path and then
+# STEPS on the other, after one warm-up step each (which compiles). The
+# medians of the steps' durations decide; alternating keeps a slow spell of a
+# shared machine from landing on one path only.
+ROUNDS = 3
+STEPS = 8
+PATH_NAMES = {True: "XLA", False: "TensorFlow's kernels"}  # by jit_compile
+
+
+@dataclass(frozen=True)
+class JitChoice:
+    jit_compile: bool  # the faster path: True for XLA
+    ms_per_step: dict  # {"xla": median ms, "tensorflow": median ms}
+    seconds: float  # what choosing cost, compiling both paths included
+
+    def path(self):
+        return PATH_NAMES[self.jit_compile]
+
+    def describe(self):
+        chosen, other = ("xla", "tensorflow") if self.jit_compile else ("tensorflow", "xla")
+        return (f"{self.path()} ({self.ms_per_step[chosen]:.2f} ms per training step) over "
+                f"{PATH_NAMES[not self.jit_compile]} ({self.ms_per_step[other]:.2f} ms); chosen in {self.seconds:.1f} s")
+
+    def record(self):
+        """The choice as summary.json holds it."""
+        return {"xla": self.jit_compile, "ms_per_step": self.ms_per_step, "seconds": round(self.seconds, 2)}
+
+    @classmethod
+    def from_record(cls, record):
+        return cls(record["xla"], record["ms_per_step"], record["seconds"])
+
+
+class StepEnds(keras.callbacks.Callback):
+    """When each training step ended (Keras calls back after a step has run)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(time.perf_counter())
+
+
+def choose_jit_compile(model, step_batches):
+    """Time `model`'s training step with and without XLA on `step_batches`
+    (a tf.data dataset of equal-sized training batches, at least two), leave
+    `model` compiled for the faster path and exactly as it was before (weights,
+    BN windows and optimizer state restored), and return the JitChoice.
+
+    Each path's train function is made once and the chosen one is kept, so
+    the compile that choosing paid for is not paid again when training starts.
+    `model` must be compiled, with an optimizer that has not yet stepped.
+    """
+    start = time.perf_counter()
+    model.optimizer.build(model.trainable_variables)  # its starting state, to restore
+    weights = model.get_weights()
+    optimizer_state = [variable.numpy() for variable in model.optimizer.variables]
+
+    functions, durations = {}, {True: [], False: []}
+    for xla in (True, False):
+        model.jit_compile = xla
+        model.make_train_function(force=True)
+        functions[xla] = model.train_function
+        model.fit(step_batches.take(1), verbose=0, shuffle=False)  # compiles
+    for _ in range(ROUNDS):
+        for xla in (True, False):
+            model.jit_compile, model.train_function = xla, functions[xla]
+            ends = StepEnds()
+            model.fit(step_batches.repeat().take(STEPS), verbose=0, shuffle=False, callbacks=[ends])
+            durations[xla] += [later - earlier for earlier, later in zip(ends.ends, ends.ends[1:])]
+
+    milliseconds = {xla: 1000 * statistics.median(times) for xla, times in durations.items()}
+    faster = milliseconds[True] < milliseconds[False]
+    model.jit_compile, model.train_function = faster, functions[faster]
+    model.set_weights(weights)
+    for variable, value in zip(model.optimizer.variables, optimizer_state):
+        variable.assign(value)
+    return JitChoice(faster, {"xla": milliseconds[True], "tensorflow": milliseconds[False]},
+                     time.perf_counter() - start)

@@ -1,0 +1,80 @@
+"""--jit_compile auto: the choice between XLA and TensorFlow's kernels leaves the
+model exactly as it found it, compiled for the faster path."""
+
+import numpy as np
+import pytest
+
+import jit_choice
+import models_handling
+from lenet import INPUT_SHAPE
+from main import DEFAULTS
+
+
+def settings(jit_compile):
+    return models_handling.Settings.from_mapping(
+        {**DEFAULTS, "batch_size": 32, "epochs": 1, "verbose": 0, "jit_compile": jit_compile})
+
+
+def images_and_labels(count=128, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(size=(count, *INPUT_SHAPE)).astype(np.float32), rng.integers(0, 10, count)
+
+
+@pytest.fixture
+def faster(monkeypatch):
+    """Make one path's steps take 1 s and the other's 2 s, as StepEnds sees them."""
+
+    def force(xla_is_faster):
+        class FakeStepEnds(jit_choice.StepEnds):
+            def on_train_batch_end(self, batch, logs=None):
+                step = 1.0 if self.model.jit_compile == xla_is_faster else 2.0
+                self.ends.append((self.ends[-1] if self.ends else 0.0) + step)
+
+        monkeypatch.setattr(jit_choice, "StepEnds", FakeStepEnds)
+
+    return force
+
+
+@pytest.mark.parametrize("xla_is_faster", [True, False], ids=["XLA faster", "TensorFlow faster"])
+def test_the_chosen_path_trains_exactly_as_a_run_fixed_to_it(xla_is_faster, faster):
+    faster(xla_is_faster)
+    images, labels = images_and_labels()
+    model = models_handling.build_and_compile("lenet_bn2", settings("auto"))
+    start = [weight.copy() for weight in model.get_weights()]
+
+    choice = jit_choice.choose_jit_compile(model, models_handling.timing_batches(images, labels, 32))
+
+    assert choice.jit_compile is xla_is_faster and model.jit_compile is xla_is_faster
+    assert choice.ms_per_step == ({"xla": 1000.0, "tensorflow": 2000.0} if xla_is_faster
+                                  else {"xla": 2000.0, "tensorflow": 1000.0})
+    assert choice.seconds > 0
+    for got, expected in zip(model.get_weights(), start):  # the timed steps are undone, BN windows included
+        np.testing.assert_array_equal(got, expected)
+    assert int(model.optimizer.iterations.numpy()) == 0
+
+    fixed = models_handling.build_and_compile("lenet_bn2", settings(int(xla_is_faster)))
+    histories = [models_handling.fit(network, images, labels, settings(int(xla_is_faster)), epochs=2).history
+                 for network in (model, fixed)]
+    assert histories[0] == pytest.approx(histories[1], rel=1e-6, abs=1e-7)
+    for got, expected in zip(model.get_weights(), fixed.get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_chooses_once_prints_the_choice_and_keeps_it(capsys):
+    images, labels = images_and_labels()
+    model = models_handling.build_and_compile("lenet", settings("auto"))
+    models_handling.fit(model, images, labels, settings("auto"), epochs=1)
+    first = model.jit_choice
+    out = capsys.readouterr().out
+    assert f"lenet: {first.path()} (" in out and "ms per training step) over" in out
+    assert set(first.ms_per_step) == {"xla", "tensorflow"} and min(first.ms_per_step.values()) > 0
+    models_handling.fit(model, images, labels, settings("auto"), epochs=1)
+    assert model.jit_choice is first and "per training step" not in capsys.readouterr().out
+
+
+def test_timing_batches_are_full_training_batches():
+    images, labels = images_and_labels(count=300)
+    sizes = [len(batch_labels) for _, batch_labels in models_handling.timing_batches(images, labels, 64)]
+    assert sizes == [64] * 4  # 300 images hold four full batches of 64, fewer than STEPS
+    few = [len(y) for _, y in models_handling.timing_batches(images[:10], labels[:10], 64)]
+    assert few == [10]  # not one full batch: what there is
