@@ -140,19 +140,20 @@ def with_auto(figures, choices):
             for kind, per_path in figures.items()}
 
 
-def sweep_seconds(train_speed, inference_speed, refill_seconds, choosing_seconds=None):
+def sweep_seconds(train_speed, inference_speed, refill_seconds, startup_seconds):
     """Estimated time of `main.py --model all` at the defaults on the full MNIST
-    on one path (each argument {model: figure}): each epoch trains on 51,000
-    images, refills BN's statistics and validates on 9,000, then the test set,
-    and with `choosing_seconds` each model first chooses its path. The four BN
-    variants are costed as lenet_fc_bn2, the one with the most BN layers."""
+    on one path (each argument {model: figure}): each model starts (its first
+    step compiles; under auto it chooses, both compiles included), then each
+    epoch trains on 51,000 images, refills BN's statistics and validates on
+    9,000, then the test set. The four BN variants are costed as lenet_fc_bn2,
+    the one with the most BN layers."""
     total = 0.0
     for name in VARIANTS:
         measured = "lenet" if name == "lenet" else "lenet_fc_bn2"
+        total += startup_seconds[measured]
         total += SWEEP["epochs"] * SWEEP["train"] / train_speed[measured]
         total += (SWEEP["epochs"] * SWEEP["val"] + SWEEP["test"]) / inference_speed[measured]
         total += SWEEP["epochs"] * refill_seconds.get(measured, 0.0)
-        total += (choosing_seconds or {}).get(measured, 0.0)
     return total
 
 
@@ -196,9 +197,12 @@ def main(argv=None):
           f"{args.inference_batch_size}, {args.repeats} repetitions; paths: XLA, TensorFlow's kernels, auto")
     choices = measure_choices(args.batch_size, args.images)
     figures = with_auto(measure(args.batch_size, args.inference_batch_size, args.images, args.repeats), choices)
-    choosing_seconds = {name: choice.seconds for name, choice in choices.items()}
+    # What a model's start costs: on a fixed path its first step, which compiles
+    # (as timed while choosing); under auto the whole choice.
+    startup = {path: {name: choice.compile_seconds[path] for name, choice in choices.items()} for path in PATHS}
+    startup["auto"] = {name: choice.seconds for name, choice in choices.items()}
     sweep = {path: sweep_seconds(figures["train"][path], figures["inference"][path], figures["refill"][path],
-                                 choosing_seconds if path == "auto" else None)
+                                 startup[path])
              for path in figures["train"]}
     train, inference = figures["train"], figures["inference"]
     ratios = {
@@ -222,8 +226,8 @@ def main(argv=None):
     for path in train:
         for name in MODELS:
             print(f"{path:<11}{name:<16}" + "".join(f"{figures[kind][path][name]:>13.0f}" for kind in columns))
-    print(f"\nauto chose: " + ", ".join(f"{name} {'XLA' if choice.jit_compile else 'TensorFlow'} "
-                                       f"({choice.seconds:.1f} s to choose)" for name, choice in choices.items()))
+    print("\nauto chose: " + ", ".join(f"{name} {'XLA' if choice.jit_compile else 'TensorFlow'} "
+                                      f"({choice.seconds:.1f} s to choose)" for name, choice in choices.items()))
     for name, value in ratios.items():
         print(f"{name:<52}{value:>6.2f}x")
     for path, per_model in figures["refill"].items():

@@ -12,8 +12,6 @@ import statistics
 import time
 from dataclasses import dataclass
 
-import keras
-
 # Timed training steps: ROUNDS rounds, each STEPS steps on one path and then
 # STEPS on the other, after one warm-up step each (which compiles). The
 # medians of the steps' durations decide; alternating keeps a slow spell of a
@@ -27,7 +25,8 @@ PATH_NAMES = {True: "XLA", False: "TensorFlow's kernels"}  # by jit_compile
 class JitChoice:
     jit_compile: bool  # the faster path: True for XLA
     ms_per_step: dict  # {"xla": median ms, "tensorflow": median ms}
-    seconds: float  # what choosing cost, compiling both paths included
+    compile_seconds: dict  # {"xla": s, "tensorflow": s}: each path's first step, which compiles it
+    seconds: float  # what choosing cost in all, both compiles included
 
     def path(self):
         return PATH_NAMES[self.jit_compile]
@@ -35,33 +34,34 @@ class JitChoice:
     def describe(self):
         chosen, other = ("xla", "tensorflow") if self.jit_compile else ("tensorflow", "xla")
         return (f"{self.path()} ({self.ms_per_step[chosen]:.2f} ms per training step) over "
-                f"{PATH_NAMES[not self.jit_compile]} ({self.ms_per_step[other]:.2f} ms); chosen in {self.seconds:.1f} s")
+                f"{PATH_NAMES[not self.jit_compile]} ({self.ms_per_step[other]:.2f} ms); chosen in "
+                f"{self.seconds:.1f} s, of which compiling took {self.compile_seconds['xla']:.1f} s (XLA) and "
+                f"{self.compile_seconds['tensorflow']:.1f} s (TensorFlow)")
 
     def record(self):
         """The choice as summary.json holds it."""
-        return {"xla": self.jit_compile, "ms_per_step": self.ms_per_step, "seconds": round(self.seconds, 2)}
+        return {"xla": self.jit_compile, "ms_per_step": self.ms_per_step,
+                "compile_seconds": {path: round(value, 2) for path, value in self.compile_seconds.items()},
+                "seconds": round(self.seconds, 2)}
 
     @classmethod
     def from_record(cls, record):
-        return cls(record["xla"], record["ms_per_step"], record["seconds"])
+        return cls(record["xla"], record["ms_per_step"], record["compile_seconds"], record["seconds"])
 
 
-class StepEnds(keras.callbacks.Callback):
-    """When each training step ended (Keras calls back after a step has run)."""
-
-    def __init__(self):
-        super().__init__()
-        self.ends = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.ends.append(time.perf_counter())
+def step_seconds(model, iterator):
+    """Seconds of one training step of `model`'s current train function (a
+    compiled function returns once its step has run)."""
+    start = time.perf_counter()
+    model.train_function(iterator)
+    return time.perf_counter() - start
 
 
 def choose_jit_compile(model, step_batches):
     """Time `model`'s training step with and without XLA on `step_batches`
-    (a tf.data dataset of equal-sized training batches, at least two), leave
-    `model` compiled for the faster path and exactly as it was before (weights,
-    BN windows and optimizer state restored), and return the JitChoice.
+    (a tf.data dataset of equal-sized training batches), leave `model`
+    compiled for the faster path and exactly as it was before (weights, BN
+    windows and optimizer state restored), and return the JitChoice.
 
     Each path's train function is made once and the chosen one is kept, so
     the compile that choosing paid for is not paid again when training starts.
@@ -72,18 +72,20 @@ def choose_jit_compile(model, step_batches):
     weights = model.get_weights()
     optimizer_state = [variable.numpy() for variable in model.optimizer.variables]
 
-    functions, durations = {}, {True: [], False: []}
+    functions, compile_seconds, durations = {}, {}, {True: [], False: []}
     for xla in (True, False):
         model.jit_compile = xla
         model.make_train_function(force=True)
         functions[xla] = model.train_function
-        model.fit(step_batches.take(1), verbose=0, shuffle=False)  # compiles
+        # Through fit once, which also builds what a step needs (metrics).
+        began = time.perf_counter()
+        model.fit(step_batches.take(1), verbose=0, shuffle=False)
+        compile_seconds["xla" if xla else "tensorflow"] = time.perf_counter() - began
+    steps = iter(step_batches.repeat())
     for _ in range(ROUNDS):
         for xla in (True, False):
             model.jit_compile, model.train_function = xla, functions[xla]
-            ends = StepEnds()
-            model.fit(step_batches.repeat().take(STEPS), verbose=0, shuffle=False, callbacks=[ends])
-            durations[xla] += [later - earlier for earlier, later in zip(ends.ends, ends.ends[1:])]
+            durations[xla] += [step_seconds(model, steps) for _ in range(STEPS)]
 
     milliseconds = {xla: 1000 * statistics.median(times) for xla, times in durations.items()}
     faster = milliseconds[True] < milliseconds[False]
@@ -91,5 +93,5 @@ def choose_jit_compile(model, step_batches):
     model.set_weights(weights)
     for variable, value in zip(model.optimizer.variables, optimizer_state):
         variable.assign(value)
-    return JitChoice(faster, {"xla": milliseconds[True], "tensorflow": milliseconds[False]},
+    return JitChoice(faster, {"xla": milliseconds[True], "tensorflow": milliseconds[False]}, compile_seconds,
                      time.perf_counter() - start)

@@ -21,7 +21,7 @@ FAKE_FIGURES = {
     "refill": {"xla": {"lenet_fc_bn2": 0.05, "lenet_keras_bn": 0.06},
                "tensorflow": {"lenet_fc_bn2": 0.04, "lenet_keras_bn": 0.05}},
 }
-FAKE_CHOICES = {name: JitChoice(name == "lenet", {"xla": 1.0, "tensorflow": 1.0}, 2.0)
+FAKE_CHOICES = {name: JitChoice(name == "lenet", {"xla": 1.0, "tensorflow": 1.0}, {"xla": 0.5, "tensorflow": 0.25}, 2.0)
                 for name in ("lenet", "lenet_fc_bn2", "lenet_keras_bn")}
 
 
@@ -60,16 +60,18 @@ def test_auto_takes_each_models_chosen_path_and_pays_for_choosing(fake_measure, 
 
     # lenet on XLA, the four BN variants as lenet_fc_bn2 on TensorFlow's kernels,
     # each epoch 51,000 training images, 9,000 validation, a refill; the test
-    # set once; and 2 s of choosing per model.
+    # set once; and 2 s of choosing per model (on a fixed path, its compile).
     lenet = 10 * 51_000 / 1000 + (10 * 9_000 + 10_000) / 2000
     bn = 10 * 51_000 / 850 + (10 * 9_000 + 10_000) / 2900 + 10 * 0.04
     sweep = record["estimated_default_sweep_seconds"]
     assert sweep["auto"] == pytest.approx(lenet + 4 * bn + 5 * 2.0)
+    xla_bn = 10 * 51_000 / 800 + (10 * 9_000 + 10_000) / 1900 + 10 * 0.05
+    assert sweep["xla"] == pytest.approx(lenet + 4 * xla_bn + 5 * 0.5)
     assert record["ratios"]["auto_sweep_vs_faster_fixed_path"] == pytest.approx(
         sweep["auto"] / min(sweep["xla"], sweep["tensorflow"]))
     assert record["ratios"]["inference_batch_1024_vs_64, tensorflow, lenet"] == pytest.approx(2.0)
     assert record["auto_choices"]["lenet"] == {"xla": True, "ms_per_step": {"xla": 1.0, "tensorflow": 1.0},
-                                               "seconds": 2.0}
+                                               "compile_seconds": {"xla": 0.5, "tensorflow": 0.25}, "seconds": 2.0}
 
 
 @pytest.mark.parametrize("output, message", [("{tmp}", "name a file such as bench.json, not a folder"),
