@@ -93,7 +93,7 @@ def batch_norm_training(x, gamma, beta, epsilon):
     Returns y and the statistics it used (mean and biased variance), which the
     layer records for inference. The backward pass is the paper's (section 3):
     its dl/dvariance and dl/dmean substituted into dl/dx. Written out, it
-    passes over x and dy 7 times (3 sums, 4 elementwise ops) where
+    passes over x and dy 7 times (2 sums, 5 elementwise ops) where
     differentiating the forward pass op by op passes many more times.
     """
 
