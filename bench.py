@@ -34,12 +34,12 @@ import tensorflow as tf  # noqa: E402
 
 import models_handling  # noqa: E402
 from command_line import LIMITS, OneLineErrorParser, int_up_to  # noqa: E402
-from jit_choice import choose_jit_compile  # noqa: E402
+from jit_choice import PATH_KEYS, STEPS, choose_jit_compile  # noqa: E402
 from lenet import INPUT_SHAPE, KERAS_BN_VARIANT, VARIANTS  # noqa: E402
 from main import DEFAULTS  # noqa: E402
 
 MODELS = ("lenet", "lenet_fc_bn2", KERAS_BN_VARIANT)
-PATHS = {"xla": True, "tensorflow": False}  # name: jit_compile
+PATHS = {key: jit_compile for jit_compile, key in PATH_KEYS.items()}  # "xla": True, "tensorflow": False
 # The default sweep (python main.py --model all) on the full MNIST.
 SWEEP = {"train": 51_000, "val": 9_000, "test": 10_000, "epochs": DEFAULTS["epochs"]}
 FULL_RUN = {"images": 60_000, "repeats": 5}  # what results/bench.json holds
@@ -121,8 +121,9 @@ def measure(batch_size, inference_batch_size, num_images, repeats):
 
 def measure_choices(batch_size, num_images):
     """What `--jit_compile auto` chooses for each model, each on a fresh copy
-    timed as main.py times it: {model: JitChoice}."""
-    train_images, train_labels = synthetic_mnist(num_images, seed=0)
+    timed as main.py times it: {model: JitChoice}. Choosing reads at most
+    STEPS batches, so only those images are made."""
+    train_images, train_labels = synthetic_mnist(min(num_images, STEPS * batch_size), seed=0)
     settings = bench_settings(batch_size, DEFAULTS["inference_batch_size"], "auto")
     choices = {}
     for name in MODELS:
@@ -135,7 +136,7 @@ def measure_choices(batch_size, num_images):
 
 def with_auto(figures, choices):
     """`figures` with an "auto" path: each model's figures on the path chosen for it."""
-    chosen = {name: "xla" if choice.jit_compile else "tensorflow" for name, choice in choices.items()}
+    chosen = {name: PATH_KEYS[choice.jit_compile] for name, choice in choices.items()}
     return {kind: {**per_path, "auto": {name: per_path[chosen[name]][name] for name in per_path["xla"]}}
             for kind, per_path in figures.items()}
 
@@ -226,8 +227,8 @@ def main(argv=None):
     for path in train:
         for name in MODELS:
             print(f"{path:<11}{name:<16}" + "".join(f"{figures[kind][path][name]:>13.0f}" for kind in columns))
-    print("\nauto chose: " + ", ".join(f"{name} {'XLA' if choice.jit_compile else 'TensorFlow'} "
-                                      f"({choice.seconds:.1f} s to choose)" for name, choice in choices.items()))
+    print("\nauto chose: " + ", ".join(f"{name} {choice.path()} ({choice.seconds:.1f} s to choose)"
+                                      for name, choice in choices.items()))
     for name, value in ratios.items():
         print(f"{name:<52}{value:>6.2f}x")
     for path, per_model in figures["refill"].items():

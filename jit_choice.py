@@ -19,6 +19,7 @@ from dataclasses import dataclass
 ROUNDS = 3
 STEPS = 8
 PATH_NAMES = {True: "XLA", False: "TensorFlow's kernels"}  # by jit_compile
+PATH_KEYS = {True: "xla", False: "tensorflow"}  # by jit_compile: the keys of the timings' dicts
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class JitChoice:
         return PATH_NAMES[self.jit_compile]
 
     def describe(self):
-        chosen, other = ("xla", "tensorflow") if self.jit_compile else ("tensorflow", "xla")
+        chosen, other = PATH_KEYS[self.jit_compile], PATH_KEYS[not self.jit_compile]
         return (f"{self.path()} ({self.ms_per_step[chosen]:.2f} ms per training step) over "
                 f"{PATH_NAMES[not self.jit_compile]} ({self.ms_per_step[other]:.2f} ms); chosen in "
                 f"{self.seconds:.1f} s, of which compiling took {self.compile_seconds['xla']:.1f} s (XLA) and "
@@ -80,7 +81,7 @@ def choose_jit_compile(model, step_batches):
         # Through fit once, which also builds what a step needs (metrics).
         began = time.perf_counter()
         model.fit(step_batches.take(1), verbose=0, shuffle=False)
-        compile_seconds["xla" if xla else "tensorflow"] = time.perf_counter() - began
+        compile_seconds[PATH_KEYS[xla]] = time.perf_counter() - began
     steps = iter(step_batches.repeat())
     for _ in range(ROUNDS):
         for xla in (True, False):
@@ -93,5 +94,5 @@ def choose_jit_compile(model, step_batches):
     model.set_weights(weights)
     for variable, value in zip(model.optimizer.variables, optimizer_state):
         variable.assign(value)
-    return JitChoice(faster, {"xla": milliseconds[True], "tensorflow": milliseconds[False]}, compile_seconds,
+    return JitChoice(faster, {PATH_KEYS[xla]: value for xla, value in milliseconds.items()}, compile_seconds,
                      time.perf_counter() - start)

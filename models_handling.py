@@ -278,19 +278,21 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
                 shutil.rmtree(self.folder)
         super().__init__(str(self.folder), double_checkpoint=True, delete_checkpoint=False)
         self.identity, self.identity_path = identity, identity_path
+        # What the backed-up epochs recorded, read once: on_train_begin takes
+        # the restored epochs' history and seconds from it.
+        self.progress = json.loads(self.progress_path.read_text()) if self.progress_path.exists() else {}
         # With jit_compile "auto", the path the backed-up epochs ran on: a
         # resumed run continues on it, as an uninterrupted run would have.
-        progress = json.loads(self.progress_path.read_text()) if self.progress_path.exists() else {}
-        self.jit_choice = JitChoice.from_record(progress["jit_choice"]) if progress.get("jit_choice") else None
+        choice = self.progress.get("jit_choice")
+        self.jit_choice = JitChoice.from_record(choice) if choice else None
         self.history, self.seconds = {key: [] for key in HISTORY_KEYS}, []  # per epoch, since the start
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         restored = self.model._initial_epoch or 0  # where BackupAndRestore tells fit to start
         if restored:
-            progress = json.loads(self.progress_path.read_text())
-            self.history = {key: progress["history"][key][:restored] for key in HISTORY_KEYS}
-            self.seconds = progress["seconds"][:restored]
+            self.history = {key: self.progress["history"][key][:restored] for key in HISTORY_KEYS}
+            self.seconds = self.progress["seconds"][:restored]
             print(f"{self.model.name}: resuming after epoch {restored} from {self.folder}/")
         self.earlier_seconds = self.seconds[-1] if self.seconds else 0.0
         self.started = time.perf_counter()
