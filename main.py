@@ -240,13 +240,36 @@ def run(args, ctrl_c, finished):
 
 
 def train_one(name, splits, settings, run_record, identity, earlier_entry, args, ctrl_c):
-    """One model of the sweep: skipped when --resume finds it finished with the
-    same settings and data, else trained (or continued from its backup),
-    tested and written. Its result."""
-    if earlier_entry is not None and models_handling.run_identity(earlier_entry.get("settings", {}),
-                                                                  earlier_entry) == identity:
+    """One model of the sweep: skipped when --resume finds it finished with
+    the same settings and data, else trained (or continued from its backup),
+    tested and written. Its result.
+
+    While it trains no other run trains it into the same folder (a double
+    start): if one does, this waits for it, then skips the model where that
+    run finished it with the same settings and data."""
+    if same_run(earlier_entry, identity):
         print(f"\n== {describe(name)}: finished earlier with the same settings and data; skipped (--resume)")
         return models_handling.result_from_summary(args.results_dir, name, earlier_entry)
+
+    def busy(pid):
+        other = f"another run (process {pid})" if pid else "another run"
+        print(f"\n{name}: {other} is training it into {args.results_dir}/; waiting for it", flush=True)
+
+    with utils.file_lock(Path(args.results_dir) / f"{name}.training", on_busy=busy) as waited:
+        if waited:
+            entry = models_handling.read_summary(args.results_dir).get(name)
+            if same_run(entry, identity):
+                print(f"{name}: finished meanwhile by the other run with the same settings and data; skipped")
+                return models_handling.result_from_summary(args.results_dir, name, entry)
+        return train_and_write(name, splits, settings, run_record, identity, args, ctrl_c)
+
+
+def same_run(entry, identity):
+    """Whether a summary.json entry was trained with these settings and data."""
+    return entry is not None and models_handling.run_identity(entry.get("settings", {}), entry) == identity
+
+
+def train_and_write(name, splits, settings, run_record, identity, args, ctrl_c):
     print(f"\n== {describe(name)}")
     callbacks = [ctrl_c.callback()]
     if args.tensorboard:

@@ -12,6 +12,7 @@ import hashlib
 import os
 import sys
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,15 +91,35 @@ def _download(dataset):
     return x_train, y_train, x_test, y_test
 
 
-def _load_npz(path):
-    if not zipfile.is_zipfile(path):  # numpy would try to unpickle it and talk of allow_pickle
-        if _looks_like_idx(path):
-            raise DataError(
-                f"--data {path}: an IDX file; pass the folder that holds all four IDX files "
-                f"({', '.join(IDX_FILES.values())}), not one of them"
-            )
-        raise DataError(f"--data {path}: not a .npz file (a .npz is a zip archive of numpy arrays); {LOCAL_DATA_HINT}")
+# What numpy, zipfile, gzip and zlib raise on a damaged file: cut short
+# (EOFError, zipfile.BadZipFile), corrupt compression (zlib.error,
+# gzip.BadGzipFile), bytes changed inside (BadZipFile's bad CRC-32), a header
+# that promises more than the file holds (ValueError from numpy's reshape),
+# or an unreadable disk (OSError).
+DAMAGED_FILE_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)
+
+
+@contextlib.contextmanager
+def reading(path):
+    """Every read of a data file happens inside this block: a damaged file
+    becomes one DataError that names it, never a traceback from numpy,
+    zipfile, gzip or zlib."""
     try:
+        yield
+    except DataError:
+        raise
+    except DAMAGED_FILE_ERRORS as error:
+        kind = type(error).__qualname__
+        kind = kind if type(error).__module__ == "builtins" else f"{type(error).__module__}.{kind}"
+        reason = str(error).splitlines()[0] if str(error) else "no details"
+        raise DataError(f"{path}: cannot be read ({kind}: {reason}); the file is damaged, cut "
+                        "short or not what its name says: get a fresh copy") from None
+
+
+def _load_npz(path):
+    with reading(path):
+        if not zipfile.is_zipfile(path):  # numpy would try to unpickle it and talk of allow_pickle
+            _not_an_npz(path)
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in NPZ_KEYS if key not in archive.files]
             if missing:
@@ -107,12 +128,22 @@ def _load_npz(path):
                     f"{', '.join(NPZ_KEYS)}, as Keras's mnist.npz has"
                 )
             return tuple(archive[key] for key in NPZ_KEYS)
-    except DataError:
-        raise
-    except Exception as error:  # not a zip, truncated, object arrays, ...
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # a zip archive's first member starts with it
+
+
+def _not_an_npz(path):
+    with open(path, "rb") as stream:
+        if stream.read(len(ZIP_MAGIC)) == ZIP_MAGIC:  # its directory, at the end, is missing
+            raise DataError(f"--data {path}: a zip archive cut short or damaged (its directory at the end is "
+                            "missing); get a fresh copy")
+    if _looks_like_idx(path):
         raise DataError(
-            f"--data {path}: not a readable .npz ({type(error).__name__}: {error}); {LOCAL_DATA_HINT}"
-        ) from None
+            f"--data {path}: an IDX file; pass the folder that holds all four IDX files "
+            f"({', '.join(IDX_FILES.values())}), not one of them"
+        )
+    raise DataError(f"--data {path}: not a .npz file (a .npz is a zip archive of numpy arrays); {LOCAL_DATA_HINT}")
 
 
 # IDX file stems as MNIST and Fashion-MNIST are distributed; some mirrors name
@@ -133,7 +164,7 @@ def _looks_like_idx(path):
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as stream:
             head = stream.read(3)
-    except OSError:
+    except DAMAGED_FILE_ERRORS:
         return False
     return head == IDX_UBYTE_MAGIC
 
@@ -157,11 +188,8 @@ def read_idx(path):
     the data.
     """
     opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as stream:
-            content = stream.read()
-    except OSError as error:
-        raise DataError(f"{path}: cannot read it ({error})") from None
+    with reading(path), opener(path, "rb") as stream:
+        content = stream.read()
     if len(content) < 4 or content[:3] != IDX_UBYTE_MAGIC:
         raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
     ndim = content[3]
@@ -207,7 +235,7 @@ def data_record(data=None, dataset="mnist"):
     files = [_find_idx(path, IDX_FILES[key]) for key in NPZ_KEYS] if path.is_dir() else [path]
     digest = hashlib.sha256()
     for file in files:
-        with open(file, "rb") as stream:
+        with reading(file), open(file, "rb") as stream:
             while block := stream.read(1 << 20):
                 digest.update(block)
     return {"data": name, "data_sha256": digest.hexdigest()}
@@ -366,19 +394,35 @@ def atomic_path(path):
 
 
 @contextlib.contextmanager
-def file_lock(path):
+def file_lock(path, on_busy=None):
     """Hold an exclusive lock for `path` (on a hidden .lock file beside it)
     while the block runs: fcntl's advisory lock, which every process of this
-    project takes. Where fcntl does not exist (Windows) there is no lock."""
+    project takes. When another process holds it, `on_busy(its process id)`
+    is called once (the id is None if it has not written it yet) and the
+    lock is waited for. Yields whether it had to wait. Where fcntl does not
+    exist (Windows) there is no lock."""
     if fcntl is None:
-        yield
+        yield False
         return
     lock_path = Path(path).with_name(f".{Path(path).name}.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(lock_path, "a+") as lock:
+        waited = False
         try:
-            yield
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            waited = True
+            if on_busy is not None:
+                lock.seek(0)
+                holder = lock.read().strip()
+                on_busy(int(holder) if holder.isdigit() else None)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            lock.seek(0)
+            lock.truncate()
+            lock.write(str(os.getpid()))
+            lock.flush()
+            yield waited
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 

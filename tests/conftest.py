@@ -14,6 +14,16 @@ utils.import_tensorflow_quietly()
 
 import tensorflow as tf  # noqa: E402
 
+# pytest.ini runs the suite in parallel processes (pytest-xdist's -n auto).
+# TensorFlow's kernels get nothing from a second thread on LeNet's small
+# ops, so each test process takes its share of the cores and no more: two
+# processes on two cores then do twice the work of one, instead of fighting
+# over both cores.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, len(os.sched_getaffinity(0)) // WORKERS)
+tf.config.threading.set_intra_op_parallelism_threads(THREADS)
+tf.config.threading.set_inter_op_parallelism_threads(THREADS)
+
 # Two logical CPU devices for the tf.distribute tests (test_distribution.py),
 # made before anything runs on TensorFlow, which fixes its devices then; a
 # plain run places everything on the first, as it would without them.
@@ -21,6 +31,12 @@ TEST_DEVICES = 2
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * TEST_DEVICES
 )
+
+
+def pytest_xdist_auto_num_workers(config):
+    """-n auto: one test process per core, at most 8 (each holds its own
+    TensorFlow, about 400 MB)."""
+    return min(8, len(os.sched_getaffinity(0)))
 
 
 def mnist_like(num_train=200, num_test=60, seed=0):

@@ -201,3 +201,117 @@ def test_the_data_record_names_data_portably_with_its_sha256(tmp_path, monkeypat
     assert outside == {"data": "idx", "data_sha256": hashlib.sha256(idx_bytes).hexdigest()}
     assert utils.data_record("../idx") == outside
     assert utils.data_record(None, "fashion_mnist") == {"data": "keras.datasets.fashion_mnist", "data_sha256": None}
+
+
+# ---------------------------------------------------------------- damaged files
+
+
+def cut_short(content):
+    return content[: len(content) * 2 // 3]
+
+
+def change_bytes_inside(content):
+    """Flip the bytes of the middle tenth: inside the data, past any header."""
+    start, stop = len(content) * 9 // 20, len(content) * 11 // 20
+    return content[:start] + bytes(byte ^ 0xFF for byte in content[start:stop]) + content[stop:]
+
+
+def compressed_member_offsets(content):
+    """Where each member's compressed bytes lie in a zip archive."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        members = archive.infolist()
+    offsets = []
+    for member in members:
+        name_length, extra_length = np.frombuffer(content[member.header_offset + 26:member.header_offset + 30], "<u2")
+        start = member.header_offset + 30 + int(name_length) + int(extra_length)
+        offsets.append((start, start + member.compress_size))
+    return offsets
+
+
+def corrupt_the_compression(content):
+    """Scramble the start of the first compressed stream (deflate in a zip,
+    the member after the 10-byte header in a gzip)."""
+    start = compressed_member_offsets(content)[0][0] if content[:2] == b"PK" else 10
+    return content[:start] + bytes(byte ^ 0x55 for byte in content[start:start + 64]) + content[start + 64:]
+
+
+def npz_promising_more(path, arrays, compressed):
+    """A .npz whose x_train header promises more images than its data holds."""
+    import zipfile
+
+    np.savez(path, **dict(zip(utils.NPZ_KEYS, arrays)))
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    header = members["x_train.npy"][:128].replace(b"(200, 28, 28)", b"(900, 28, 28)")
+    members["x_train.npy"] = header + members["x_train.npy"][128:]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+
+
+def idx_promising_more(content):
+    """An IDX file whose header promises 9 times the images it holds."""
+    count = int.from_bytes(content[4:8], "big")
+    return content[:4] + (count * 9).to_bytes(4, "big") + content[8:]
+
+
+def damaged_npz(folder, damage, compressed):
+    arrays = mnist_like()
+    path = folder / "data.npz"
+    if damage == "header promises more":
+        npz_promising_more(path, arrays, compressed)
+        return path
+    (np.savez_compressed if compressed else np.savez)(path, **dict(zip(utils.NPZ_KEYS, arrays)))
+    path.write_bytes(DAMAGES[damage](path.read_bytes()))
+    return path
+
+
+def damaged_idx_folder(folder, damage, compressed):
+    import gzip
+
+    folder = idx_folder(folder / "idx", mnist_like(), compress=compressed)
+    path = folder / (f"{IDX_NAMES['x_train']}.gz" if compressed else IDX_NAMES["x_train"])
+    if damage == "header promises more":
+        content = gzip.decompress(path.read_bytes()) if compressed else path.read_bytes()
+        content = idx_promising_more(content)
+        path.write_bytes(gzip.compress(content) if compressed else content)
+    else:
+        path.write_bytes(DAMAGES[damage](path.read_bytes()))
+    return folder
+
+
+DAMAGES = {"cut short": cut_short, "corrupt compression": corrupt_the_compression,
+           "bytes changed inside": change_bytes_inside, "header promises more": idx_promising_more}
+DAMAGED_FILES = [
+    (kind, damage, compressed)
+    for kind in ("npz", "idx")
+    for compressed in (False, True)
+    for damage in DAMAGES
+    if compressed or damage != "corrupt compression"  # nothing is compressed in a raw file
+]
+
+
+@pytest.mark.parametrize("kind, damage, compressed", DAMAGED_FILES,
+                         ids=[f"{kind} {'compressed' if compressed else 'raw'}, {damage}"
+                              for kind, damage, compressed in DAMAGED_FILES])
+def test_every_kind_of_damaged_file_stops_the_run_in_one_line(kind, damage, compressed, tmp_path, capsys):
+    import main
+
+    make = damaged_npz if kind == "npz" else damaged_idx_folder
+    data = make(tmp_path, damage, compressed)
+    if kind == "idx" and damage == "bytes changed inside" and not compressed:
+        # A raw IDX file has no checksum: changed pixels are pixels. What the
+        # format can check, its header, is checked below.
+        assert len(utils.load_raw(data)[0]) == 200
+        return
+    code = main.main(["--data", str(data), "--results_dir", str(tmp_path / "results"), "--epochs", "1"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("main.py: error: "), err
+    assert "Traceback" not in out + err
+    assert ("data.npz" if kind == "npz" else "train-images-idx3-ubyte") in lines[0]  # names the file
+    assert not (tmp_path / "results").exists()

@@ -121,7 +121,8 @@ def test_one_epoch_on_two_replicas_repeats_one_device():
 def test_main_on_two_devices_says_xla_is_off_and_records_the_devices(small_npz, tmp_path, capsys):
     results = tmp_path / "results"
     code, out, err = run_main(["--model", "lenet_bn2", "--devices", 2, "--epochs", 1, "--data", small_npz,
-                               "--results_dir", results, "--verbose", 0, "--flag_visualizations", 0], capsys)
+                               "--results_dir", results, "--verbose", 0, "--flag_visualizations", 0,
+                               "--jit_compile", "auto"], capsys)
     assert code == 0, err
     assert "2 replicas: XLA off" in out
     settings = json.loads((results / "summary.json").read_text())["lenet_bn2"]["settings"]

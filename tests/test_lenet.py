@@ -71,7 +71,7 @@ def test_the_loss_applies_exactly_one_softmax_to_the_outputs():
     breaks one of these."""
     import models_handling
 
-    settings = models_handling.Settings(16, 10, 1, "adam", None, 1e-8, 5, 0, 0)
+    settings = models_handling.Settings(16, 10, 1, "adam", None, 1e-8, 5, 0, 0, jit_compile=False)
     model = models_handling.build_and_compile("lenet_bn1", settings)
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(48, 32, 32, 1)).astype(np.float32)

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 
+import jit_choice
 import main
 import models_handling
 import utils
@@ -25,9 +26,13 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def run_main(argv, capsys):
-    """main.main(argv) in this process: (exit code, stdout, stderr)."""
+    """main.main(argv) in this process: (exit code, stdout, stderr).
+
+    On TensorFlow's kernels unless argv names a compile path: the default,
+    auto, times both paths for every model (about 5 s each), which only the
+    tests about that choice need."""
     try:
-        code = main.main([str(arg) for arg in argv])
+        code = main.main(["--jit_compile", "0", *(str(arg) for arg in argv)])  # a later flag wins
     except SystemExit as exit_:
         code = exit_.code
     out, err = capsys.readouterr()
@@ -95,7 +100,7 @@ def test_mixed_precision_run_trains_and_says_so(small_npz, tmp_path, capsys):
     assert entry["settings"]["precision"] == "mixed_float16"
     assert np.isfinite(entry["test_loss"])
     # The next model built in this process is float32 again.
-    settings = models_handling.Settings(32, 10, 1, "adam", None, 1e-8, 5, 0, 0)
+    settings = models_handling.Settings(32, 10, 1, "adam", None, 1e-8, 5, 0, 0, jit_compile=False)
     assert models_handling.build_and_compile("lenet_bn1", settings).norm["C1"].compute_dtype == "float32"
 
 
@@ -103,7 +108,7 @@ def test_same_seed_same_history_other_seed_other_history():
     splits = utils.prepare(*mnist_like(num_train=160, num_test=20), val_split=0.2, seed=0)
 
     def history(seed):
-        settings = models_handling.Settings(32, 10, 2, "adam", None, 1e-8, 5, 0, seed)
+        settings = models_handling.Settings(32, 10, 2, "adam", None, 1e-8, 5, 0, seed, jit_compile=False)
         return models_handling.run_model("lenet_bn2", splits, settings).history
 
     first = history(seed=1)
@@ -325,7 +330,7 @@ def test_real_mnist_sample_lenet_fc_bn2_reaches_93_percent_in_3_epochs(mnist_npz
     accuracies = []
     for seed in (0, 1, 2):
         splits = utils.load_data(mnist_npz, val_split=0.15, seed=seed)
-        settings = models_handling.Settings(64, 10, 3, "adam", None, 1e-8, 5, 0, seed)
+        settings = models_handling.Settings(64, 10, 3, "adam", None, 1e-8, 5, 0, seed, jit_compile=False)
         accuracies.append(models_handling.run_model("lenet_fc_bn2", splits, settings).test_accuracy)
     assert np.mean(accuracies) >= 0.93 and min(accuracies) >= 0.92, f"test accuracies {accuracies}"
 
@@ -392,7 +397,7 @@ def test_each_model_plot_shows_its_test_accuracy_on_whole_epochs(tmp_path, monke
                         lambda figure, path: figures.append(figure))
     history = {"loss": [2.0], "accuracy": [0.3], "val_loss": [1.9], "val_accuracy": [0.35]}
     result = models_handling.ModelResult("lenet", history, 1.5, 0.4321, 1.0, 10)
-    settings = models_handling.Settings(32, 10, 1, "adam", None, 1e-8, 5, 0, 0)
+    settings = models_handling.Settings(32, 10, 1, "adam", None, 1e-8, 5, 0, 0, jit_compile=False)
     models_handling.save_results(result, tmp_path, settings, {})
     for figure in figures:
         axes = figure.axes[0]
@@ -491,6 +496,10 @@ def test_an_interrupted_model_resumes_to_the_history_of_an_uninterrupted_run(sma
             if epoch == 1:
                 raise KeyboardInterrupt
 
+    # The choice itself is test_jit_choice's; here TensorFlow's kernels win it
+    # without timed steps (both paths still compile), which spares XLA's
+    # compiles of the validation and test steps.
+    monkeypatch.setattr(jit_choice, "step_seconds", lambda model, iterator: 2.0 if model.jit_compile else 1.0)
     real_run_model = models_handling.run_model
     monkeypatch.setattr(models_handling, "run_model", lambda name, splits, settings, callbacks=(), **options:
                         real_run_model(name, splits, settings, callbacks=[*callbacks, InterruptAfterEpoch2()],
@@ -540,3 +549,30 @@ def test_a_backup_of_other_settings_is_never_resumed(tmp_path, capsys):
     models_handling.ResumableTraining(folder, {"settings": {"epochs": 3}, "data": "x", "val_split": 0.15}, True)
     assert "was left by a run with other settings or data: starting afresh" in capsys.readouterr().out
     assert not folder.exists()
+
+
+def test_a_double_start_waits_for_the_model_the_other_run_trains_and_keeps_every_entry(tmp_path):
+    """The same command started twice at once into one folder: whichever
+    comes second waits while the other trains the model, then skips it,
+    finished with the same settings and data; neither fails, no entry is lost."""
+    data = write_npz(tmp_path / "data.npz", *mnist_like(num_train=400, num_test=40))
+    results = tmp_path / "results"
+    models_handling.update_summary(results, "lenet", {"test_accuracy": 0.5})  # an earlier run's entry
+    command = [sys.executable, str(ROOT / "main.py"), "--model", "lenet_bn2", "--epochs", "4", "--data", str(data),
+               "--results_dir", str(results), "--verbose", "0", "--jit_compile", "0", "--flag_visualizations", "0"]
+    runs = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [run.communicate(timeout=240) for run in runs]
+
+    for run, (out, err) in zip(runs, outputs):
+        assert run.returncode == 0 and "Traceback" not in err, err
+    waited = [index for index, (out, _) in enumerate(outputs) if "waiting for it" in out]
+    assert len(waited) == 1, outputs
+    second, first = runs[waited[0]], runs[1 - waited[0]]
+    out = outputs[waited[0]][0]
+    assert f"lenet_bn2: another run (process {first.pid}) is training it into {results}/; waiting for it" in out
+    assert "lenet_bn2: finished meanwhile by the other run with the same settings and data; skipped" in out
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["lenet"] == {"test_accuracy": 0.5}
+    assert f"{summary['lenet_bn2']['test_accuracy']:.4f}" in out.split("test accuracy")[-1]
+    assert second.pid != first.pid and not (results / "backup").exists()

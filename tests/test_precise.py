@@ -137,7 +137,7 @@ class ValidationLossAfterEachEpoch(keras.callbacks.Callback):
 
 def test_validation_after_each_epoch_uses_the_refilled_statistics():
     splits = small_splits()
-    settings = models_handling.Settings(32, 10, 3, "adam", None, EPSILON, 5, 0, 0)
+    settings = models_handling.Settings(32, 10, 3, "adam", None, EPSILON, 5, 0, 0, jit_compile=False)
     model = models_handling.build_and_compile("lenet_fc_bn2", settings)
     check = ValidationLossAfterEachEpoch(splits.x_val, splits.y_val)
     history = models_handling.train(model, splits, settings, callbacks=[check])
@@ -164,7 +164,8 @@ MOVING_BEFORE = json.loads(
 
 def test_moving_reproduces_the_history_from_before_precise_existed():
     splits = utils.prepare(*mnist_like(num_train=160, num_test=20), val_split=0.2, seed=0)
-    settings = models_handling.Settings(32, 10, 2, "adam", None, EPSILON, 5, 0, 1, bn_statistics="moving")
+    settings = models_handling.Settings(32, 10, 2, "adam", None, EPSILON, 5, 0, 1, bn_statistics="moving",
+                                        jit_compile=False)
     result = models_handling.run_model("lenet_fc_bn2", splits, settings)
     for key in models_handling.HISTORY_KEYS:
         np.testing.assert_allclose(result.history[key], MOVING_BEFORE[key], rtol=1e-4, err_msg=key)

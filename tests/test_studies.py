@@ -48,7 +48,7 @@ def test_keras_check_writes_both_networks_curves_and_their_gap(small_npz, tmp_pa
 
 
 def test_keras_check_on_real_mnist_the_two_networks_agree_after_one_epoch(mnist_npz, tmp_path, capsys):
-    run_study(["keras_check", "--data", mnist_npz, "--results_dir", tmp_path, "--epochs", 1], capsys)
+    run_study(["keras_check", "--data", mnist_npz, "--results_dir", tmp_path, *FAST], capsys)
     summary = read_summary(tmp_path / "keras_check")
     # Same weights, same batches: training is identical to float rounding; at
     # inference both average the same refill batches' statistics (Keras's
