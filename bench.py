@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import models_handling  # noqa: E402
+import trainings  # noqa: E402
 from command_line import LIMITS, OneLineErrorParser, int_up_to  # noqa: E402
 from jit_choice import PATH_KEYS, STEPS, choose_jit_compile  # noqa: E402
 from lenet import INPUT_SHAPE, KERAS_BN_VARIANT, VARIANTS  # noqa: E402
@@ -43,6 +44,10 @@ PATHS = {key: jit_compile for jit_compile, key in PATH_KEYS.items()}  # "xla": T
 # The default sweep (python main.py --model all) on the full MNIST.
 SWEEP = {"train": 51_000, "val": 9_000, "test": 10_000, "epochs": DEFAULTS["epochs"]}
 FULL_RUN = {"images": 60_000, "repeats": 5}  # what results/bench.json holds
+PARTS = ("all", "paths", "jobs")
+# The jobs part: the default sweep's five models, each on these images for these epochs.
+JOBS_SWEEP = {"images": 12_800, "epochs": 3}
+STEPS_PER_EXECUTION = {"images": 6_400, "counts": (1, 8), "repeats": 3}
 # Below this many images an epoch is over before the timing means much (start-up
 # and the first batches dominate), so the sweep estimate is not to be trusted.
 FEWEST_TRUSTED_IMAGES = 6_400
@@ -158,6 +163,57 @@ def sweep_seconds(train_speed, inference_speed, refill_seconds, startup_seconds)
     return total
 
 
+def synthetic_raw(num_train, num_test, seed=0):
+    """Random uint8 MNIST-shaped data as trainings.RawData: what a sweep ships to its workers."""
+    rng = np.random.default_rng(seed)
+    return trainings.RawData(rng.integers(0, 256, (num_train, 28, 28), dtype=np.uint8),
+                             rng.integers(0, 10, num_train).astype(np.uint8),
+                             rng.integers(0, 256, (num_test, 28, 28), dtype=np.uint8),
+                             rng.integers(0, 10, num_test).astype(np.uint8), key=f"synthetic {seed}")
+
+
+def measure_jobs(num_images, epochs):
+    """Wall seconds of the default sweep (the five variants at main.py's
+    defaults) on the same synthetic data, at --jobs 1 (one after the other in
+    this process) and at --jobs auto (side by side in worker processes, the
+    local cluster's start included): {"1": s, "auto": s}, and the jobs auto used."""
+    data = synthetic_raw(num_images, min(num_images, SWEEP["test"]))
+    settings = models_handling.Settings.from_mapping({**DEFAULTS, "epochs": epochs, "verbose": 0})
+    plan = [trainings.Training(name, settings, DEFAULTS["val_split"], DEFAULTS["seed"]) for name in VARIANTS]
+    wall, accuracies = {}, {}
+    for jobs in (1, "auto"):
+        start = time.perf_counter()
+        with trainings.Executor(jobs, None, len(plan)) as executor:
+            done = executor.run(plan, data)
+        wall[str(jobs)] = time.perf_counter() - start
+        accuracies[str(jobs)] = [finished.result.test_accuracy for finished in done]
+        print(f"  default sweep, {num_images} images, {epochs} epochs, --jobs {jobs} "
+              f"({executor.jobs} at once): {wall[str(jobs)]:.1f} s", flush=True)
+    largest_gap = max(abs(a - b) for a, b in zip(accuracies["1"], accuracies["auto"]))
+    return wall, trainings.jobs_for("auto", len(plan)), largest_gap
+
+
+def measure_steps_per_execution(num_images, counts, repeats):
+    """Milliseconds per training step with Keras's steps_per_execution at each
+    of `counts`: {path: {model: {count: ms}}}, medians over `repeats` epochs
+    after a warm-up one."""
+    images, labels = synthetic_mnist(num_images)
+    figures = {}
+    for path, jit_compile in PATHS.items():
+        settings = bench_settings(DEFAULTS["batch_size"], DEFAULTS["inference_batch_size"], jit_compile)
+        for name in ("lenet", "lenet_fc_bn2"):
+            for count in counts:
+                model = models_handling.build_and_compile(name, settings)
+                models_handling.compile_model(model, settings, steps_per_execution=count)
+                epoch = lambda: models_handling.fit(model, images, labels, settings, epochs=1)  # noqa: E731
+                epoch()
+                steps = -(-num_images // DEFAULTS["batch_size"])
+                ms = 1000 * statistics.median(seconds(epoch) for _ in range(repeats)) / steps
+                figures.setdefault(path, {}).setdefault(name, {})[str(count)] = ms
+                print(f"  steps_per_execution {count}, {path}, {name}: {ms:.2f} ms per step", flush=True)
+    return figures
+
+
 def cpu_name():
     """The CPU's model name, where Linux tells it (platform.processor() says only x86_64)."""
     try:
@@ -179,6 +235,13 @@ def main(argv=None):
                         help=f"timed repetitions per figure (1 to {LIMITS['repeats']})")
     parser.add_argument("--output", help="a JSON file for the figures; by default results/bench.json for a "
                         "full run (the default --images and --repeats) and no file for a shorter one")
+    parser.add_argument("--part", choices=PARTS, default="all",
+                        help="paths: the compile paths and auto; jobs: the default sweep at --jobs 1 and auto, and "
+                        "Keras's steps_per_execution; all: both. A part alone updates its own figures in --output")
+    parser.add_argument("--sweep_images", type=int_up_to(LIMITS["images"]), default=JOBS_SWEEP["images"],
+                        help="the jobs part's training images (the sweep trains on them less its validation split)")
+    parser.add_argument("--sweep_epochs", type=int_up_to(LIMITS["epochs"]), default=JOBS_SWEEP["epochs"],
+                        help="the jobs part's epochs per model")
     args = parser.parse_args(argv)
     if args.output is None and (args.images, args.repeats) == (FULL_RUN["images"], FULL_RUN["repeats"]):
         args.output = "results/bench.json"
@@ -194,6 +257,58 @@ def main(argv=None):
         print(f"warning: {args.images} images make epochs too short to time well; the figures and the sweep "
               f"estimate below are rough (use --images {FEWEST_TRUSTED_IMAGES} or more)", file=sys.stderr)
 
+    record = {"settings": vars(args), "machine": machine()}
+    if args.part in ("all", "paths"):
+        record.update(measure_paths(args))
+    if args.part in ("all", "jobs"):
+        record.update(measure_parallelism(args))
+    if args.output is None:
+        print("not written to a file (a shorter run than results/bench.json's; --output FILE keeps it)")
+        return 0
+    if args.part != "all" and Path(args.output).exists():  # a part alone keeps the other part's figures
+        earlier = json.loads(Path(args.output).read_text())
+        record = {**earlier, **record}
+    utils.write_text(args.output, json.dumps(record, indent=2) + "\n")
+    print(f"written to {args.output}")
+    return 0
+
+
+def machine():
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
+        "cores": trainings.cores(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+
+
+def measure_parallelism(args):
+    """The jobs part: the default sweep at --jobs 1 and auto, and steps_per_execution."""
+    print(f"\nthe default sweep on {args.sweep_images} synthetic images, {args.sweep_epochs} epochs per model, "
+          f"at --jobs 1 and --jobs auto on {trainings.cores()} cores")
+    wall, jobs, gap = measure_jobs(args.sweep_images, args.sweep_epochs)
+    speedup = wall["1"] / wall["auto"]
+    print(f"{'--jobs 1':<52}{wall['1']:>6.1f} s\n{f'--jobs auto ({jobs} at once)':<52}{wall['auto']:>6.1f} s")
+    print(f"{'jobs speedup':<52}{speedup:>6.2f}x on {trainings.cores()} cores "
+          f"(test accuracies differ by at most {gap:.2g})")
+    print(f"\nsteps_per_execution on {STEPS_PER_EXECUTION['images']} images")
+    per_step = measure_steps_per_execution(STEPS_PER_EXECUTION["images"], STEPS_PER_EXECUTION["counts"],
+                                           STEPS_PER_EXECUTION["repeats"])
+    gains = {f"{path}, {name}": counts["1"] / counts[str(max(STEPS_PER_EXECUTION["counts"]))]
+             for path, models in per_step.items() for name, counts in models.items()}
+    for name, gain in gains.items():
+        print(f"{'steps_per_execution ' + str(max(STEPS_PER_EXECUTION['counts'])) + ' vs 1, ' + name:<52}"
+              f"{gain:>6.2f}x")
+    return {"jobs": {"sweep_seconds": wall, "jobs_auto": jobs, "cores": trainings.cores(), "speedup": speedup,
+                     "largest_test_accuracy_gap": gap, "images": args.sweep_images, "epochs": args.sweep_epochs},
+            "steps_per_execution": {"ms_per_step": per_step, "gain": gains, **STEPS_PER_EXECUTION}}
+
+
+def measure_paths(args):
+    """The paths part: both compile paths and auto, per model."""
     print(f"{args.images} synthetic images, training batch {args.batch_size}, inference batch "
           f"{args.inference_batch_size}, {args.repeats} repetitions; paths: XLA, TensorFlow's kernels, auto")
     choices = measure_choices(args.batch_size, args.images)
@@ -238,16 +353,7 @@ def main(argv=None):
     for path, total in sweep.items():
         print(f"{'estimated default sweep (--model all), ' + path:<52}{total / 60:>6.1f} min")
 
-    record = {
-        "settings": vars(args),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu": cpu_name(),
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-        },
+    return {
         "train_images_per_second": train,
         "inference_images_per_second": inference,
         "inference_images_per_second_at_training_batch": figures["inference_at_training_batch"],
@@ -257,12 +363,6 @@ def main(argv=None):
         "refill_share_of_a_full_training_epoch": refill_share,
         "estimated_default_sweep_seconds": sweep,
     }
-    if args.output is None:
-        print("not written to a file (a shorter run than results/bench.json's; --output FILE keeps it)")
-        return 0
-    utils.write_text(args.output, json.dumps(record, indent=2) + "\n")
-    print(f"written to {args.output}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ LIMITS = {
     "images": 1_000_000,  # synthetic 32x32 float32 images: 4 GB
     "repeats": 1_000, "steps": 1_000_000,
     "devices": 64,  # logical CPU devices share the cores; beyond a few dozen they only add overhead
+    "jobs": 256,  # trainings side by side: each worker process holds its own TensorFlow (about 400 MB)
 }
 
 
@@ -50,6 +51,12 @@ def auto_or_switch(text):
     if text not in ("auto", "0", "1"):
         raise argparse.ArgumentTypeError(f"expected auto, 0 or 1, got {text!r}")
     return text if text == "auto" else int(text)
+
+
+def auto_or_int_up_to(limit):
+    """--jobs: "auto", or an integer from 1 to `limit`."""
+    bounded = int_up_to(limit)
+    return lambda text: text if text == "auto" else bounded(text)
 
 
 fraction = checked_number(float, lambda value: 0 < value < 1, "a fraction strictly between 0 and 1")

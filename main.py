@@ -25,6 +25,8 @@ DEFAULTS = {
     "resume": 0,  # 1: skip models already finished with these settings and data; continue interrupted ones
     "jit_compile": "auto",  # auto: per model, the faster of XLA (1) and TensorFlow's own kernels (0), timed
     "inference_batch_size": 1024,  # validation and test (BN's inference uses no batch statistics)
+    "jobs": "auto",  # trainings side by side: auto, the machine's cores (at most one per model); 1: this process
+    "cluster": None,  # a Dask scheduler's address (tcp://HOST:8786): the trainings run on its workers
     "seed": 0,
     "val_split": 0.15,
     "data": None,  # None: download with Keras; else a .npz or a folder of IDX files
@@ -33,8 +35,10 @@ DEFAULTS = {
 }
 
 import argparse  # noqa: E402  (DEFAULTS stays the first thing a reader sees)
+import contextlib  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
 from dataclasses import asdict  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -52,9 +56,11 @@ import keras  # noqa: E402
 
 import distribution  # noqa: E402
 import models_handling  # noqa: E402
+import trainings  # noqa: E402
 from command_line import (  # noqa: E402
     LIMITS,
     OneLineErrorParser,
+    auto_or_int_up_to,
     auto_or_switch,
     float_up_to,
     float_up_to_or_none,
@@ -125,6 +131,12 @@ def build_parser():
     add("--inference_batch_size", type=int_up_to(LIMITS["batch_size"]),
         help="batch size for validation and test: larger is faster, and at inference BN uses its window, "
         f"never the batch, so results change only by float rounding (1 to {LIMITS['batch_size']})")
+    add("--jobs", type=auto_or_int_up_to(LIMITS["jobs"]),
+        help="how many models train at once, each in its own worker process of a local Dask cluster (a "
+        "training uses one core: TensorFlow's kernels get nothing from more on LeNet); auto: the machine's "
+        f"cores, at most one per model; 1: one after the other in this process (1 to {LIMITS['jobs']})")
+    add("--cluster", help="the address of a running Dask scheduler (tcp://HOST:8786; default: "
+        "$DASK_SCHEDULER_ADDRESS if set): the models train on its workers, this process writes the results")
     add("--seed", type=int_up_to(LIMITS["seed"], low=0),
         help=f"fixes the train/validation split, the initial weights and the shuffling (0 to {LIMITS['seed']})")
     add("--val_split", type=fraction, help="fraction of the training set held out for validation")
@@ -202,10 +214,24 @@ def run(args, ctrl_c, finished):
             "drop one of the two"
         )
     check_results_dir(args.results_dir)
+    executor = trainings.Executor(args.jobs, args.cluster, len(names))
+    if not executor.in_process:
+        refuse_in_workers(args, executor)
     # Before anything runs on TensorFlow, which then starts its devices.
     strategy = distribution.make_strategy(args.devices, args.batch_size)
-    splits = utils.load_data(args.data, args.dataset, args.val_split, args.seed, args.output_size)
+    raw = utils.load_raw(args.data, args.dataset)
+    utils.check_raw(*raw, num_classes=args.output_size)
+    splits = utils.prepare(*raw, val_split=args.val_split, seed=args.seed)
     models_handling.make_optimizer(args.optimizer, args.learning_rate)  # rejects a bad name now
+    # The workers start (or the cluster is reached and its versions checked)
+    # before anything is written.
+    with executor:
+        return sweep(names, raw, splits, args, ctrl_c, finished, executor, strategy)
+
+
+def sweep(names, raw, splits, args, ctrl_c, finished, executor, strategy):
+    """The run once its input is checked and its workers, if any, are ready:
+    train every model, write each, print the table."""
     if strategy.num_replicas_in_sync > 1 and args.jit_compile:
         print(f"{strategy.num_replicas_in_sync} replicas: XLA off (as --jit_compile 0), since XLA cannot compile "
               "a step whose variables lie on several devices")
@@ -224,11 +250,15 @@ def run(args, ctrl_c, finished):
 
     identity = models_handling.run_identity(asdict(settings), run_record)
     earlier = models_handling.read_summary(args.results_dir) if args.resume else {}
-    for name in names:
-        ctrl_c.check()
-        with strategy.scope():  # the model's variables are made on every replica's device
-            result = train_one(name, splits, settings, run_record, identity, earlier.get(name), args, ctrl_c)
-        finished.append(result)
+    if executor.in_process:
+        for name in names:
+            ctrl_c.check()
+            with strategy.scope():  # the model's variables are made on every replica's device
+                result = train_one(name, splits, settings, run_record, identity, earlier.get(name), args, ctrl_c)
+            finished.append(result)
+    else:
+        data = trainings.RawData(*raw, key=run_record["data_sha256"] or run_record["data"])
+        train_side_by_side(names, data, settings, run_record, identity, earlier, args, executor, finished)
 
     # Columns stay apart at any magnitude: a space between them, losses in %g.
     print(f"\n{'model':<15} {'test accuracy':>13} {'test loss':>10} {'seconds':>8}")
@@ -251,11 +281,8 @@ def train_one(name, splits, settings, run_record, identity, earlier_entry, args,
         print(f"\n== {describe(name)}: finished earlier with the same settings and data; skipped (--resume)")
         return models_handling.result_from_summary(args.results_dir, name, earlier_entry)
 
-    def busy(pid):
-        other = f"another run (process {pid})" if pid else "another run"
-        print(f"\n{name}: {other} is training it into {args.results_dir}/; waiting for it", flush=True)
-
-    with utils.file_lock(Path(args.results_dir) / f"{name}.training", on_busy=busy) as waited:
+    with utils.file_lock(Path(args.results_dir) / f"{name}.training",
+                         on_busy=lambda pid: busy(name, pid, args)) as waited:
         if waited:
             entry = models_handling.read_summary(args.results_dir).get(name)
             if same_run(entry, identity):
@@ -277,8 +304,76 @@ def train_and_write(name, splits, settings, run_record, identity, args, ctrl_c):
     backup = models_handling.ResumableTraining(
         Path(args.results_dir) / models_handling.BACKUP_FOLDER / name, identity, args.resume)
     result = models_handling.run_model(name, splits, settings, callbacks=callbacks, backup=backup)
+    result.where = {"host": socket.gethostname(), "process": os.getpid(), "jobs": 1,
+                    "threads": trainings.threads_now()}
     models_handling.save_results(result, args.results_dir, settings, run_record, args.flag_visualizations)
     backup.remove()
+    report(result, args)
+    return result
+
+
+def refuse_in_workers(args, executor):
+    """What a worker cannot do, refused before anything is loaded."""
+    where = f"--cluster {executor.address}" if executor.address else f"--jobs {executor.jobs}"
+    if args.devices > 1:
+        raise utils.UsageError(
+            f"--devices {args.devices} splits one model's batch over this process's devices, and {where} trains "
+            "each model in a worker process of its own: use --jobs 1 with --devices")
+    if args.tensorboard:
+        raise utils.UsageError(
+            f"--tensorboard 1 writes its logs from inside the training, and with {where} the trainings run in "
+            "worker processes while only this one writes the results: use --jobs 1 with --tensorboard 1")
+
+
+def train_side_by_side(names, data, settings, run_record, identity, earlier, args, executor, finished):
+    """The sweep's models in the executor's workers, `executor.jobs` at a time
+    (or on a cluster's workers), each written here as it finishes.
+
+    Each model is claimed for this folder first (a run training it into the
+    same folder is waited for, as train_one does). Trainings in workers keep
+    no per-epoch backup: --resume afterwards skips the finished models and
+    trains the rest afresh."""
+    to_train = []
+    with contextlib.ExitStack() as claims:
+        for name in names:
+            if same_run(earlier.get(name), identity):
+                print(f"{name}: finished earlier with the same settings and data; skipped (--resume)")
+                finished.append(models_handling.result_from_summary(args.results_dir, name, earlier[name]))
+                continue
+            waited = claims.enter_context(utils.file_lock(Path(args.results_dir) / f"{name}.training",
+                                                          on_busy=lambda pid, name=name: busy(name, pid, args)))
+            entry = models_handling.read_summary(args.results_dir).get(name) if waited else None
+            if same_run(entry, identity):
+                print(f"{name}: finished meanwhile by the other run with the same settings and data; skipped")
+                finished.append(models_handling.result_from_summary(args.results_dir, name, entry))
+                continue
+            to_train.append(name)
+        if not to_train:
+            return
+        where = f"on {executor.address}" if executor.address else f"in {executor.jobs} worker processes"
+        print(f"training {', '.join(to_train)} {where}; a line per finished epoch", flush=True)
+
+        def write(index, done):
+            result = done.result
+            result.model_file, result.where = done.model_file, done.where
+            models_handling.save_results(result, args.results_dir, settings, run_record, args.flag_visualizations)
+            report(result, args)
+            finished.append(result)
+
+        executor.run([trainings.Training(name, settings, args.val_split, args.seed) for name in to_train], data,
+                     write)
+    order = {name: index for index, name in enumerate(names)}
+    finished.sort(key=lambda result: order[result.name])
+
+
+def busy(name, pid, args):
+    other = f"another run (process {pid})" if pid else "another run"
+    print(f"\n{name}: {other} is training it into {args.results_dir}/; waiting for it", flush=True)
+
+
+def report(result, args):
+    """A finished model's line: its test figures, or where it diverged."""
+    name = result.name
     if result.diverged:
         where = result.diverged
         rate = f"{args.learning_rate:g}" if args.learning_rate is not None else "the optimizer's default"
@@ -287,9 +382,8 @@ def train_and_write(name, splits, settings, run_record, identity, args, ctrl_c):
     else:
         print(
             f"{name}: test accuracy {result.test_accuracy:.4f}, test loss {result.test_loss:.4g} "
-            f"({result.train_seconds:.1f} s of training)"
+            f"({result.train_seconds:.1f} s of training)", flush=True
         )
-    return result
 
 
 def interrupted(args, finished):

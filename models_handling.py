@@ -18,7 +18,7 @@ import tensorflow as tf
 import visualizations
 from jit_choice import STEPS, JitChoice, choose_jit_compile
 from lenet import BatchNorm, build_lenet, describe, refill_statistics
-from utils import UsageError, atomic_path, file_lock, set_seed, write_text
+from utils import UsageError, atomic_path, file_lock, seeded, write_text
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 SUMMARY_FILE = "summary.json"
@@ -75,6 +75,8 @@ class ModelResult:
     model: keras.Model | None = field(default=None, repr=False)  # the trained model, to save
     diverged: dict | None = None  # {"epoch", "step", "loss"} where the loss stopped being finite
     jit_choice: dict | None = None  # with jit_compile "auto": the path chosen and the timings (JitChoice.record)
+    model_file: bytes | None = field(default=None, repr=False)  # or the trained model as .keras bytes (a worker's)
+    where: dict | None = None  # where it trained: host, process, threads, and jobs or cluster (trainings.py)
 
 
 def make_optimizer(name, learning_rate=None):
@@ -91,14 +93,20 @@ def make_optimizer(name, learning_rate=None):
         ) from None
 
 
-def compile_model(model, settings):
-    """Compile with the run's optimizer and logits-based cross-entropy."""
+def compile_model(model, settings, steps_per_execution=1):
+    """Compile with the run's optimizer and logits-based cross-entropy.
+
+    Runs keep one training step per call into TensorFlow: with several
+    (Keras's steps_per_execution, measured by bench.py) callbacks see only
+    every Nth step, so the divergence stop could not name its step and
+    figure1's probe could not measure where it is asked to."""
     model.compile(
         optimizer=make_optimizer(settings.optimizer, settings.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         # "auto" decides at the start of training (fit); until then, TensorFlow's kernels.
         jit_compile=settings.jit_compile is True,
+        steps_per_execution=steps_per_execution,
     )
     return model
 
@@ -112,9 +120,9 @@ def build_and_compile(name, settings):
     optimizer in a LossScaleOptimizer by itself.
     """
     keras.mixed_precision.set_global_policy(settings.precision)
-    set_seed(settings.seed)
-    model = build_lenet(name, settings.output_size, settings.epsilon, settings.window_size,
-                        synchronized=settings.bn_sync == "global")
+    with seeded(settings.seed):
+        model = build_lenet(name, settings.output_size, settings.epsilon, settings.window_size,
+                            synchronized=settings.bn_sync == "global")
     return compile_model(model, settings)
 
 
@@ -483,9 +491,12 @@ def save_results(result, results_dir, settings, run_record, plots=True):
     """
     results_dir = Path(results_dir)
     write_text(results_dir / f"{result.name}_history.csv", history_csv(result.history))
-    if result.model is not None:
+    if result.model is not None or result.model_file is not None:
         with atomic_path(results_dir / f"{result.name}.keras") as temporary:
-            result.model.save(temporary)
+            if result.model is not None:
+                result.model.save(temporary)
+            else:
+                temporary.write_bytes(result.model_file)
     if plots:
         outcome = (
             f"diverged at epoch {result.diverged['epoch']}, step {result.diverged['step']}" if result.diverged
@@ -506,6 +517,7 @@ def save_results(result, results_dir, settings, run_record, plots=True):
         "trainable_parameters": result.trainable_parameters,
         "settings": asdict(settings),
         "jit_choice": result.jit_choice,
+        "where": result.where,
         **run_record,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

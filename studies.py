@@ -16,6 +16,7 @@ by `python studies.py NAME --help` is main.py's DEFAULTS.
 import argparse
 import contextlib
 import csv
+import functools
 import io
 import json
 import math
@@ -32,6 +33,7 @@ import numpy as np  # noqa: E402
 
 import distribution  # noqa: E402
 import models_handling  # noqa: E402
+import trainings  # noqa: E402
 import visualizations  # noqa: E402
 from lenet import (  # noqa: E402
     INPUT_SHAPE,
@@ -43,7 +45,14 @@ from lenet import (  # noqa: E402
     momentum_matching_window,
     normalize,
 )
-from command_line import LIMITS, OneLineErrorParser, auto_or_switch, float_up_to, int_up_to  # noqa: E402
+from command_line import (  # noqa: E402
+    LIMITS,
+    OneLineErrorParser,
+    auto_or_int_up_to,
+    auto_or_switch,
+    float_up_to,
+    int_up_to,
+)
 from main import DEFAULTS  # noqa: E402
 
 F6_UNITS = 84  # the sigmoids of LeNet-5's F6 layer, whose inputs figure1 follows
@@ -117,6 +126,35 @@ def accuracy_of(model, images, labels, batch_size):
     return float(np.mean(np.argmax(logits, axis=1) == labels)), logits
 
 
+def load_raw(args):
+    """The study's data as it travels to the workers (trainings.RawData)."""
+    raw = utils.load_raw(args.data, args.dataset)
+    utils.check_raw(*raw, num_classes=DEFAULTS["output_size"])
+    record = utils.data_record(args.data, args.dataset)
+    return trainings.RawData(*raw, key=record["data_sha256"] or record["data"])
+
+
+def run_trainings(args, plan, data, on_finished=None):
+    """Every Training of `plan`, through trainings.Executor at the study's
+    --jobs and --cluster: each one's Finished, in the order of `plan`. A line
+    as each one ends."""
+
+    def finished(index, done):
+        result = done.result
+        outcome = (f"diverged at epoch {result.diverged['epoch']}, step {result.diverged['step']}" if result.diverged
+                   else f"test accuracy {result.test_accuracy:.4f}")
+        print(f"  {plan[index].describe()}: {outcome} ({result.train_seconds:.1f} s)", flush=True)
+        if on_finished:
+            on_finished(index, done)
+
+    executor = trainings.Executor(args.jobs, args.cluster, len(plan))
+    where = (f"on {executor.address}" if executor.address else
+             "in this process" if executor.in_process else f"in {executor.jobs} worker processes")
+    print(f"  {len(plan)} training(s) of {args.epochs} epochs {where}", flush=True)
+    with executor:
+        return executor.run(plan, data, finished)
+
+
 def train_and_report(name, splits, settings, **options):
     """models_handling.run_model, with a line as the run starts and one as it ends."""
     print(f"  {name}: training {settings.epochs} epochs on {len(splits.y_train)} images ...", flush=True)
@@ -130,19 +168,30 @@ def train_and_report(name, splits, settings, **options):
 # ---------------------------------------------------------------- keras_check
 
 
+def keras_reference(settings):
+    """lenet_keras_bn, compiled, with the initial weights of our lenet_fc_bn2
+    at the same seed (the same seed gives the same weights; this makes sure)."""
+    ours = models_handling.build_and_compile("lenet_fc_bn2", settings)
+    reference = models_handling.build_and_compile(KERAS_BN_VARIANT, settings)
+    copy_network(ours, reference)
+    return reference
+
+
 def keras_check(args):
     """Ours against keras.layers.BatchNormalization in the same network, from the
     same initial weights, on the same batches: their curves should coincide."""
-    splits = load_splits(args, args.seed)
+    data = load_raw(args)
     settings = base_settings(args)
-    ours = models_handling.build_and_compile("lenet_fc_bn2", settings)
-    reference = models_handling.build_and_compile(KERAS_BN_VARIANT, settings)
-    copy_network(ours, reference)  # the same seed gives the same weights; this makes sure
-    results = {"ours": train_and_report("ours", splits, settings, model=ours)}
+    ours = trainings.Training("lenet_fc_bn2", settings, DEFAULTS["val_split"], args.seed, label="ours")
+    reference = trainings.Training(KERAS_BN_VARIANT, settings, DEFAULTS["val_split"], args.seed, label="keras",
+                                   build=keras_reference)
     if settings.jit_compile == "auto":  # the reference on the path chosen for ours: the same arithmetic
-        settings = replace(settings, jit_compile=ours.jit_choice.jit_compile)
-        models_handling.compile_model(reference, settings)
-    results["keras"] = train_and_report("keras", splits, settings, model=reference)
+        (done_ours,) = run_trainings(args, [ours], data)
+        settings = replace(settings, jit_compile=done_ours.result.jit_choice["xla"])
+        (done_keras,) = run_trainings(args, [replace(reference, settings=settings)], data)
+    else:
+        done_ours, done_keras = run_trainings(args, [ours, reference], data)
+    results = {"ours": done_ours.result, "keras": done_keras.result}
 
     folder = study_dir(args, "keras_check")
     rows, gaps = [], {}
@@ -182,19 +231,24 @@ def seeds(args):
     """The variants over several seeds (split, initial weights and shuffling),
     under each statistics rule: mean and standard deviation of every curve and
     of the test accuracy."""
+    data = load_raw(args)
+    plan = [trainings.Training(name, base_settings(args, seed=seed, bn_statistics=rule), DEFAULTS["val_split"],
+                               seed, label=f"seed {seed}, {rule} statistics: {name}")
+            for seed in args.seeds for rule in args.rules for name in args.models]
+    rows = [None] * len(plan)
+
+    def record(index, done):
+        training, result = plan[index], done.result
+        rows[index] = {"model": training.name, "bn_statistics": training.settings.bn_statistics,
+                       "seed": training.split_seed, "test_accuracy": result.test_accuracy,
+                       "test_loss": result.test_loss}
+        # kept if the study is interrupted, in the order of the plan
+        write_rows(study_dir(args, "seeds") / "seeds.csv", [row for row in rows if row])
+
+    finished = run_trainings(args, plan, data, record)
     histories = {(rule, name): [] for rule in args.rules for name in args.models}
-    rows = []
-    for seed in args.seeds:
-        splits = load_splits(args, seed)
-        for rule in args.rules:
-            settings = base_settings(args, seed=seed, bn_statistics=rule)
-            print(f"seed {seed}, {rule} statistics", flush=True)
-            for name in args.models:
-                result = train_and_report(name, splits, settings)
-                histories[rule, name].append(result.history)
-                rows.append({"model": name, "bn_statistics": rule, "seed": seed,
-                             "test_accuracy": result.test_accuracy, "test_loss": result.test_loss})
-                write_rows(study_dir(args, "seeds") / "seeds.csv", rows)  # kept if the study is interrupted
+    for training, done in zip(plan, finished):
+        histories[training.settings.bn_statistics, training.name].append(done.result.history)
 
     def across_seeds(rule, statistic):
         return {
@@ -265,25 +319,37 @@ class SigmoidInputProbe(keras.callbacks.Callback):
         if self.curve["step"][-1] != self.step:  # end on the trained network
             self.measure()
 
+    def report(self):
+        """What comes back from where it trained (trainings.Finished.report)."""
+        return self.curve
+
+
+def make_probe(splits, settings, probe_count, unit, every):
+    """A SigmoidInputProbe on a training's own splits (made where it trains)."""
+    return SigmoidInputProbe(splits.x_val[:probe_count], splits.x_test, splits.y_test, unit, every,
+                             splits.x_train, settings)
+
 
 def figure1(args):
     """The BN paper's Figure 1 on LeNet-5, without BN and with BN everywhere."""
-    splits = load_splits(args, args.seed)
+    data = load_raw(args)
     settings = base_settings(args)
-    probe_images = splits.x_val[: args.probe_images]
+    probe = functools.partial(make_probe, probe_count=args.probe_images, unit=args.unit, every=args.every)
+    plan = [trainings.Training(name, settings, DEFAULTS["val_split"], args.seed, callback=probe)
+            for name in ("lenet", "lenet_fc_bn2")]
     curves, rows, test_accuracy = {}, [], {}
-    for name in ("lenet", "lenet_fc_bn2"):
-        probe = SigmoidInputProbe(probe_images, splits.x_test, splits.y_test, args.unit, args.every,
-                                  splits.x_train, settings)
-        result = train_and_report(name, splits, settings, callbacks=[probe])
-        curves[name], test_accuracy[name] = probe.curve, result.test_accuracy
-        rows += [{"model": name, **dict(zip(probe.curve, values))} for values in zip(*probe.curve.values())]
+    for training, done in zip(plan, run_trainings(args, plan, data)):
+        name, curve = training.name, done.report
+        curves[name], test_accuracy[name] = curve, done.result.test_accuracy
+        rows += [{"model": name, **dict(zip(curve, values))} for values in zip(*curve.values())]
+    probe_images = min(args.probe_images, len(utils.split_train_val(len(data.y_train), DEFAULTS["val_split"],
+                                                                    args.seed)[1]))
 
     folder = study_dir(args, "figure1")
     write_rows(folder / "figure1.csv", rows)
     visualizations.plot_figure1(curves, folder / "figure1.png")
     summary = {
-        "unit": args.unit, "probe_images": len(probe_images), "every": args.every, "epochs": args.epochs,
+        "unit": args.unit, "probe_images": probe_images, "every": args.every, "epochs": args.epochs,
         "seed": args.seed, "bn_statistics": settings.bn_statistics, "test_accuracy": test_accuracy,
         "final": {name: {key: values[-1] for key, values in curve.items()} for name, curve in curves.items()},
         "spread_p85_minus_p15": {
@@ -309,36 +375,43 @@ def figure1(args):
 def learning_rates(args):
     """lenet and lenet_fc_bn2 with plain SGD at several learning rates, and with
     the default optimizer for reference, all for the same number of epochs."""
-    splits = load_splits(args, args.seed)
+    data = load_raw(args)
+    splits = data.splits(DEFAULTS["val_split"], args.seed)
     runs = [("sgd", rate) for rate in args.rates] + [(DEFAULTS["optimizer"], None)]
-    rows = []
-    for name in ("lenet", "lenet_fc_bn2"):
-        for optimizer, rate in runs:
-            # Training does not depend on the rule, so one run under `moving`
-            # gives both: its own test accuracy, and the `precise` one after
-            # the refill that rule would have made after the last epoch.
-            settings = base_settings(args, optimizer=optimizer, learning_rate=rate, bn_statistics="moving")
-            model = models_handling.build_and_compile(name, settings)
-            label = f"{name}, {optimizer} at {rate if rate else 'its default rate'}"
-            result = train_and_report(label, splits, settings, model=model)
-            # A diverged run (run_model stops it at its first non-finite loss)
-            # has no test figures.
-            diverged = result.diverged is not None
-            rate_used = float(f"{float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)):.6g}")
-            precise = result.test_accuracy if diverged or not model.norm else accuracy_of(
-                with_precise_statistics(model, splits.x_train, settings), splits.x_test, splits.y_test, 1000)[0]
-            rows.append({
-                "model": name, "optimizer": optimizer, "learning_rate": rate_used,
-                "test_accuracy": precise, "test_accuracy_moving": result.test_accuracy,
-                "test_loss_moving": result.test_loss, "diverged": diverged,
-            })
-            if diverged:
-                print(f"  {name} {optimizer} lr {rate_used:g}: diverged at epoch {result.diverged['epoch']}",
-                      flush=True)
-            else:
-                print(f"  {name} {optimizer} lr {rate_used:g}: test accuracy {precise:.4f}"
-                      + (f" (precise), {result.test_accuracy:.4f} (moving)" if model.norm else ""), flush=True)
-            write_rows(study_dir(args, "lr") / "lr.csv", rows)  # kept if the study is interrupted
+    # Training does not depend on the rule, so one run under `moving` gives
+    # both: its own test accuracy, and the `precise` one after the refill
+    # that rule would have made after the last epoch.
+    plan = [trainings.Training(name, base_settings(args, optimizer=optimizer, learning_rate=rate,
+                                                   bn_statistics="moving"), DEFAULTS["val_split"], args.seed,
+                               label=f"{name}, {optimizer} at {rate if rate else 'its default rate'}")
+            for name in ("lenet", "lenet_fc_bn2") for optimizer, rate in runs]
+    rows = [None] * len(plan)
+
+    def record(index, done):
+        training, result = plan[index], done.result
+        settings, has_norm = training.settings, training.name != "lenet"
+        # A diverged run (run_model stops it at its first non-finite loss)
+        # has no test figures.
+        diverged = result.diverged is not None
+        optimizer = models_handling.make_optimizer(settings.optimizer, settings.learning_rate)
+        rate_used = float(f"{float(keras.ops.convert_to_numpy(optimizer.learning_rate)):.6g}")
+        precise = result.test_accuracy if diverged or not has_norm else accuracy_of(
+            with_precise_statistics(done.load_model(), splits.x_train, settings), splits.x_test, splits.y_test,
+            1000)[0]
+        rows[index] = {
+            "model": training.name, "optimizer": settings.optimizer, "learning_rate": rate_used,
+            "test_accuracy": precise, "test_accuracy_moving": result.test_accuracy,
+            "test_loss_moving": result.test_loss, "diverged": diverged,
+        }
+        if diverged:
+            print(f"  {training.name} {settings.optimizer} lr {rate_used:g}: diverged at epoch "
+                  f"{result.diverged['epoch']}", flush=True)
+        else:
+            print(f"  {training.name} {settings.optimizer} lr {rate_used:g}: test accuracy {precise:.4f}"
+                  + (f" (precise), {result.test_accuracy:.4f} (moving)" if has_norm else ""), flush=True)
+        write_rows(study_dir(args, "lr") / "lr.csv", [row for row in rows if row])  # kept if interrupted
+
+    run_trainings(args, plan, data, record)
 
     folder = study_dir(args, "lr")
     sgd_rows = [row for row in rows if row["optimizer"] == "sgd"]
@@ -543,6 +616,11 @@ def build_parser():
                          help="Keras's training output: 0 silent, 1 progress bar, 2 one line per epoch")
         sub.add_argument("--jit_compile", type=auto_or_switch, default=DEFAULTS["jit_compile"],
                          help="as main.py --jit_compile: 1 XLA, 0 TensorFlow's kernels, auto the faster")
+        sub.add_argument("--jobs", type=auto_or_int_up_to(LIMITS["jobs"]), default=DEFAULTS["jobs"],
+                         help="as main.py --jobs: trainings side by side in worker processes; auto: the "
+                         "machine's cores, at most one per training; 1: one after the other in this process")
+        sub.add_argument("--cluster", default=DEFAULTS["cluster"],
+                         help="as main.py --cluster: a Dask scheduler's address; the trainings run on its workers")
         if name != "seeds":
             sub.add_argument("--seed", type=int_up_to(LIMITS["seed"], low=0), default=DEFAULTS["seed"],
                              help="fixes the split, the initial weights and the shuffling")
@@ -607,4 +685,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as the module `studies`, not as __main__, so that what a training
+    # takes to a worker process (a probe, a builder) is found there by name.
+    import studies
+
+    sys.exit(studies.main())

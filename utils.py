@@ -2,7 +2,7 @@
 TensorFlow quietly; and writing files so that an interrupted run never leaves
 one half-written.
 
-Everything here but `set_seed`, `import_tensorflow_quietly` and the Keras
+Everything here but `seeded`, `import_tensorflow_quietly` and the Keras
 downloader needs only numpy, so the command line can reject bad data quickly.
 """
 
@@ -361,16 +361,34 @@ def import_tensorflow_quietly():
 # ---------------------------------------------------------------- seeding
 
 
-def set_seed(seed):
-    """Seed Python, numpy and TensorFlow: the same seed gives the same initial weights.
+@contextlib.contextmanager
+def seeded(seed):
+    """Seed Python, numpy and TensorFlow for the block, in which a model is
+    built: the same seed gives the same initial weights.
+
+    Keras draws each initializer's seed from Python's global `random`, which
+    other threads of the process share: in a Dask worker its event loop
+    draws from it too, at moments of its own, and the same seed gave other
+    weights from one training to the next. Inside the block Keras draws from
+    a generator of its own, seeded as `random.seed(seed)` seeds the global
+    one, so it gets the numbers it would get in a process with no other
+    thread.
 
     On a CPU this network's kernels, TensorFlow's and XLA's alike, are
     deterministic, so the same seed also gives the same history (a test checks
     it). TensorFlow's op-determinism switch stays off: Keras refuses XLA under it.
     """
+    import random
+
     import keras
+    from keras.src.random import seed_generator  # where Keras draws its default seeds
 
     keras.utils.set_random_seed(seed)
+    shared, seed_generator.python_random = seed_generator.python_random, random.Random(seed)
+    try:
+        yield
+    finally:
+        seed_generator.python_random = shared
 
 
 # ---------------------------------------------------------------- writing

@@ -30,7 +30,14 @@ def fake_measure(monkeypatch):
     calls = []
     monkeypatch.setattr(bench, "measure", lambda *args: calls.append(args) or FAKE_FIGURES)
     monkeypatch.setattr(bench, "measure_choices", lambda *args: calls.append(args) or FAKE_CHOICES)
+    monkeypatch.setattr(bench, "measure_jobs", lambda *args: calls.append(args) or FAKE_JOBS)
+    monkeypatch.setattr(bench, "measure_steps_per_execution", lambda *args: calls.append(args) or FAKE_STEPS)
     return calls
+
+
+FAKE_JOBS = ({"1": 90.0, "auto": 50.0}, 2, 0.0)  # wall seconds, jobs auto, largest accuracy gap
+FAKE_STEPS = {path: {"lenet": {"1": 8.0, "8": 6.0}, "lenet_fc_bn2": {"1": 10.0, "8": 8.0}}
+              for path in ("xla", "tensorflow")}
 
 
 def test_a_quick_look_writes_no_file_and_warns_about_short_epochs(fake_measure, tmp_path, monkeypatch, capsys):
@@ -49,6 +56,23 @@ def test_a_full_run_writes_results_bench_json_with_the_refill_share(fake_measure
     # 0.05 s of refill against a 51,000-image epoch at 800 images/s (63.75 s).
     assert record["refill_share_of_a_full_training_epoch"]["xla"]["lenet_fc_bn2"] == pytest.approx(0.05 / 63.75)
     assert fake_measure[1] == (64, 1024, 60_000, 5)
+    assert record["jobs"]["speedup"] == pytest.approx(1.8) and record["jobs"]["sweep_seconds"] == FAKE_JOBS[0]
+    assert record["steps_per_execution"]["gain"]["xla, lenet"] == pytest.approx(8.0 / 6.0)
+    assert record["machine"]["cores"] >= 1
+
+
+def test_the_jobs_part_alone_updates_its_figures_and_keeps_the_others(fake_measure, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert bench.main(["--output", "bench.json", "--part", "paths"]) == 0
+    paths = json.loads((tmp_path / "bench.json").read_text())
+    assert "jobs" not in paths and "train_images_per_second" in paths
+    assert bench.main(["--output", "bench.json", "--part", "jobs"]) == 0
+    both = json.loads((tmp_path / "bench.json").read_text())
+    assert both["train_images_per_second"] == paths["train_images_per_second"]
+    assert both["jobs"]["speedup"] == pytest.approx(1.8)
+    out = capsys.readouterr().out
+    assert "jobs speedup" in out and "1.80x on" in out
+    assert fake_measure[-2] == (12_800, 3)  # the sweep's images and epochs
 
 
 def test_auto_takes_each_models_chosen_path_and_pays_for_choosing(fake_measure, tmp_path, monkeypatch):

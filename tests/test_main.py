@@ -30,9 +30,10 @@ def run_main(argv, capsys):
 
     On TensorFlow's kernels unless argv names a compile path: the default,
     auto, times both paths for every model (about 5 s each), which only the
-    tests about that choice need."""
+    tests about that choice need. In this process unless argv names --jobs
+    (test_trainings.py tests the workers)."""
     try:
-        code = main.main(["--jit_compile", "0", *(str(arg) for arg in argv)])  # a later flag wins
+        code = main.main(["--jit_compile", "0", "--jobs", "1", *(str(arg) for arg in argv)])  # a later flag wins
     except SystemExit as exit_:
         code = exit_.code
     out, err = capsys.readouterr()
@@ -158,6 +159,12 @@ BAD_ARGUMENTS = {
     "unknown compile path": (["--jit_compile", "xla"], "argument --jit_compile: expected auto, 0 or 1, got 'xla'"),
     "zero inference batch": (["--inference_batch_size", 0],
                              "argument --inference_batch_size: expected an integer from 1 to 65536, got '0'"),
+    "no jobs": (["--jobs", 0], "argument --jobs: expected an integer from 1 to 256, got '0'"),
+    "jobs not a number": (["--jobs", "many"], "argument --jobs: expected an integer from 1 to 256, got 'many'"),
+    "devices in workers": (["--jobs", 2, "--devices", 2], "--devices 2 splits one model's batch over this "
+                           "process's devices, and --jobs 2 trains each model in a worker process of its own"),
+    "tensorboard in workers": (["--jobs", 2, "--tensorboard", 1], "--tensorboard 1 writes its logs from inside "
+                               "the training, and with --jobs 2"),
     "zero epsilon": (["--epsilon", 0], "argument --epsilon: expected a positive number up to 1, got '0'"),
     "split above one": (["--val_split", 1.5], "argument --val_split: expected a fraction strictly between 0 and 1"),
     "bad optimizer": (["--optimizer", "adamm"], "--optimizer adamm: not a Keras optimizer"),
@@ -232,11 +239,13 @@ def test_bad_flag_in_a_real_process_prints_one_line(tmp_path):
     ]
 
 
-def test_help_lists_every_flag():
-    done = run_script(["--help"])
-    assert done.returncode == 0
+def test_help_lists_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
     for flag in main.DEFAULTS:
-        assert f"--{flag}" in done.stdout
+        assert f"--{flag}" in out
 
 
 # ---------------------------------------------------------------- interruption
@@ -273,7 +282,7 @@ def test_ctrl_c_in_a_real_run(tmp_path):
     results = tmp_path / "results"
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "main.py"), "--model", "all", "--epochs", "3", "--data", str(data),
-         "--results_dir", str(results), "--verbose", "0"],
+         "--results_dir", str(results), "--verbose", "0", "--jobs", "1"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     summary = results / "summary.json"

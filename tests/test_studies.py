@@ -12,7 +12,7 @@ import utils
 from conftest import mnist_like
 from test_main import assert_png
 
-FAST = ["--epochs", "1", "--jit_compile", "0"]
+FAST = ["--epochs", "1", "--jit_compile", "0", "--jobs", "1"]
 
 
 def run_study(argv, capsys):
@@ -82,7 +82,7 @@ def test_seeds_gives_mean_and_std_of_every_model_over_the_seeds_under_each_rule(
 def test_figure1_follows_one_f6_sigmoid_input_at_regular_steps(small_npz, tmp_path, capsys):
     # 170 training images, batch 64: 3 steps per epoch, 6 in two epochs.
     run_study(["figure1", "--data", small_npz, "--results_dir", tmp_path, "--every", 4, "--probe_images", 30,
-               "--epochs", 2, "--jit_compile", 0], capsys)
+               "--epochs", 2, "--jit_compile", 0, "--jobs", 1], capsys)
     folder = tmp_path / "figure1"
     rows = read_csv(folder / "figure1.csv")
     for name in ("lenet", "lenet_fc_bn2"):
@@ -176,6 +176,8 @@ STUDY_FLAGS_OUT_OF_BOUNDS = {
     "huge inference batch": (["window", "--inference_batch_sizes", "1000000"], "argument --inference_batch_sizes: "
                              "expected an integer from 1 to 65536"),
     "endless epochs": (["seeds", "--epochs", "100000"], "argument --epochs: expected an integer from 1 to 10000"),
+    "too many jobs": (["seeds", "--jobs", "257"], "argument --jobs: expected an integer from 1 to 256, got '257'"),
+    "no jobs": (["lr", "--jobs", "0"], "argument --jobs: expected an integer from 1 to 256, got '0'"),
 }
 
 

@@ -1,0 +1,221 @@
+"""Trainings side by side: in worker processes of a local Dask cluster, and on
+a real cluster on loopback (a scheduler and two one-thread workers started
+here as processes, ended by their process ids), with its faults."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import main
+import models_handling
+import trainings
+from conftest import THREADS, mnist_like, write_npz
+
+# One loopback cluster serves every test here, so they run in one test process.
+pytestmark = pytest.mark.xdist_group("loopback_cluster")
+
+ROOT = Path(__file__).resolve().parents[1]
+DASK = shutil.which("dask", path=str(Path(sys.executable).parent)) or shutil.which("dask")
+# On TensorFlow's kernels (no compile-path timing), no plots: what these tests are about is where trainings run.
+FAST = ["--epochs", "1", "--verbose", "0", "--jit_compile", "0", "--flag_visualizations", "0"]
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class LoopbackCluster:
+    """`dask scheduler` and `dask worker` processes on 127.0.0.1."""
+
+    def __init__(self, workers=2):
+        self.address = f"tcp://127.0.0.1:{free_port()}"
+        # Workers start outside the project, without it on their path: the driver sends them its code.
+        self.env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+        self.scheduler = subprocess.Popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", self.address.rsplit(":", 1)[1], "--no-dashboard"],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.workers = [self.start_worker() for _ in range(workers)]
+        self.wait_for(workers)
+
+    def start_worker(self):
+        # --no-nanny: the process started here is the worker, so killing it kills the worker.
+        return subprocess.Popen(
+            [DASK, "worker", self.address, "--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
+
+    def wait_for(self, count):
+        import distributed
+
+        with distributed.Client(self.address, timeout=30) as client:
+            client.wait_for_workers(count, timeout=60)
+
+    def close(self):
+        for process in [*self.workers, self.scheduler]:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGKILL)
+            process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if DASK is None:
+        pytest.skip("the dask command is not installed (requirements.txt installs it)")
+    started = LoopbackCluster()
+    yield started
+    started.close()
+
+
+def run_main(argv, capsys):
+    code = main.main([str(arg) for arg in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def accuracies(results):
+    return {name: entry["test_accuracy"] for name, entry in json.loads((results / "summary.json").read_text()).items()}
+
+
+def test_the_sweep_on_a_loopback_cluster_equals_jobs_2(cluster, small_npz, tmp_path, capsys):
+    """--jobs 2 (a local cluster's workers) and --cluster (the loopback
+    cluster's): the same histories and test figures, each written here.
+    (That a worker trains as this process does at the same thread count is
+    the killed-worker test's comparison.)"""
+    common = ["--model", "all", "--data", small_npz, *FAST]
+    places = {"local": ["--jobs", 2], "cluster": ["--cluster", cluster.address]}
+    outputs = {}
+    for place, where in places.items():
+        code, outputs[place], err = run_main([*common, "--results_dir", tmp_path / place, *where], capsys)
+        assert code == 0, err
+    summaries = {place: json.loads((tmp_path / place / "summary.json").read_text()) for place in places}
+    assert sorted(summaries["cluster"]) == sorted(summaries["local"]) == sorted(main.VARIANTS)  # finish order
+    for name in main.VARIANTS:
+        histories = {place: models_handling.read_history(tmp_path / place / f"{name}_history.csv") for place in places}
+        for key in models_handling.HISTORY_KEYS:
+            np.testing.assert_allclose(histories["cluster"][key], histories["local"][key], rtol=1e-6, atol=1e-6,
+                                       err_msg=f"{name} {key}")
+        assert summaries["cluster"][name]["test_accuracy"] == pytest.approx(
+            summaries["local"][name]["test_accuracy"], abs=1e-6)
+        for place in places:
+            assert (tmp_path / place / f"{name}.keras").stat().st_size > 10_000
+    where = {place: summaries[place]["lenet_bn2"]["where"] for place in places}
+    assert where["local"]["jobs"] == 2 and where["local"]["threads"] == 1 and where["local"]["process"] != os.getpid()
+    assert where["cluster"]["cluster"] == cluster.address and where["cluster"]["threads"] == 1
+    for place in places:  # relayed from the workers, a line per epoch
+        assert "lenet_fc_bn2 epoch 1/1: loss " in outputs[place] and ", val_accuracy " in outputs[place]
+
+
+def test_a_cluster_where_nothing_listens_is_one_line_within_10_s(small_npz, tmp_path, capsys):
+    start = time.monotonic()
+    code, out, err = run_main(["--data", small_npz, "--results_dir", tmp_path / "results", "--cluster",
+                               f"tcp://127.0.0.1:{free_port()}"], capsys)
+    assert time.monotonic() - start < 10
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "no Dask scheduler answers there" in lines[0], err
+    assert "dask scheduler" in lines[0] and "drop --cluster" in lines[0]
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_worker_with_other_versions_is_refused_before_any_training(cluster, small_npz, tmp_path, capsys,
+                                                                     monkeypatch):
+    monkeypatch.setattr(trainings, "versions", lambda: {"tensorflow": "2.99.0", "keras": "3.99.0"})
+    code, out, err = run_main(["--data", small_npz, "--results_dir", tmp_path / "results", "--cluster",
+                               cluster.address, *FAST], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "runs TensorFlow 2.21.0 with Keras 3.15.1, this process TensorFlow 2.99.0 with Keras 3.99.0" in lines[0]
+    assert not (tmp_path / "results" / "summary.json").exists()
+
+
+def test_two_drivers_on_one_cluster_into_one_folder_keep_both_runs_entries(cluster, tmp_path, capsys):
+    """One driver in a process of its own, one in this process, at once."""
+    data = write_npz(tmp_path / "data.npz", *mnist_like(num_train=200, num_test=40))
+    results = tmp_path / "results"
+    arguments = ["--data", str(data), "--results_dir", str(results), "--cluster", cluster.address, *FAST]
+    other = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--model", "lenet", *arguments], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    code, out, err = run_main(["--model", "lenet_bn1", *arguments], capsys)
+    other_out, other_err = other.communicate(timeout=200)
+    assert code == 0 and other.returncode == 0 and "Traceback" not in err + other_err, other_err
+    assert "lenet_bn1 epoch" in out and "lenet_bn1 epoch" not in other_out  # each relays its own lines only
+    assert sorted(accuracies(results)) == ["lenet", "lenet_bn1"]
+
+
+def test_ctrl_c_cancels_the_trainings_keeps_the_finished_and_resume_trains_the_rest(cluster, tmp_path, capsys):
+    data = write_npz(tmp_path / "data.npz", *mnist_like(num_train=400, num_test=40))
+    results = tmp_path / "results"
+    arguments = ["--model", "all", "--data", str(data), "--results_dir", str(results), "--epochs", "2", "--verbose",
+                 "0", "--jit_compile", "0", "--flag_visualizations", "0"]
+    driver = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *arguments, "--cluster", cluster.address],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    summary = results / "summary.json"
+    deadline = time.monotonic() + 150
+    while not summary.exists() and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGINT)
+    out, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130, err
+    assert "Traceback" not in err and "have their results in" in err
+    first = json.loads(summary.read_text())
+    assert 1 <= len(first) < 5
+
+    code, out, err = run_main([*arguments, "--resume", "1", "--jobs", "1"], capsys)
+    assert code == 0, err
+    skipped = [name for name in main.VARIANTS
+               if f"== {main.describe(name)}: finished earlier with the same settings and data; skipped (--resume)"
+               in out]
+    trained = [name for name in main.VARIANTS if f"\n{name}: test accuracy" in out]
+    assert sorted(skipped) == sorted(first) and sorted([*skipped, *trained]) == sorted(main.VARIANTS)
+    assert sorted(json.loads(summary.read_text())) == sorted(main.VARIANTS)
+
+
+def test_a_worker_killed_mid_training_is_replaced_and_the_history_is_unchanged(cluster, tmp_path, capsys,
+                                                                               monkeypatch):
+    """SIGKILL to the worker training lenet_fc_bn2 once its first epoch is
+    reported: Dask reruns that training on the other worker, and the history
+    equals that of the same training in this process (one TensorFlow thread
+    in both: conftest.py gives each test process its share of 2 cores)."""
+    data = write_npz(tmp_path / "data.npz", *mnist_like(num_train=600, num_test=40))
+    args = ["--model", "lenet_fc_bn2", "--data", data, "--epochs", "4", "--verbose", "0", "--jit_compile", "0",
+            "--flag_visualizations", "0"]
+    code, out, err = run_main([*args, "--results_dir", tmp_path / "here", "--jobs", 1], capsys)
+    assert code == 0, err
+
+    import distributed
+
+    workers, victim = {process.pid for process in cluster.workers}, []
+
+    def kill_after_first_epoch(event):
+        """The progress event names the worker process that trains."""
+        if not victim and "epoch 1/4" in event[1]["line"]:
+            assert event[1]["process"] in workers
+            victim.append(event[1]["process"])
+            os.kill(victim[0], signal.SIGKILL)
+
+    real_subscribe = distributed.Client.subscribe_topic
+    monkeypatch.setattr(distributed.Client, "subscribe_topic", lambda self, topic, handler: real_subscribe(
+        self, topic, lambda event: (handler(event), kill_after_first_epoch(event))))
+    code, out, err = run_main([*args, "--results_dir", tmp_path / "cluster", "--cluster", cluster.address], capsys)
+    assert code == 0, err
+    assert victim, "no worker was killed"
+    here, there = (models_handling.read_history(tmp_path / folder / "lenet_fc_bn2_history.csv")
+                   for folder in ("here", "cluster"))
+    # At another thread count here (pytest -n 0 on several cores), float rounding differs.
+    tolerance = 1e-6 if THREADS == 1 else 1e-3
+    for key in models_handling.HISTORY_KEYS:
+        np.testing.assert_allclose(there[key], here[key], rtol=tolerance, atol=tolerance)
+    assert out.count("lenet_fc_bn2 epoch 1/4") == 2  # once on the killed worker, once on the other
+
+

@@ -1,0 +1,354 @@
+"""Where trainings run: a list of independent trainings, each one model's
+models_handling.run_model, run in this process (`jobs` 1), side by side in a
+local Dask cluster of worker processes (`jobs` N), or on the workers of an
+existing Dask cluster (`cluster` ADDRESS); their results come back in the
+order given, whatever order they finish in.
+
+Why side by side: TensorFlow's kernels get nothing from a second thread on
+LeNet's small ops, so one training uses one core; N trainings at once use N.
+Why not one training across machines: Keras's fit cannot run under
+MultiWorkerMirroredStrategy (keras-team/keras#20585), and one LeNet trains in
+a minute or two; what outgrows a machine is the number of trainings.
+
+The data travels with the work: the raw uint8 arrays are scattered once to
+the workers, which split and preprocess them as utils.prepare does, so
+workers need no shared folder. The trained model comes back as .keras bytes;
+only the caller writes files.
+"""
+
+import contextlib
+import logging
+import os
+import socket
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import keras
+
+import models_handling
+import utils
+
+MAX_JOBS = 256
+# Seconds to wait for a --cluster scheduler to answer, and for it to have a worker.
+CONNECT_SECONDS = 5
+WORKER_WAIT_SECONDS = 60
+# The project's modules a worker of an existing cluster receives (Client.upload_file).
+PROJECT_MODULES = ("utils", "command_line", "jit_choice", "lenet", "visualizations", "distribution",
+                   "models_handling", "trainings", "main", "studies")
+
+
+@dataclass(frozen=True)
+class RawData:
+    """The data as loaded (uint8 images, int labels), which is what travels:
+    a quarter of the preprocessed float32 arrays' size."""
+
+    x_train: object
+    y_train: object
+    x_test: object
+    y_test: object
+    key: str  # tells data sets apart in a worker's cache (their SHA-256 or name)
+
+    def splits(self, val_split, seed):
+        return utils.prepare(self.x_train, self.y_train, self.x_test, self.y_test, val_split=val_split, seed=seed)
+
+
+@dataclass(frozen=True)
+class Training:
+    """One model's training: what run_model needs, and how to report it."""
+
+    name: str  # a lenet.MODEL_NAMES name
+    settings: models_handling.Settings
+    val_split: float
+    split_seed: int  # the train/validation split's seed (settings.seed seeds the weights and the order)
+    label: str = ""  # how progress lines name it; the model's name by default
+    build: object = None  # a picklable callable settings -> compiled model, instead of build_and_compile(name)
+    callback: object = None  # a picklable callable (splits, settings) -> a Keras callback with report()
+
+    def describe(self):
+        return self.label or self.name
+
+
+@dataclass
+class Finished:
+    """A training's outcome as it comes back to the caller."""
+
+    result: models_handling.ModelResult  # its `model` is None; the model is in model_file
+    model_file: bytes  # the trained model as a .keras file
+    report: object = None  # the callback's report(), when the training had one
+    where: dict = field(default_factory=dict)  # host, process, threads, and jobs or cluster
+
+    def load_model(self):
+        """The trained model, loaded from its .keras bytes."""
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.keras"
+            path.write_bytes(self.model_file)
+            return keras.models.load_model(path)
+
+
+# ---------------------------------------------------------------- one training, wherever it runs
+
+_PREPARED = {}  # this process's last prepared splits, by (data key, val_split, seed)
+_ONE_AT_A_TIME = threading.Lock()  # Keras's seed and dtype policy are global: one training per process
+
+
+class EpochLines(keras.callbacks.Callback):
+    """Each finished epoch in one line, through `say` (print here; from a
+    Dask worker, a line on the driver's terminal)."""
+
+    def __init__(self, label, epochs, say):
+        super().__init__()
+        self.label, self.epochs, self.say = label, epochs, say
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        text = f"{self.label} epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', float('nan')):.4g}"
+        if "val_accuracy" in logs:
+            text += f", val_accuracy {logs['val_accuracy']:.4f}"
+        self.say(text)
+
+
+def run_training(training, data, say=print, where=None):
+    """Train, test and pack one Training on `data` (a RawData) in this process."""
+    key = (data.key, training.val_split, training.split_seed)
+    with _ONE_AT_A_TIME:
+        if key not in _PREPARED:
+            _PREPARED.clear()
+            _PREPARED[key] = data.splits(training.val_split, training.split_seed)
+        splits = _PREPARED[key]
+        settings = replace(training.settings, verbose=0)  # the epoch lines replace Keras's progress bar
+        say(f"{training.describe()}: training {settings.epochs} epochs on {len(splits.y_train)} images ...")
+        callbacks = [EpochLines(training.describe(), settings.epochs, say)]
+        probe = training.callback(splits, settings) if training.callback else None
+        model = training.build(settings) if training.build else None
+        result = models_handling.run_model(training.name, splits, settings, model=model,
+                                           callbacks=[*callbacks, *([probe] if probe else [])])
+        model_file = model_bytes(result.model)
+    result.model = None
+    return Finished(result, model_file, probe.report() if probe else None,
+                    {"host": socket.gethostname(), "process": os.getpid(), **(where or {})})
+
+
+def model_bytes(model):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.keras"
+        model.save(path)
+        return path.read_bytes()
+
+
+def run_on_worker(training, data, topic, where):
+    """run_training inside a Dask worker: epoch lines go to the driver's topic."""
+    from distributed import get_worker
+
+    worker = get_worker()
+
+    def say(line):
+        worker.log_event(topic, {"line": line, "worker": worker.address, "process": os.getpid()})
+
+    return run_training(training, data, say, {**where, "threads": worker.state.nthreads})
+
+
+# ---------------------------------------------------------------- workers
+
+
+def start_tensorflow(threads):
+    """Import TensorFlow with `threads` intra- and inter-op threads; in a
+    process where it already runs with other counts, leave them."""
+    utils.import_tensorflow_quietly()
+    import tensorflow as tf
+
+    with contextlib.suppress(RuntimeError):  # already started: TensorFlow cannot change them
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def installed_versions():
+    """The TensorFlow and Keras versions of the process that runs it."""
+    import tensorflow as tf
+
+    return {"tensorflow": tf.__version__, "keras": keras.__version__}
+
+
+def versions():
+    """This (the driver's) process's versions, to compare a worker's with."""
+    return installed_versions()
+
+
+def tensorflow_threads_plugin():
+    from distributed import WorkerPlugin
+
+    class TensorFlowThreads(WorkerPlugin):
+        """In every worker, before any training: TensorFlow with as many
+        threads as the worker has (dask worker --nthreads), and Ctrl-C in the
+        driver's terminal left to the driver, which cancels the trainings."""
+
+        def setup(self, worker):
+            import signal
+
+            with contextlib.suppress(ValueError):  # only the main thread may set it
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            start_tensorflow(worker.state.nthreads)
+
+    return TensorFlowThreads()
+
+
+# ---------------------------------------------------------------- the executor
+
+
+def cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def jobs_for(jobs, count):
+    """How many trainings run at once: `jobs` ("auto": the machine's cores),
+    never more than there are trainings."""
+    wanted = cores() if jobs == "auto" else int(jobs)
+    return max(1, min(wanted, count))
+
+
+def cluster_address(cluster):
+    """--cluster, or Dask's own DASK_SCHEDULER_ADDRESS when --cluster is not given."""
+    return cluster or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+
+
+class Executor:
+    """Runs Trainings: `with Executor(jobs, cluster, count) as executor:
+    executor.run(trainings, data, on_finished)`.
+
+    jobs 1 and no cluster: in this process, one after the other, exactly as
+    main.py trains one model (Dask is not started). jobs N: a LocalCluster of
+    N worker processes on 127.0.0.1, each with cores // N threads. cluster:
+    that scheduler's workers."""
+
+    def __init__(self, jobs, cluster, count):
+        self.address = cluster_address(cluster)
+        self.jobs = jobs_for(jobs, count) if not self.address else None
+        self.client = self.local_cluster = None
+
+    @property
+    def in_process(self):
+        return self.address is None and self.jobs == 1
+
+    def where(self):
+        return {"cluster": self.address} if self.address else {"jobs": self.jobs}
+
+    def __enter__(self):
+        if self.in_process:
+            return self
+        import distributed
+
+        logging.getLogger("distributed").setLevel(logging.ERROR)  # a lost worker is handled, not a warning
+        if self.address:
+            self.client = connect(self.address)
+        else:
+            self.local_cluster = distributed.LocalCluster(
+                n_workers=self.jobs, threads_per_worker=max(1, cores() // self.jobs), processes=True,
+                host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+            self.client = distributed.Client(self.local_cluster)
+        try:
+            self.prepare_workers()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def prepare_workers(self):
+        if self.address:  # workers elsewhere get the project's code; local ones import it from here
+            root = Path(__file__).resolve().parent
+            for module in PROJECT_MODULES:  # saved beside each worker; imported when a training needs them
+                self.client.upload_file(str(root / f"{module}.py"), load=False)
+        self.client.register_plugin(tensorflow_threads_plugin(), name="tensorflow-threads")
+        mine = versions()
+        for worker, theirs in self.client.run(installed_versions).items():
+            if theirs != mine:
+                raise utils.UsageError(
+                    f"worker {worker} runs TensorFlow {theirs['tensorflow']} with Keras {theirs['keras']}, this "
+                    f"process TensorFlow {mine['tensorflow']} with Keras {mine['keras']}: install "
+                    "requirements.txt on every machine")
+
+    def __exit__(self, *exception):
+        for closing in (self.client, self.local_cluster):
+            if closing is not None:
+                with contextlib.suppress(Exception):
+                    closing.close()
+        self.client = self.local_cluster = None
+
+    def run(self, trainings, data, on_finished=None):
+        """Every training's Finished, in the order of `trainings`;
+        `on_finished(index, finished)` is called as each one finishes."""
+        trainings = list(trainings)
+        if self.in_process:
+            done = []
+            for index, training in enumerate(trainings):
+                done.append(run_training(training, data, where={**self.where(), "threads": threads_now()}))
+                if on_finished:
+                    on_finished(index, done[-1])
+            return done
+        return self.run_on_cluster(trainings, data, on_finished)
+
+    def run_on_cluster(self, trainings, data, on_finished):
+        import distributed
+
+        topic = f"lenet-progress-{self.client.id}"  # this driver's lines only
+        self.client.subscribe_topic(topic, lambda event: print(event[1]["line"], flush=True))
+        # The data goes to the workers once, as a task's input rather than
+        # scattered: Dask keeps a task's input and recomputes it on another
+        # worker when the one holding it dies; scattered data would be lost
+        # with it, and every training with it.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Ll]arge object.*")  # the point: the data is large
+            shared = self.client.submit(the_data, data, key=f"data-{data.key}-{self.client.id}", pure=False)
+        futures = [self.client.submit(run_on_worker, training, shared, topic, self.where(), pure=False,
+                                      key=f"train-{index}-{training.describe()}-{self.client.id}")
+                   for index, training in enumerate(trainings)]
+        position = {future.key: index for index, future in enumerate(futures)}
+        done = [None] * len(trainings)
+        try:
+            for future in distributed.as_completed(futures):
+                index = position[future.key]
+                done[index] = future.result()
+                if on_finished:
+                    on_finished(index, done[index])
+        except BaseException:
+            self.client.cancel(futures, force=True)
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                self.client.unsubscribe_topic(topic)
+        return done
+
+
+def the_data(data):
+    """A task whose result is its input: the data, held by a worker."""
+    return data
+
+
+def threads_now():
+    import tensorflow as tf
+
+    return tf.config.threading.get_intra_op_parallelism_threads() or cores()
+
+
+def connect(address):
+    """A Client of the scheduler at `address`, with at least one worker, or a
+    one-line UsageError within CONNECT_SECONDS."""
+    import distributed
+
+    try:
+        client = distributed.Client(address, timeout=CONNECT_SECONDS)
+    except (OSError, TimeoutError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise utils.UsageError(
+            f"--cluster {address}: no Dask scheduler answers there ({reason}); start one with "
+            "`dask scheduler` and a worker with `dask worker ADDRESS`, or drop --cluster to train on this machine"
+        ) from None
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT_SECONDS)
+    except TimeoutError:
+        client.close()
+        raise utils.UsageError(
+            f"--cluster {address}: the scheduler has had no worker for {WORKER_WAIT_SECONDS} s; start one with "
+            f"`dask worker {address}`") from None
+    return client
