@@ -245,7 +245,7 @@ class Executor:
         else:
             self.local_cluster = distributed.LocalCluster(
                 n_workers=self.jobs, threads_per_worker=max(1, cores() // self.jobs), processes=True,
-                host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+                host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
             self.client = distributed.Client(self.local_cluster)
         try:
             self.prepare_workers()
@@ -298,7 +298,7 @@ class Executor:
         # worker when the one holding it dies; scattered data would be lost
         # with it, and every training with it.
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*[Ll]arge object.*")  # the point: the data is large
+            warnings.filterwarnings("ignore", message=".*[Ll]arge (object|graph).*")  # the point: the data is large
             shared = self.client.submit(the_data, data, key=f"data-{data.key}-{self.client.id}", pure=False)
         futures = [self.client.submit(run_on_worker, training, shared, topic, self.where(), pure=False,
                                       key=f"train-{index}-{training.describe()}-{self.client.id}")
