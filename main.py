@@ -257,7 +257,7 @@ def sweep(names, raw, splits, args, ctrl_c, finished, executor, strategy):
                 result = train_one(name, splits, settings, run_record, identity, earlier.get(name), args, ctrl_c)
             finished.append(result)
     else:
-        data = trainings.RawData(*raw, key=run_record["data_sha256"] or run_record["data"])
+        data = trainings.RawData.of(raw, run_record)
         train_side_by_side(names, data, settings, run_record, identity, earlier, args, executor, finished)
 
     # Columns stay apart at any magnitude: a space between them, losses in %g.
@@ -281,14 +281,26 @@ def train_one(name, splits, settings, run_record, identity, earlier_entry, args,
         print(f"\n== {describe(name)}: finished earlier with the same settings and data; skipped (--resume)")
         return models_handling.result_from_summary(args.results_dir, name, earlier_entry)
 
+    with claimed(name, identity, args) as done_meanwhile:
+        if done_meanwhile is not None:
+            return models_handling.result_from_summary(args.results_dir, name, done_meanwhile)
+        return train_and_write(name, splits, settings, run_record, identity, args, ctrl_c)
+
+
+@contextlib.contextmanager
+def claimed(name, identity, args):
+    """Hold `name`'s training lock for the results folder while the block
+    runs. If another run held it, this waited for it, and yields that run's
+    summary.json entry when it finished the model with the same settings and
+    data (the model is then skipped); else yields None."""
     with utils.file_lock(Path(args.results_dir) / f"{name}.training",
                          on_busy=lambda pid: busy(name, pid, args)) as waited:
-        if waited:
-            entry = models_handling.read_summary(args.results_dir).get(name)
-            if same_run(entry, identity):
-                print(f"{name}: finished meanwhile by the other run with the same settings and data; skipped")
-                return models_handling.result_from_summary(args.results_dir, name, entry)
-        return train_and_write(name, splits, settings, run_record, identity, args, ctrl_c)
+        entry = models_handling.read_summary(args.results_dir).get(name) if waited else None
+        if same_run(entry, identity):
+            print(f"{name}: finished meanwhile by the other run with the same settings and data; skipped")
+            yield entry
+        else:
+            yield None
 
 
 def same_run(entry, identity):
@@ -340,12 +352,9 @@ def train_side_by_side(names, data, settings, run_record, identity, earlier, arg
                 print(f"{name}: finished earlier with the same settings and data; skipped (--resume)")
                 finished.append(models_handling.result_from_summary(args.results_dir, name, earlier[name]))
                 continue
-            waited = claims.enter_context(utils.file_lock(Path(args.results_dir) / f"{name}.training",
-                                                          on_busy=lambda pid, name=name: busy(name, pid, args)))
-            entry = models_handling.read_summary(args.results_dir).get(name) if waited else None
-            if same_run(entry, identity):
-                print(f"{name}: finished meanwhile by the other run with the same settings and data; skipped")
-                finished.append(models_handling.result_from_summary(args.results_dir, name, entry))
+            done_meanwhile = claims.enter_context(claimed(name, identity, args))
+            if done_meanwhile is not None:
+                finished.append(models_handling.result_from_summary(args.results_dir, name, done_meanwhile))
                 continue
             to_train.append(name)
         if not to_train:

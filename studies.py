@@ -130,8 +130,7 @@ def load_raw(args):
     """The study's data as it travels to the workers (trainings.RawData)."""
     raw = utils.load_raw(args.data, args.dataset)
     utils.check_raw(*raw, num_classes=DEFAULTS["output_size"])
-    record = utils.data_record(args.data, args.dataset)
-    return trainings.RawData(*raw, key=record["data_sha256"] or record["data"])
+    return trainings.RawData.of(raw, utils.data_record(args.data, args.dataset))
 
 
 def run_trainings(args, plan, data, on_finished=None):
@@ -140,10 +139,7 @@ def run_trainings(args, plan, data, on_finished=None):
     as each one ends."""
 
     def finished(index, done):
-        result = done.result
-        outcome = (f"diverged at epoch {result.diverged['epoch']}, step {result.diverged['step']}" if result.diverged
-                   else f"test accuracy {result.test_accuracy:.4f}")
-        print(f"  {plan[index].describe()}: {outcome} ({result.train_seconds:.1f} s)", flush=True)
+        print(f"  {plan[index].describe()}: {outcome(done.result)}", flush=True)
         if on_finished:
             on_finished(index, done)
 
@@ -159,10 +155,15 @@ def train_and_report(name, splits, settings, **options):
     """models_handling.run_model, with a line as the run starts and one as it ends."""
     print(f"  {name}: training {settings.epochs} epochs on {len(splits.y_train)} images ...", flush=True)
     result = models_handling.run_model(name, splits, settings, **options)
-    outcome = (f"diverged at epoch {result.diverged['epoch']}, step {result.diverged['step']}" if result.diverged
-               else f"test accuracy {result.test_accuracy:.4f}")
-    print(f"  {name}: {outcome} ({result.train_seconds:.1f} s)", flush=True)
+    print(f"  {name}: {outcome(result)}", flush=True)
     return result
+
+
+def outcome(result):
+    """How a finished training's line ends: its test accuracy or where it diverged, and its seconds."""
+    ending = (f"diverged at epoch {result.diverged['epoch']}, step {result.diverged['step']}" if result.diverged
+              else f"test accuracy {result.test_accuracy:.4f}")
+    return f"{ending} ({result.train_seconds:.1f} s)"
 
 
 # ---------------------------------------------------------------- keras_check

@@ -51,6 +51,12 @@ class RawData:
     y_test: object
     key: str  # tells data sets apart in a worker's cache (their SHA-256 or name)
 
+    @classmethod
+    def of(cls, raw, record):
+        """The arrays `raw` (as utils.load_raw gives them), keyed by their
+        utils.data_record `record`."""
+        return cls(*raw, key=record["data_sha256"] or record["data"])
+
     def splits(self, val_split, seed):
         return utils.prepare(self.x_train, self.y_train, self.x_test, self.y_test, val_split=val_split, seed=seed)
 

@@ -2,7 +2,9 @@
 
 import gzip
 import os
+import signal
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +80,13 @@ def mnist_npz():
     if not Path(path).is_file():
         pytest.skip(f"MNIST_NPZ={path} is not a file")
     return path
+
+
+def interrupt_once_written(process, path, seconds):
+    """Ctrl-C (SIGINT) to `process` once `path` exists (or it has ended, or
+    `seconds` have passed); its (stdout, stderr)."""
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    return process.communicate(timeout=120)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import keras
@@ -18,7 +17,7 @@ import jit_choice
 import main
 import models_handling
 import utils
-from conftest import mnist_like, write_npz
+from conftest import interrupt_once_written, mnist_like, write_npz
 from lenet import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -286,11 +285,7 @@ def test_ctrl_c_in_a_real_run(tmp_path):
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     summary = results / "summary.json"
-    deadline = time.monotonic() + 240
-    while not summary.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=120)
+    out, err = interrupt_once_written(process, summary, 240)
     assert process.returncode == 130, f"exit status {process.returncode}; stderr: {err!r}; stdout: {out[-500:]!r}"
     assert "Traceback" not in err
     finished = json.loads(summary.read_text())

@@ -18,7 +18,7 @@ import pytest
 import main
 import models_handling
 import trainings
-from conftest import THREADS, mnist_like, write_npz
+from conftest import THREADS, interrupt_once_written, mnist_like, write_npz
 
 # One loopback cluster serves every test here, so they run in one test process.
 pytestmark = pytest.mark.xdist_group("loopback_cluster")
@@ -161,11 +161,7 @@ def test_ctrl_c_cancels_the_trainings_keeps_the_finished_and_resume_trains_the_r
     driver = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *arguments, "--cluster", cluster.address],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     summary = results / "summary.json"
-    deadline = time.monotonic() + 150
-    while not summary.exists() and time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(0.1)
-    driver.send_signal(signal.SIGINT)
-    out, err = driver.communicate(timeout=60)
+    out, err = interrupt_once_written(driver, summary, 150)
     assert driver.returncode == 130, err
     assert "Traceback" not in err and "have their results in" in err
     first = json.loads(summary.read_text())
