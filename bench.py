@@ -32,7 +32,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import files  # noqa: E402
 import models_handling  # noqa: E402
+import training_callbacks  # noqa: E402
 import trainings  # noqa: E402
 from command_line import LIMITS, OneLineErrorParser, int_up_to  # noqa: E402
 from jit_choice import PATH_KEYS, STEPS, choose_jit_compile  # noqa: E402
@@ -95,7 +97,7 @@ def measure(batch_size, inference_batch_size, num_images, repeats):
             "inference": seconds(lambda: models_handling.evaluate(model, test_images, test_labels, settings)),
             "inference_at_training_batch": seconds(
                 lambda: models_handling.evaluate(model, test_images, test_labels, small_batches)),
-            "refill": seconds(lambda: models_handling.refill(model, train_images, settings, repeat)) if model.norm
+            "refill": seconds(lambda: training_callbacks.refill(model, train_images, settings, repeat)) if model.norm
             else None,  # lenet has nothing to refill
         }
 
@@ -250,7 +252,7 @@ def main(argv=None):
         if output.is_dir() or not output.suffix:
             parser.error(f"--output {output}: name a file such as bench.json, not a folder")
         try:
-            utils.make_writable_folder(output.parent, f"--output {output}: its folder")
+            files.make_writable_folder(output.parent, f"--output {output}: its folder")
         except utils.UsageError as error:
             parser.error(str(error))
     if args.images < FEWEST_TRUSTED_IMAGES:
@@ -268,7 +270,7 @@ def main(argv=None):
     if args.part != "all" and Path(args.output).exists():  # a part alone keeps the other part's figures
         earlier = json.loads(Path(args.output).read_text())
         record = {**earlier, **record}
-    utils.write_text(args.output, json.dumps(record, indent=2) + "\n")
+    files.write_text(args.output, json.dumps(record, indent=2) + "\n")
     print(f"written to {args.output}")
     return 0
 

@@ -55,7 +55,10 @@ utils.import_tensorflow_quietly()  # before the modules below import it
 import keras  # noqa: E402
 
 import distribution  # noqa: E402
+import files  # noqa: E402
 import models_handling  # noqa: E402
+import results_folder  # noqa: E402
+import training_callbacks  # noqa: E402
 import trainings  # noqa: E402
 from command_line import (  # noqa: E402
     LIMITS,
@@ -68,7 +71,6 @@ from command_line import (  # noqa: E402
     int_up_to,
 )
 from lenet import MODEL_NAMES, VARIANTS, describe  # noqa: E402
-
 
 # ---------------------------------------------------------------- arguments
 
@@ -203,7 +205,7 @@ def check_results_dir(results_dir):
         raise utils.UsageError(f"--results_dir {path}: {existing} is a file; name a folder")
     if not os.access(existing, os.W_OK):
         raise utils.UsageError(f"--results_dir {path}: {existing} is not writable; name another folder")
-    models_handling.read_summary(path)  # raises if an existing summary cannot be updated
+    results_folder.read_summary(path)  # raises if an existing summary cannot be updated
 
 
 def run(args, ctrl_c, finished):
@@ -236,7 +238,7 @@ def sweep(names, raw, splits, args, ctrl_c, finished, executor, strategy):
         print(f"{strategy.num_replicas_in_sync} replicas: XLA off (as --jit_compile 0), since XLA cannot compile "
               "a step whose variables lie on several devices")
         args.jit_compile = 0
-    utils.make_writable_folder(args.results_dir, "--results_dir")
+    files.make_writable_folder(args.results_dir, "--results_dir")
     settings = models_handling.Settings.from_mapping(vars(args))
     run_record = {
         **utils.data_record(args.data, args.dataset),
@@ -248,8 +250,8 @@ def sweep(names, raw, splits, args, ctrl_c, finished, executor, strategy):
         f"{len(splits.y_test)} test images; results in {args.results_dir}/"
     )
 
-    identity = models_handling.run_identity(asdict(settings), run_record)
-    earlier = models_handling.read_summary(args.results_dir) if args.resume else {}
+    identity = results_folder.run_identity(asdict(settings), run_record)
+    earlier = results_folder.read_summary(args.results_dir) if args.resume else {}
     if executor.in_process:
         for name in names:
             ctrl_c.check()
@@ -279,11 +281,11 @@ def train_one(name, splits, settings, run_record, identity, earlier_entry, args,
     run finished it with the same settings and data."""
     if same_run(earlier_entry, identity):
         print(f"\n== {describe(name)}: finished earlier with the same settings and data; skipped (--resume)")
-        return models_handling.result_from_summary(args.results_dir, name, earlier_entry)
+        return results_folder.result_from_summary(args.results_dir, name, earlier_entry)
 
     with claimed(name, identity, args) as done_meanwhile:
         if done_meanwhile is not None:
-            return models_handling.result_from_summary(args.results_dir, name, done_meanwhile)
+            return results_folder.result_from_summary(args.results_dir, name, done_meanwhile)
         return train_and_write(name, splits, settings, run_record, identity, args, ctrl_c)
 
 
@@ -293,9 +295,9 @@ def claimed(name, identity, args):
     runs. If another run held it, this waited for it, and yields that run's
     summary.json entry when it finished the model with the same settings and
     data (the model is then skipped); else yields None."""
-    with utils.file_lock(Path(args.results_dir) / f"{name}.training",
+    with files.file_lock(Path(args.results_dir) / f"{name}.training",
                          on_busy=lambda pid: busy(name, pid, args)) as waited:
-        entry = models_handling.read_summary(args.results_dir).get(name) if waited else None
+        entry = results_folder.read_summary(args.results_dir).get(name) if waited else None
         if same_run(entry, identity):
             print(f"{name}: finished meanwhile by the other run with the same settings and data; skipped")
             yield entry
@@ -305,20 +307,20 @@ def claimed(name, identity, args):
 
 def same_run(entry, identity):
     """Whether a summary.json entry was trained with these settings and data."""
-    return entry is not None and models_handling.run_identity(entry.get("settings", {}), entry) == identity
+    return entry is not None and results_folder.run_identity(entry.get("settings", {}), entry) == identity
 
 
 def train_and_write(name, splits, settings, run_record, identity, args, ctrl_c):
     print(f"\n== {describe(name)}")
     callbacks = [ctrl_c.callback()]
     if args.tensorboard:
-        callbacks += models_handling.tensorboard_callbacks(Path(args.results_dir) / "logs" / name)
-    backup = models_handling.ResumableTraining(
-        Path(args.results_dir) / models_handling.BACKUP_FOLDER / name, identity, args.resume)
+        callbacks += training_callbacks.tensorboard_callbacks(Path(args.results_dir) / "logs" / name)
+    backup = training_callbacks.ResumableTraining(
+        Path(args.results_dir) / results_folder.BACKUP_FOLDER / name, identity, args.resume)
     result = models_handling.run_model(name, splits, settings, callbacks=callbacks, backup=backup)
     result.where = {"host": socket.gethostname(), "process": os.getpid(), "jobs": 1,
                     "threads": trainings.threads_now()}
-    models_handling.save_results(result, args.results_dir, settings, run_record, args.flag_visualizations)
+    results_folder.save_results(result, args.results_dir, settings, run_record, args.flag_visualizations)
     backup.remove()
     report(result, args)
     return result
@@ -350,11 +352,11 @@ def train_side_by_side(names, data, settings, run_record, identity, earlier, arg
         for name in names:
             if same_run(earlier.get(name), identity):
                 print(f"{name}: finished earlier with the same settings and data; skipped (--resume)")
-                finished.append(models_handling.result_from_summary(args.results_dir, name, earlier[name]))
+                finished.append(results_folder.result_from_summary(args.results_dir, name, earlier[name]))
                 continue
             done_meanwhile = claims.enter_context(claimed(name, identity, args))
             if done_meanwhile is not None:
-                finished.append(models_handling.result_from_summary(args.results_dir, name, done_meanwhile))
+                finished.append(results_folder.result_from_summary(args.results_dir, name, done_meanwhile))
                 continue
             to_train.append(name)
         if not to_train:
@@ -365,7 +367,7 @@ def train_side_by_side(names, data, settings, run_record, identity, earlier, arg
         def write(index, done):
             result = done.result
             result.model_file, result.where = done.model_file, done.where
-            models_handling.save_results(result, args.results_dir, settings, run_record, args.flag_visualizations)
+            results_folder.save_results(result, args.results_dir, settings, run_record, args.flag_visualizations)
             report(result, args)
             finished.append(result)
 

@@ -29,15 +29,16 @@ from pathlib import Path
 import keras
 
 import models_handling
+import results_folder
 import utils
 
 MAX_JOBS = 256
 # Seconds to wait for a --cluster scheduler to answer, and for it to have a worker.
 CONNECT_SECONDS = 5
 WORKER_WAIT_SECONDS = 60
-# The project's modules a worker of an existing cluster receives (Client.upload_file).
-PROJECT_MODULES = ("utils", "command_line", "jit_choice", "lenet", "visualizations", "distribution",
-                   "models_handling", "trainings", "main", "studies")
+# The project's modules, which a worker of an existing cluster receives
+# (Client.upload_file): every one beside this file.
+PROJECT_MODULES = tuple(sorted(path.stem for path in Path(__file__).resolve().parent.glob("*.py")))
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class Training:
 class Finished:
     """A training's outcome as it comes back to the caller."""
 
-    result: models_handling.ModelResult  # its `model` is None; the model is in model_file
+    result: results_folder.ModelResult  # its `model` is None; the model is in model_file
     model_file: bytes  # the trained model as a .keras file
     report: object = None  # the callback's report(), when the training had one
     where: dict = field(default_factory=dict)  # host, process, threads, and jobs or cluster

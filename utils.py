@@ -1,6 +1,5 @@
 """Loading, checking, preprocessing and splitting the data; seeding; starting
-TensorFlow quietly; and writing files so that an interrupted run never leaves
-one half-written.
+TensorFlow quietly. (Writing files safely is files.py's job.)
 
 Everything here but `seeded`, `import_tensorflow_quietly` and the Keras
 downloader needs only numpy, so the command line can reject bad data quickly.
@@ -389,76 +388,3 @@ def seeded(seed):
         yield
     finally:
         seed_generator.python_random = shared
-
-
-# ---------------------------------------------------------------- writing
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside `path`; on success it replaces `path` in one
-    step, on failure (or Ctrl-C) it is removed. Readers see the old file or the
-    new one, never a half-written one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The suffix stays last: Keras saves a model only to a name ending in .keras.
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-@contextlib.contextmanager
-def file_lock(path, on_busy=None):
-    """Hold an exclusive lock for `path` (on a hidden .lock file beside it)
-    while the block runs: fcntl's advisory lock, which every process of this
-    project takes. When another process holds it, `on_busy(its process id)`
-    is called once (the id is None if it has not written it yet) and the
-    lock is waited for. Yields whether it had to wait. Where fcntl does not
-    exist (Windows) there is no lock."""
-    if fcntl is None:
-        yield False
-        return
-    lock_path = Path(path).with_name(f".{Path(path).name}.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as lock:
-        waited = False
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            waited = True
-            if on_busy is not None:
-                lock.seek(0)
-                holder = lock.read().strip()
-                on_busy(int(holder) if holder.isdigit() else None)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            lock.seek(0)
-            lock.truncate()
-            lock.write(str(os.getpid()))
-            lock.flush()
-            yield waited
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def make_writable_folder(folder, flag):
-    """Create `folder` and prove a file can be written in it, or raise a
-    UsageError naming `flag`. Permissions alone do not tell (root may write
-    anywhere, yet not in /proc), so this tries."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_text(folder / ".write_check", "")
-        (folder / ".write_check").unlink()
-    except OSError as error:
-        raise UsageError(f"{flag} {folder}: cannot write there ({error.strerror or error}); name another folder") \
-            from None
-
-
-def write_text(path, text):
-    with atomic_path(path) as temporary:
-        temporary.write_text(text)

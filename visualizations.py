@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen first)
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from utils import atomic_path  # noqa: E402
+from files import atomic_path  # noqa: E402
 
 METRIC_LABELS = {"accuracy": "accuracy", "loss": "loss (cross-entropy)"}
 

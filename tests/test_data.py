@@ -5,6 +5,7 @@ import hashlib
 import numpy as np
 import pytest
 
+import files
 import utils
 from conftest import mnist_like, write_idx, write_npz
 from utils import DataError
@@ -132,12 +133,12 @@ def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "history.csv"
     target.write_text("old")
     with pytest.raises(KeyboardInterrupt):
-        with utils.atomic_path(target) as temporary:
+        with files.atomic_path(target) as temporary:
             temporary.write_text("half")
             raise KeyboardInterrupt
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv"]
-    utils.write_text(target, "new")
+    files.write_text(target, "new")
     assert target.read_text() == "new"
 
 

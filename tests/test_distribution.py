@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import distribution
 import models_handling
+import results_folder
 import utils
 from conftest import TEST_DEVICES, mnist_like
 from lenet import BatchNorm
@@ -106,7 +107,7 @@ def test_one_epoch_on_two_replicas_repeats_one_device():
     single = models_handling.run_model("lenet_fc_bn2", splits, settings)
     with two_replicas().scope():
         mirrored = models_handling.run_model("lenet_fc_bn2", splits, settings)
-    for key in models_handling.HISTORY_KEYS:
+    for key in results_folder.HISTORY_KEYS:
         np.testing.assert_allclose(mirrored.history[key], single.history[key], atol=1e-4, err_msg=key)
     np.testing.assert_allclose(mirrored.test_loss, single.test_loss, atol=1e-4)
     # An epoch of training carries the two summation orders' rounding into the

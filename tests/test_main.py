@@ -16,6 +16,8 @@ import pytest
 import jit_choice
 import main
 import models_handling
+import results_folder
+import training_callbacks
 import utils
 from conftest import interrupt_once_written, mnist_like, write_npz
 from lenet import VARIANTS
@@ -58,7 +60,7 @@ def test_all_models_one_epoch_writes_every_promised_file(small_npz, tmp_path, ca
         with open(results / f"{name}_history.csv") as stream:
             rows = list(csv.DictReader(stream))
         assert len(rows) == 1 and rows[0]["epoch"] == "1"
-        for key in models_handling.HISTORY_KEYS:
+        for key in results_folder.HISTORY_KEYS:
             assert np.isfinite(float(rows[0][key])), f"{name}: {key}"
         assert_png(results / f"{name}_accuracy.png")
         assert_png(results / f"{name}_loss.png")
@@ -124,12 +126,12 @@ def test_each_epoch_visits_every_image_once_in_an_order_set_by_seed_and_epoch_al
         return np.concatenate([batch_labels for _, batch_labels in models_handling.batches(images, labels, 16,
                                                                                             order)])
 
-    order = models_handling.EpochOrder(50, seed=3)
+    order = training_callbacks.EpochOrder(50, seed=3)
     first, second = epoch_labels(order, 0), epoch_labels(order, 1)
     assert sorted(first) == sorted(second) == list(range(50))
     assert not np.array_equal(first, second)
-    assert np.array_equal(epoch_labels(models_handling.EpochOrder(50, seed=3), 1), second)  # no epoch 0 before
-    assert not np.array_equal(epoch_labels(models_handling.EpochOrder(50, seed=4), 1), second)
+    assert np.array_equal(epoch_labels(training_callbacks.EpochOrder(50, seed=3), 1), second)  # no epoch 0 before
+    assert not np.array_equal(epoch_labels(training_callbacks.EpochOrder(50, seed=4), 1), second)
     assert np.array_equal(np.concatenate([y for _, y in models_handling.batches(images, labels, 16)]), labels)
 
 
@@ -281,7 +283,7 @@ def test_ctrl_c_in_a_real_run(tmp_path):
     results = tmp_path / "results"
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "main.py"), "--model", "all", "--epochs", "3", "--data", str(data),
-         "--results_dir", str(results), "--verbose", "0", "--jobs", "1"],
+         "--results_dir", str(results), "--verbose", "0", "--jobs", "1", "--jit_compile", "0"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     summary = results / "summary.json"
@@ -380,8 +382,8 @@ def test_the_saved_model_loads_without_extra_arguments_and_predicts_as_tested(sm
 
 def test_comparison_plots_always_show_what_the_summary_holds(small_npz, tmp_path, capsys, monkeypatch):
     drawn = []
-    real_plot = models_handling.visualizations.plot_comparison
-    monkeypatch.setattr(models_handling.visualizations, "plot_comparison",
+    real_plot = results_folder.visualizations.plot_comparison
+    monkeypatch.setattr(results_folder.visualizations, "plot_comparison",
                         lambda histories, metric, path, **kw: (drawn.append(sorted(histories)),
                                                                real_plot(histories, metric, path, **kw)))
     results = tmp_path / "results"
@@ -397,12 +399,12 @@ def test_comparison_plots_always_show_what_the_summary_holds(small_npz, tmp_path
 
 def test_each_model_plot_shows_its_test_accuracy_on_whole_epochs(tmp_path, monkeypatch):
     figures = []
-    monkeypatch.setattr(models_handling.visualizations, "save_figure",
+    monkeypatch.setattr(results_folder.visualizations, "save_figure",
                         lambda figure, path: figures.append(figure))
     history = {"loss": [2.0], "accuracy": [0.3], "val_loss": [1.9], "val_accuracy": [0.35]}
-    result = models_handling.ModelResult("lenet", history, 1.5, 0.4321, 1.0, 10)
+    result = results_folder.ModelResult("lenet", history, 1.5, 0.4321, 1.0, 10)
     settings = models_handling.Settings(32, 10, 1, "adam", None, 1e-8, 5, 0, 0, jit_compile=False)
-    models_handling.save_results(result, tmp_path, settings, {})
+    results_folder.save_results(result, tmp_path, settings, {})
     for figure in figures:
         axes = figure.axes[0]
         assert "test accuracy 0.4321" in axes.get_title()
@@ -432,7 +434,7 @@ def test_a_diverging_model_stops_at_once_and_the_sweep_goes_on(small_npz, tmp_pa
 def test_the_closing_table_keeps_its_columns_at_any_magnitude(small_npz, tmp_path, capsys, monkeypatch):
     def exploding(name, splits, settings, **options):
         history = {"loss": [3e5], "accuracy": [0.1], "val_loss": [2e5], "val_accuracy": [0.1]}
-        return models_handling.ModelResult(name, history, 147264.0, 0.09821717, 12.5, 10)
+        return results_folder.ModelResult(name, history, 147264.0, 0.09821717, 12.5, 10)
 
     monkeypatch.setattr(models_handling, "run_model", exploding)
     code, out, err = run_main(["--model", "lenet", "--data", small_npz, "--results_dir", tmp_path,
@@ -445,7 +447,7 @@ def test_the_closing_table_keeps_its_columns_at_any_magnitude(small_npz, tmp_pat
 
 def _write_entries(results_dir, prefix, count):
     for index in range(count):
-        models_handling.update_summary(results_dir, f"{prefix}{index}", {"test_accuracy": index / count})
+        results_folder.update_summary(results_dir, f"{prefix}{index}", {"test_accuracy": index / count})
 
 
 def test_runs_writing_into_one_folder_at_once_keep_every_entry(tmp_path):
@@ -550,7 +552,7 @@ def test_a_backup_of_other_settings_is_never_resumed(tmp_path, capsys):
     folder.mkdir(parents=True)
     (folder / "run.json").write_text(json.dumps({"settings": {"epochs": 5}, "data": "x", "val_split": 0.15}))
     (folder / "latest.weights.h5").write_bytes(b"weights of another run")
-    models_handling.ResumableTraining(folder, {"settings": {"epochs": 3}, "data": "x", "val_split": 0.15}, True)
+    training_callbacks.ResumableTraining(folder, {"settings": {"epochs": 3}, "data": "x", "val_split": 0.15}, True)
     assert "was left by a run with other settings or data: starting afresh" in capsys.readouterr().out
     assert not folder.exists()
 
@@ -561,7 +563,7 @@ def test_a_double_start_waits_for_the_model_the_other_run_trains_and_keeps_every
     finished with the same settings and data; neither fails, no entry is lost."""
     data = write_npz(tmp_path / "data.npz", *mnist_like(num_train=400, num_test=40))
     results = tmp_path / "results"
-    models_handling.update_summary(results, "lenet", {"test_accuracy": 0.5})  # an earlier run's entry
+    results_folder.update_summary(results, "lenet", {"test_accuracy": 0.5})  # an earlier run's entry
     command = [sys.executable, str(ROOT / "main.py"), "--model", "lenet_bn2", "--epochs", "4", "--data", str(data),
                "--results_dir", str(results), "--verbose", "0", "--jit_compile", "0", "--flag_visualizations", "0"]
     runs = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

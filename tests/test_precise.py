@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 import models_handling
+import results_folder
+import training_callbacks
 import utils
 from conftest import mnist_like
 from lenet import KERAS_BN_VARIANT, build_lenet, momentum_matching_window, refill_statistics
@@ -106,7 +108,7 @@ def test_refill_batches_are_seeded_per_epoch_and_drawn_without_replacement():
     images = np.arange(100)[:, None]
 
     def draw(seed, epoch, count=3):
-        return models_handling.refill_batches(images, 32, count, seed, epoch)
+        return training_callbacks.refill_batches(images, 32, count, seed, epoch)
 
     batches = draw(0, 0)
     assert [len(batch) for batch in batches] == [32, 32, 32]
@@ -167,7 +169,7 @@ def test_moving_reproduces_the_history_from_before_precise_existed():
     settings = models_handling.Settings(32, 10, 2, "adam", None, EPSILON, 5, 0, 1, bn_statistics="moving",
                                         jit_compile=False)
     result = models_handling.run_model("lenet_fc_bn2", splits, settings)
-    for key in models_handling.HISTORY_KEYS:
+    for key in results_folder.HISTORY_KEYS:
         np.testing.assert_allclose(result.history[key], MOVING_BEFORE[key], rtol=1e-4, err_msg=key)
     assert result.test_loss == pytest.approx(MOVING_BEFORE["test_loss"], rel=1e-4)
     assert result.test_accuracy == pytest.approx(MOVING_BEFORE["test_accuracy"])

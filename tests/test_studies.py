@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 import models_handling
+import results_folder
 import studies
+import study_window
 import utils
 from conftest import mnist_like
 from test_main import assert_png
@@ -37,7 +39,7 @@ def test_keras_check_writes_both_networks_curves_and_their_gap(small_npz, tmp_pa
     rows = read_csv(folder / "keras_check.csv")
     assert len(rows) == 1
     for label in ("ours", "keras"):
-        for key in models_handling.HISTORY_KEYS:
+        for key in results_folder.HISTORY_KEYS:
             assert np.isfinite(float(rows[0][f"{label}_{key}"]))
     summary = read_summary(folder)
     gap = summary["largest_gap_over_epochs"]["val_accuracy"]
@@ -154,7 +156,7 @@ def test_a_window_cut_from_a_longer_one_equals_training_with_that_window(tmp_pat
     long = models_handling.build_and_compile("lenet_fc_bn2", long_settings)
     models_handling.train(long, splits, long_settings)
 
-    derived = studies.with_last_batches(long, 3)
+    derived = study_window.with_last_batches(long, 3)
     for name, norm in direct.norm.items():
         filled = int(norm.recorded_batches.numpy())
         assert filled == 4  # 120 images, batch 32: the window has wrapped

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import main
-import models_handling
+import results_folder
 import trainings
 from conftest import THREADS, interrupt_once_written, mnist_like, write_npz
 
@@ -100,8 +100,8 @@ def test_the_sweep_on_a_loopback_cluster_equals_jobs_2(cluster, small_npz, tmp_p
     summaries = {place: json.loads((tmp_path / place / "summary.json").read_text()) for place in places}
     assert sorted(summaries["cluster"]) == sorted(summaries["local"]) == sorted(main.VARIANTS)  # finish order
     for name in main.VARIANTS:
-        histories = {place: models_handling.read_history(tmp_path / place / f"{name}_history.csv") for place in places}
-        for key in models_handling.HISTORY_KEYS:
+        histories = {place: results_folder.read_history(tmp_path / place / f"{name}_history.csv") for place in places}
+        for key in results_folder.HISTORY_KEYS:
             np.testing.assert_allclose(histories["cluster"][key], histories["local"][key], rtol=1e-6, atol=1e-6,
                                        err_msg=f"{name} {key}")
         assert summaries["cluster"][name]["test_accuracy"] == pytest.approx(
@@ -206,11 +206,11 @@ def test_a_worker_killed_mid_training_is_replaced_and_the_history_is_unchanged(c
     code, out, err = run_main([*args, "--results_dir", tmp_path / "cluster", "--cluster", cluster.address], capsys)
     assert code == 0, err
     assert victim, "no worker was killed"
-    here, there = (models_handling.read_history(tmp_path / folder / "lenet_fc_bn2_history.csv")
+    here, there = (results_folder.read_history(tmp_path / folder / "lenet_fc_bn2_history.csv")
                    for folder in ("here", "cluster"))
     # At another thread count here (pytest -n 0 on several cores), float rounding differs.
     tolerance = 1e-6 if THREADS == 1 else 1e-3
-    for key in models_handling.HISTORY_KEYS:
+    for key in results_folder.HISTORY_KEYS:
         np.testing.assert_allclose(there[key], here[key], rtol=tolerance, atol=tolerance)
     assert out.count("lenet_fc_bn2 epoch 1/4") == 2  # once on the killed worker, once on the other
 

@@ -1,0 +1,173 @@
+"""The results folder: each model's history CSV, plots and saved model, its
+entry in summary.json (under a lock, so that runs writing into one folder at
+once keep each other's entries), the comparison plots of every model there,
+and reading them back for --resume.
+
+Every file is replaced in one step (files.atomic_path): an interrupted run
+leaves each one whole.
+"""
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import keras
+
+import visualizations
+from files import atomic_path, file_lock, write_text
+from lenet import describe
+from utils import UsageError
+
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+SUMMARY_FILE = "summary.json"
+BACKUP_FOLDER = "backup"  # <results_dir>/backup/<model>/: an unfinished model's last finished epoch
+
+
+@dataclass
+class ModelResult:
+    """One model's figures, as models_handling.run_model returns them and
+    save_results writes them."""
+
+    name: str
+    history: dict  # per-epoch lists under HISTORY_KEYS
+    test_loss: float
+    test_accuracy: float
+    train_seconds: float
+    trainable_parameters: int
+    model: keras.Model | None = field(default=None, repr=False)  # the trained model, to save
+    diverged: dict | None = None  # {"epoch", "step", "loss"} where the loss stopped being finite
+    jit_choice: dict | None = None  # with jit_compile "auto": the path chosen and the timings (JitChoice.record)
+    model_file: bytes | None = field(default=None, repr=False)  # or the trained model as .keras bytes (a worker's)
+    where: dict | None = None  # where it trained: host, process, threads, and jobs or cluster (trainings.py)
+
+
+def run_identity(settings, record):
+    """What a model's result depends on, in the form JSON holds it: its
+    settings (a dict; `verbose` aside), the data by content (by name for a
+    Keras download) and the validation split. `record` is main.py's run
+    record or a summary.json entry."""
+    identity = {
+        "settings": {key: value for key, value in settings.items() if key != "verbose"},
+        "data": record.get("data_sha256") or record.get("data"),
+        "val_split": record.get("val_split"),
+    }
+    return json.loads(json.dumps(identity))
+
+
+def read_summary(results_dir):
+    """The results folder's summary: {model name: its latest result}."""
+    path = Path(results_dir) / SUMMARY_FILE
+    if not path.exists():
+        return {}
+    try:
+        summary = json.loads(path.read_text())
+        if not isinstance(summary, dict):
+            raise ValueError("not a JSON object")
+        return summary
+    except (OSError, ValueError) as error:
+        raise UsageError(
+            f"{path} is unreadable ({error}); move it away or choose another --results_dir"
+        ) from None
+
+
+def read_history(path):
+    """A history CSV written by history_csv, as {key: per-epoch list}."""
+    with open(path, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    return {key: [float(row[key]) for row in rows] for key in HISTORY_KEYS}
+
+
+def history_csv(history):
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(["epoch", *HISTORY_KEYS])
+    for epoch, values in enumerate(zip(*(history[key] for key in HISTORY_KEYS)), start=1):
+        writer.writerow([epoch, *(f"{value:.6f}" for value in values)])
+    return rows.getvalue()
+
+
+def save_results(result, results_dir, settings, run_record, plots=True):
+    """Write one model's history CSV, its PNGs, the trained model
+    (<name>.keras, BN windows included), its entry in summary.json, and the
+    comparison PNGs of every model the summary holds.
+
+    Each file is replaced in one step, so an interrupted run leaves every file
+    whole. Entries of other models in summary.json are kept.
+    """
+    results_dir = Path(results_dir)
+    write_text(results_dir / f"{result.name}_history.csv", history_csv(result.history))
+    if result.model is not None or result.model_file is not None:
+        with atomic_path(results_dir / f"{result.name}.keras") as temporary:
+            if result.model is not None:
+                result.model.save(temporary)
+            else:
+                temporary.write_bytes(result.model_file)
+    if plots:
+        outcome = (
+            f"diverged at epoch {result.diverged['epoch']}, step {result.diverged['step']}" if result.diverged
+            else f"test accuracy {result.test_accuracy:.4f}, test loss {result.test_loss:.4g}"
+        )
+        for metric in ("accuracy", "loss"):
+            visualizations.plot_history(
+                result.history, metric, f"{describe(result.name)}: {metric}\n{outcome}",
+                results_dir / f"{result.name}_{metric}.png",
+            )
+    entry = {
+        "test_accuracy": result.test_accuracy,
+        "test_loss": result.test_loss,
+        "diverged": result.diverged,
+        "final_val_accuracy": None if result.diverged else result.history["val_accuracy"][-1],
+        "epochs": len(result.history["loss"]),
+        "train_seconds": round(result.train_seconds, 2),
+        "trainable_parameters": result.trainable_parameters,
+        "settings": asdict(settings),
+        "jit_choice": result.jit_choice,
+        "where": result.where,
+        **run_record,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    summary = update_summary(results_dir, result.name, entry)
+    save_comparison(results_dir, summary, plots)
+
+
+def result_from_summary(results_dir, name, entry):
+    """A model's result as summary.json and its history CSV hold it (for a
+    model that a resumed sweep skips)."""
+    history_path = Path(results_dir) / f"{name}_history.csv"
+    history = read_history(history_path) if history_path.exists() else {key: [] for key in HISTORY_KEYS}
+    return ModelResult(name, history, entry.get("test_loss"), entry.get("test_accuracy"),
+                       entry.get("train_seconds", 0.0), entry.get("trainable_parameters"),
+                       diverged=entry.get("diverged"))
+
+
+def update_summary(results_dir, name, entry):
+    """Set summary.json's entry for `name`, keeping every other entry, and
+    return the summary as written. The read and the write happen under a file
+    lock, so runs writing into one folder at once never lose each other's
+    entries."""
+    with file_lock(Path(results_dir) / SUMMARY_FILE):
+        summary = read_summary(results_dir)
+        summary[name] = entry
+        write_text(Path(results_dir) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def save_comparison(results_dir, summary, plots=True):
+    """comparison_accuracy.png and comparison_loss.png of every model in
+    `summary` whose history is in the folder, so that they never contradict
+    summary.json: with fewer than two such models, or without plots, there
+    are none."""
+    results_dir = Path(results_dir)
+    histories = {
+        name: read_history(results_dir / f"{name}_history.csv")
+        for name in summary if (results_dir / f"{name}_history.csv").exists()
+    }
+    for metric in ("accuracy", "loss"):
+        path = results_dir / f"comparison_{metric}.png"
+        if plots and len(histories) > 1:
+            visualizations.plot_comparison(histories, metric, path)
+        elif path.exists():
+            path.unlink()

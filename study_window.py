@@ -1,0 +1,139 @@
+"""window: which statistics to predict with; test accuracy against the
+inference window (both rules) and the inference batch size, for our rules
+and for the earlier project's."""
+
+import math
+
+import numpy as np
+
+import models_handling
+import visualizations
+from command_line import LIMITS, int_up_to
+from lenet import BatchNorm, LeNet5, batch_statistics, normalize
+from main import DEFAULTS
+from study_common import (
+    accuracy_of,
+    base_settings,
+    load_splits,
+    rebuild,
+    study_dir,
+    train_and_report,
+    with_precise_statistics,
+    write_rows,
+    write_summary,
+)
+
+ABOUT = "Test accuracy against the inference window (both statistics rules) and the inference batch size."
+
+
+def add_arguments(parser):
+    parser.add_argument("--windows", type=int_up_to(LIMITS["window_size"]), nargs="+", default=[1, 5, 50, 500],
+                        help="window sizes; the whole run's number of training steps is always added")
+    parser.add_argument("--inference_batch_sizes", type=int_up_to(LIMITS["batch_size"]), nargs="+",
+                        default=[1, 10, 100, 1000], help="how many test images each rule predicts at a time")
+
+
+class BatchStatisticsAtInference(BatchNorm):
+    """The earlier project's inference rule, kept for this study only: normalize
+    each predicted batch with its own statistics, so that a prediction depends
+    on the other images in its batch."""
+
+    def call(self, inputs, training=None):
+        if training:
+            return super().call(inputs, training)
+        mean, variance = batch_statistics(inputs)
+        return normalize(inputs, mean, variance, self.gamma, self.beta, self.epsilon)
+
+
+class EarlierProjectLeNet5(LeNet5):
+    def _make_norm(self, name):
+        return BatchStatisticsAtInference(epsilon=self.epsilon, window_size=self.window_size, name=name)
+
+
+def with_last_batches(model, window_size):
+    """`model` as if trained with `window_size`: its statistics, the average of the
+    last `window_size` training batches recorded by `model` (whose window must
+    have held every batch of the run)."""
+    copy = rebuild(model, window_size)
+    for name, norm in model.norm.items():
+        recorded = int(norm.recorded_batches.numpy())
+        if recorded > norm.window_size:
+            raise ValueError("the source model's window wrapped; train it with a longer window")
+        first = max(0, recorded - window_size)
+        kept = recorded - first
+        target = copy.norm[name]
+        target.mean_window.assign(np.concatenate(
+            [norm.mean_window.numpy()[first:recorded], target.mean_window.numpy()[kept:]]))
+        target.variance_window.assign(np.concatenate(
+            [norm.variance_window.numpy()[first:recorded], target.variance_window.numpy()[kept:]]))
+        target.recorded_batches.assign(kept)
+    return copy
+
+
+def run(args):
+    """Test accuracy of lenet_fc_bn2 against the inference window under both
+    statistics rules, and against the inference batch size, for our rules and
+    for the earlier project's."""
+    splits = load_splits(args, args.seed)
+    steps_per_epoch = math.ceil(len(splits.x_train) / DEFAULTS["batch_size"])
+    whole_run = steps_per_epoch * args.epochs
+    # Training does not depend on the window or the rule (it normalizes with
+    # batch statistics), so one `moving` run with a window holding every batch
+    # gives every smaller moving window exactly, and the final weights for
+    # every precise one.
+    settings = base_settings(args, window_size=whole_run, bn_statistics="moving")
+    model = models_handling.build_and_compile("lenet_fc_bn2", settings)
+    train_and_report(f"lenet_fc_bn2 with a window of all {whole_run} batches", splits, settings, model=model)
+
+    x_test, y_test = splits.x_test, splits.y_test
+    rows = []
+    window_points = {"moving: the last training steps": [], "precise: refilled from the final weights": []}
+    sizes = sorted({size for size in args.windows if size < whole_run} | {whole_run})
+    for size in sizes:
+        networks = (with_last_batches(model, size), with_precise_statistics(model, splits.x_train, settings, size))
+        for (rule, points), network in zip(window_points.items(), networks):
+            accuracy, _ = accuracy_of(network, x_test, y_test, 1000)
+            rows.append({"series": f"window_size, {rule.split(':')[0]}", "x": size, "test_accuracy": accuracy})
+            points.append((size, accuracy))
+        label = f"{size}" if size < whole_run else f"{size} (as many as training steps)"
+        print(f"  window {label}: test accuracy {points[-1][1]:.4f} precise, "
+              f"{window_points['moving: the last training steps'][-1][1]:.4f} moving")
+
+    window_size = DEFAULTS["window_size"]
+    rules = {
+        f"ours, precise: {window_size} batches through the final weights":
+            with_precise_statistics(model, splits.x_train, settings, window_size),
+        f"ours, moving: the last {window_size} training batches": with_last_batches(model, window_size),
+        "earlier project: the predicted batch's own statistics": rebuild(
+            model, network_class=EarlierProjectLeNet5),
+    }
+    batch_points, logits = {rule: [] for rule in rules}, {rule: [] for rule in rules}
+    for rule, network in rules.items():
+        for batch_size in args.inference_batch_sizes:
+            accuracy, rule_logits = accuracy_of(network, x_test, y_test, batch_size)
+            batch_points[rule].append((batch_size, accuracy))
+            logits[rule].append(rule_logits)
+            rows.append({"series": rule, "x": batch_size, "test_accuracy": accuracy})
+            print(f"  {rule}, batches of {batch_size}: test accuracy {accuracy:.4f}")
+
+    def spread(rule):
+        """How much the rule's outputs move with the inference batch size."""
+        first = logits[rule][0]
+        return {
+            "largest_logit_difference": max(float(np.max(np.abs(other - first))) for other in logits[rule]),
+            "same_predicted_classes": all(
+                np.array_equal(np.argmax(other, 1), np.argmax(first, 1)) for other in logits[rule]),
+        }
+
+    folder = study_dir(args, "window")
+    write_rows(folder / "window.csv", rows)
+    visualizations.plot_window_study(window_points, batch_points, folder / "window.png")
+    summary = {
+        "epochs": args.epochs, "seed": args.seed, "training_steps": whole_run,
+        "window_size": {rule.split(":")[0]: {str(size): accuracy for size, accuracy in points}
+                        for rule, points in window_points.items()},
+        "inference_batch_size": {rule: {str(b): a for b, a in points} for rule, points in batch_points.items()},
+        "movement_with_batch_size": {rule: spread(rule) for rule in rules},
+    }
+    write_summary(folder, summary)
+    return summary

@@ -1,0 +1,210 @@
+"""The Keras callbacks a training runs with, each doing one thing:
+
+- EpochOrder: each epoch's order of images, from the seed and the epoch alone;
+- PreciseStatistics: the `precise` rule, BN's window refilled at every
+  epoch's end from the trained weights (the paper's Algorithm 2), with the
+  refill's batches (refill_batches, refill);
+- StopOnDivergence: stop at the first step whose loss is not finite;
+- ResumableTraining: back up every finished epoch, and resume from it;
+- BNWindowHistograms (with Keras's TensorBoard in tensorboard_callbacks):
+  BN's inference statistics in TensorBoard.
+"""
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from files import write_text
+from jit_choice import JitChoice
+from lenet import BatchNorm, refill_statistics
+from results_folder import HISTORY_KEYS
+
+
+class EpochOrder(keras.callbacks.Callback):
+    """The order in which an epoch visits the training images: a permutation
+    drawn from the run's seed and the epoch's number, which Keras announces at
+    each epoch's start. An epoch's order thus depends on nothing that ran
+    before it: a run resumed at epoch k (ResumableTraining) draws what an
+    uninterrupted one draws there. (tf.data's own reshuffling draws a new
+    seed each time an iterator is made, and Keras makes more iterators than
+    it uses, so its orders depend on Keras's internals.)"""
+
+    def __init__(self, count, seed):
+        super().__init__()
+        self.count, self.seed, self.epoch, self.orders = count, seed, 0, {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def order(self):
+        if self.epoch not in self.orders:  # its own stream: refill_batches draws from [seed, epoch]
+            self.orders = {self.epoch: np.random.default_rng([self.seed, self.epoch, 1]).permutation(self.count)}
+        return self.orders[self.epoch]
+
+
+def refill_batches(images, batch_size, count, seed, epoch):
+    """`count` mini-batches of `batch_size` training images for a statistics refill.
+
+    Drawn without replacement (from fresh permutations when a split holds fewer
+    than count x batch_size images) by a generator seeded with the run's seed
+    and the epoch, so a run's refills are repeatable and differ between epochs.
+    The training shuffle is not touched.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    batch_size = min(batch_size, len(images))
+    passes = -(-count * batch_size // len(images))
+    order = np.concatenate([rng.permutation(len(images)) for _ in range(passes)])
+    return [images[order[start:start + batch_size]] for start in range(0, count * batch_size, batch_size)]
+
+
+def refill(model, images, settings, epoch):
+    """Refill every BN layer's inference statistics from `window_size` batches of
+    `images` passed through `model`'s current weights (lenet.refill_statistics)."""
+    refill_statistics(model, refill_batches(images, settings.batch_size, settings.window_size, settings.seed, epoch))
+
+
+class PreciseStatistics(keras.callbacks.Callback):
+    """The `precise` rule: refill BN's statistics at the end of every epoch,
+    before that epoch's validation.
+
+    Keras's fit validates before callbacks see `on_epoch_end`, so the refill
+    runs after the epoch's last training step (`params["steps"]` tells which);
+    `on_epoch_end` refills only where the number of steps was unknown.
+    """
+
+    def __init__(self, train_images, settings):
+        super().__init__()
+        self.train_images, self.settings = train_images, settings
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.refilled = epoch, False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 == self.params.get("steps"):
+            self.refill_now()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.refilled:
+            self.refill_now()
+
+    def refill_now(self):
+        refill(self.model, self.train_images, self.settings, self.epoch)
+        self.refilled = True
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Stop training at the first step whose loss is not finite, and remember
+    where (Keras's TerminateOnNaN stops too, but only prints the place)."""
+
+    def __init__(self):
+        super().__init__()
+        self.at = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.at = {"epoch": self.epoch + 1, "step": batch + 1, "loss": str(float(loss))}
+            self.model.stop_training = True
+
+
+class ResumableTraining(keras.callbacks.BackupAndRestore):
+    """Keras's BackupAndRestore, and what it leaves out for an interrupted
+    model to end exactly as an uninterrupted one would.
+
+    Keras saves the weights, the optimizer's state and BN's windows after
+    every epoch, and restores them (and the epoch to start from) when fit
+    begins. Here the finished epochs' history and training seconds are kept
+    beside them; each epoch's order of images depends only on the seed and
+    the epoch (EpochOrder), so nothing else needs replaying. The backup
+    carries the run's identity (run_identity): only a run with the same
+    settings and data resumes from it, and only with `resume`; any other
+    start removes it. It stays when training ends; `remove` it once the
+    model's results are written.
+    """
+
+    def __init__(self, backup_dir, identity, resume):
+        self.folder = Path(backup_dir)
+        identity_path, self.progress_path = self.folder / "run.json", self.folder / "progress.json"
+        if self.folder.exists():
+            kept = resume and identity_path.exists() and json.loads(identity_path.read_text()) == identity
+            if resume and not kept:
+                print(f"{self.folder} was left by a run with other settings or data: starting afresh")
+            if not kept:
+                shutil.rmtree(self.folder)
+        super().__init__(str(self.folder), double_checkpoint=True, delete_checkpoint=False)
+        self.identity, self.identity_path = identity, identity_path
+        # What the backed-up epochs recorded, read once: on_train_begin takes
+        # the restored epochs' history and seconds from it.
+        self.progress = json.loads(self.progress_path.read_text()) if self.progress_path.exists() else {}
+        # With jit_compile "auto", the path the backed-up epochs ran on: a
+        # resumed run continues on it, as an uninterrupted run would have.
+        choice = self.progress.get("jit_choice")
+        self.jit_choice = JitChoice.from_record(choice) if choice else None
+        self.history, self.seconds = {key: [] for key in HISTORY_KEYS}, []  # per epoch, since the start
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        restored = self.model._initial_epoch or 0  # where BackupAndRestore tells fit to start
+        if restored:
+            self.history = {key: self.progress["history"][key][:restored] for key in HISTORY_KEYS}
+            self.seconds = self.progress["seconds"][:restored]
+            print(f"{self.model.name}: resuming after epoch {restored} from {self.folder}/")
+        self.earlier_seconds = self.seconds[-1] if self.seconds else 0.0
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key in HISTORY_KEYS:
+            self.history[key].append(float(logs[key]))
+        self.seconds.append(self.earlier_seconds + time.perf_counter() - self.started)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_text(self.identity_path, json.dumps(self.identity) + "\n")
+        choice = getattr(self.model, "jit_choice", None)
+        write_text(self.progress_path, json.dumps({"history": self.history, "seconds": self.seconds,
+                                                   "jit_choice": choice.record() if choice else None}) + "\n")
+        super().on_epoch_end(epoch, logs)  # then the weights: never ahead of the history
+
+    def remove(self):
+        shutil.rmtree(self.folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.folder.parent.rmdir()  # the backup folder, once no model has one there
+
+
+class BNWindowHistograms(keras.callbacks.Callback):
+    """TensorBoard histograms, once per epoch, of the inference statistics of
+    every BN layer: the window's filled rows of means and variances (ours) or
+    the moving mean and variance (Keras's), in <log_dir>/bn_statistics/."""
+
+    def __init__(self, log_dir):
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "bn_statistics"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        with self.writer.as_default():
+            for name, norm in self.model.norm.items():
+                if isinstance(norm, BatchNorm):
+                    rows = int(norm.filled_rows())
+                    means, variances = norm.mean_window[:rows], norm.variance_window[:rows]
+                else:
+                    means, variances = norm.moving_mean, norm.moving_variance
+                tf.summary.histogram(f"{name}/mean", means, step=epoch + 1)
+                tf.summary.histogram(f"{name}/variance", variances, step=epoch + 1)
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        self.writer.close()
+
+
+def tensorboard_callbacks(log_dir):
+    """Keras's TensorBoard (per-epoch loss and accuracy, training and
+    validation) and the BN statistics histograms, all under `log_dir`."""
+    return [keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False), BNWindowHistograms(log_dir)]
