@@ -12,10 +12,6 @@ import pytest
 
 import utils
 
-utils.import_tensorflow_quietly()
-
-import tensorflow as tf  # noqa: E402
-
 # pytest.ini runs the suite in parallel processes (pytest-xdist's -n auto).
 # TensorFlow's kernels get nothing from a second thread on LeNet's small
 # ops, so each test process takes its share of the cores and no more: two
@@ -23,16 +19,26 @@ import tensorflow as tf  # noqa: E402
 # over both cores.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 THREADS = max(1, len(os.sched_getaffinity(0)) // WORKERS)
-tf.config.threading.set_intra_op_parallelism_threads(THREADS)
-tf.config.threading.set_inter_op_parallelism_threads(THREADS)
-
-# Two logical CPU devices for the tf.distribute tests (test_distribution.py),
-# made before anything runs on TensorFlow, which fixes its devices then; a
-# plain run places everything on the first, as it would without them.
+# Two logical CPU devices for the tf.distribute tests (test_distribution.py);
+# a plain run places everything on the first, as it would without them.
 TEST_DEVICES = 2
-tf.config.set_logical_device_configuration(
-    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * TEST_DEVICES
-)
+
+
+def pytest_configure(config):
+    """Start TensorFlow, with THREADS threads and TEST_DEVICES logical CPU
+    devices, before any test module imports it (TensorFlow fixes both when it
+    first runs). Not in pytest-xdist's controller, which only hands out the
+    tests: starting it there held back the test processes by about 7 s."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return
+    utils.import_tensorflow_quietly()
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(THREADS)
+    tf.config.threading.set_inter_op_parallelism_threads(THREADS)
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * TEST_DEVICES
+    )
 
 
 def pytest_xdist_auto_num_workers(config):
