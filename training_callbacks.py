@@ -126,9 +126,9 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
     begins. Here the finished epochs' history and training seconds are kept
     beside them; each epoch's order of images depends only on the seed and
     the epoch (EpochOrder), so nothing else needs replaying. The backup
-    carries the run's identity (run_identity): only a run with the same
-    settings and data resumes from it, and only with `resume`; any other
-    start removes it. It stays when training ends; `remove` it once the
+    carries the run's identity (results_folder.run_identity): only a run
+    with the same settings and data resumes from it, and only with
+    `resume`; any other start removes it. It stays when training ends; `remove` it once the
     model's results are written.
     """
 
