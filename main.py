@@ -38,7 +38,6 @@ import argparse  # noqa: E402  (DEFAULTS stays the first thing a reader sees)
 import contextlib  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import sys  # noqa: E402
 from dataclasses import asdict  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -318,8 +317,7 @@ def train_and_write(name, splits, settings, run_record, identity, args, ctrl_c):
     backup = training_callbacks.ResumableTraining(
         Path(args.results_dir) / results_folder.BACKUP_FOLDER / name, identity, args.resume)
     result = models_handling.run_model(name, splits, settings, callbacks=callbacks, backup=backup)
-    result.where = {"host": socket.gethostname(), "process": os.getpid(), "jobs": 1,
-                    "threads": trainings.threads_now()}
+    result.where = trainings.this_process({"jobs": 1, "threads": trainings.threads_now()})
     results_folder.save_results(result, args.results_dir, settings, run_record, args.flag_visualizations)
     backup.remove()
     report(result, args)

@@ -10,9 +10,9 @@ Why not one training across machines: Keras's fit cannot run under
 MultiWorkerMirroredStrategy (keras-team/keras#20585), and one LeNet trains in
 a minute or two; what outgrows a machine is the number of trainings.
 
-The data travels with the work: the raw uint8 arrays are scattered once to
-the workers, which split and preprocess them as utils.prepare does, so
-workers need no shared folder. The trained model comes back as .keras bytes;
+The data travels with the work: the raw uint8 arrays go to the workers once,
+as a task's input, and they split and preprocess them as utils.prepare does,
+so workers need no shared folder. The trained model comes back as .keras bytes;
 only the caller writes files.
 """
 
@@ -32,7 +32,6 @@ import models_handling
 import results_folder
 import utils
 
-MAX_JOBS = 256
 # Seconds to wait for a --cluster scheduler to answer, and for it to have a worker.
 CONNECT_SECONDS = 5
 WORKER_WAIT_SECONDS = 60
@@ -134,8 +133,13 @@ def run_training(training, data, say=print, where=None):
                                            callbacks=[*callbacks, *([probe] if probe else [])])
         model_file = model_bytes(result.model)
     result.model = None
-    return Finished(result, model_file, probe.report() if probe else None,
-                    {"host": socket.gethostname(), "process": os.getpid(), **(where or {})})
+    return Finished(result, model_file, probe.report() if probe else None, this_process(where or {}))
+
+
+def this_process(where):
+    """Where a training ran (summary.json's `where`): this host and process,
+    then `where` (threads, and jobs or cluster)."""
+    return {"host": socket.gethostname(), "process": os.getpid(), **where}
 
 
 def model_bytes(model):

@@ -19,6 +19,7 @@ import main
 import results_folder
 import trainings
 from conftest import THREADS, interrupt_once_written, mnist_like, write_npz
+from test_main import run_main  # --jobs and --cluster given here win over its --jobs 1
 
 # One loopback cluster serves every test here, so they run in one test process.
 pytestmark = pytest.mark.xdist_group("loopback_cluster")
@@ -74,12 +75,6 @@ def cluster():
     started = LoopbackCluster()
     yield started
     started.close()
-
-
-def run_main(argv, capsys):
-    code = main.main([str(arg) for arg in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def accuracies(results):
