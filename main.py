@@ -359,8 +359,7 @@ def train_side_by_side(names, data, settings, run_record, identity, earlier, arg
             to_train.append(name)
         if not to_train:
             return
-        where = f"on {executor.address}" if executor.address else f"in {executor.jobs} worker processes"
-        print(f"training {', '.join(to_train)} {where}; a line per finished epoch", flush=True)
+        print(f"training {', '.join(to_train)} {executor.describe()}; a line per finished epoch", flush=True)
 
         def write(index, done):
             result = done.result

@@ -103,9 +103,7 @@ def run_trainings(args, plan, data, on_finished=None):
             on_finished(index, done)
 
     executor = trainings.Executor(args.jobs, args.cluster, len(plan))
-    where = (f"on {executor.address}" if executor.address else
-             "in this process" if executor.in_process else f"in {executor.jobs} worker processes")
-    print(f"  {len(plan)} training(s) of {args.epochs} epochs {where}", flush=True)
+    print(f"  {len(plan)} training(s) of {args.epochs} epochs {executor.describe()}", flush=True)
     with executor:
         return executor.run(plan, data, finished)
 

@@ -245,6 +245,12 @@ class Executor:
     def where(self):
         return {"cluster": self.address} if self.address else {"jobs": self.jobs}
 
+    def describe(self):
+        """Where the trainings run, for a line of output."""
+        if self.address:
+            return f"on {self.address}"
+        return "in this process" if self.in_process else f"in {self.jobs} worker processes"
+
     def __enter__(self):
         if self.in_process:
             return self
