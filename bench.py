@@ -28,18 +28,18 @@ import utils
 
 utils.import_tensorflow_quietly()
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-import files  # noqa: E402
-import models_handling  # noqa: E402
-import training_callbacks  # noqa: E402
-import trainings  # noqa: E402
-from command_line import LIMITS, OneLineErrorParser, int_up_to  # noqa: E402
-from jit_choice import PATH_KEYS, STEPS, choose_jit_compile  # noqa: E402
-from lenet import INPUT_SHAPE, KERAS_BN_VARIANT, VARIANTS  # noqa: E402
-from main import DEFAULTS  # noqa: E402
+import models_handling
+from harness import files, precise
+from harness.compile_path import PATH_KEYS, STEPS, choose_jit_compile
+from harness.config import KERAS_BN_VARIANT, VARIANTS, Config
+from harness.executor import Executor, Training, cores, jobs_for
+from harness.flags import LIMITS, OneLineErrorParser, int_up_to
+from lenet import INPUT_SHAPE
+from main import DEFAULTS
 
 MODELS = ("lenet", "lenet_fc_bn2", KERAS_BN_VARIANT)
 PATHS = {key: jit_compile for jit_compile, key in PATH_KEYS.items()}  # "xla": True, "tensorflow": False
@@ -68,11 +68,9 @@ def seconds(action):
     return time.perf_counter() - start
 
 
-def bench_settings(batch_size, inference_batch_size, jit_compile):
-    return models_handling.Settings.from_mapping({
-        **DEFAULTS, "batch_size": batch_size, "inference_batch_size": inference_batch_size, "epochs": 1,
-        "verbose": 0, "jit_compile": jit_compile,
-    })
+def bench_config(batch_size, inference_batch_size, jit_compile):
+    return Config.of(DEFAULTS, batch_size=batch_size, inference_batch_size=inference_batch_size, epochs=1,
+                     verbose=0, jit_compile=jit_compile)
 
 
 def measure(batch_size, inference_batch_size, num_images, repeats):
@@ -85,7 +83,7 @@ def measure(batch_size, inference_batch_size, num_images, repeats):
     test_images, test_labels = synthetic_mnist(min(num_images, SWEEP["test"]), seed=1)
     runs = {}  # (path, model name): (model, settings)
     for path, jit_compile in PATHS.items():
-        settings = bench_settings(batch_size, inference_batch_size, jit_compile)
+        settings = bench_config(batch_size, inference_batch_size, jit_compile)
         for name in MODELS:
             runs[path, name] = models_handling.build_and_compile(name, settings), settings
 
@@ -97,7 +95,7 @@ def measure(batch_size, inference_batch_size, num_images, repeats):
             "inference": seconds(lambda: models_handling.evaluate(model, test_images, test_labels, settings)),
             "inference_at_training_batch": seconds(
                 lambda: models_handling.evaluate(model, test_images, test_labels, small_batches)),
-            "refill": seconds(lambda: training_callbacks.refill(model, train_images, settings, repeat)) if model.norm
+            "refill": seconds(lambda: precise.refill(model, train_images, settings, repeat)) if model.norm
             else None,  # lenet has nothing to refill
         }
 
@@ -131,7 +129,7 @@ def measure_choices(batch_size, num_images):
     timed as main.py times it: {model: JitChoice}. Choosing reads at most
     STEPS batches, so only those images are made."""
     train_images, train_labels = synthetic_mnist(min(num_images, STEPS * batch_size), seed=0)
-    settings = bench_settings(batch_size, DEFAULTS["inference_batch_size"], "auto")
+    settings = bench_config(batch_size, DEFAULTS["inference_batch_size"], "auto")
     choices = {}
     for name in MODELS:
         model = models_handling.build_and_compile(name, settings)
@@ -166,12 +164,13 @@ def sweep_seconds(train_speed, inference_speed, refill_seconds, startup_seconds)
 
 
 def synthetic_raw(num_train, num_test, seed=0):
-    """Random uint8 MNIST-shaped data as trainings.RawData: what a sweep ships to its workers."""
+    """Random uint8 MNIST-shaped data as utils.RawData: what a sweep ships to its workers."""
     rng = np.random.default_rng(seed)
-    return trainings.RawData(rng.integers(0, 256, (num_train, 28, 28), dtype=np.uint8),
-                             rng.integers(0, 10, num_train).astype(np.uint8),
-                             rng.integers(0, 256, (num_test, 28, 28), dtype=np.uint8),
-                             rng.integers(0, 10, num_test).astype(np.uint8), key=f"synthetic {seed}")
+    return utils.RawData(rng.integers(0, 256, (num_train, 28, 28), dtype=np.uint8),
+                         rng.integers(0, 10, num_train).astype(np.uint8),
+                         rng.integers(0, 256, (num_test, 28, 28), dtype=np.uint8),
+                         rng.integers(0, 10, num_test).astype(np.uint8),
+                         record={"data": f"synthetic {seed}", "data_sha256": None})
 
 
 def measure_jobs(num_images, epochs):
@@ -180,19 +179,19 @@ def measure_jobs(num_images, epochs):
     this process) and at --jobs auto (side by side in worker processes, the
     local cluster's start included): {"1": s, "auto": s}, and the jobs auto used."""
     data = synthetic_raw(num_images, min(num_images, SWEEP["test"]))
-    settings = models_handling.Settings.from_mapping({**DEFAULTS, "epochs": epochs, "verbose": 0})
-    plan = [trainings.Training(name, settings, DEFAULTS["val_split"], DEFAULTS["seed"]) for name in VARIANTS]
+    config = Config.of(DEFAULTS, epochs=epochs, verbose=0)
+    plan = [Training(name, config) for name in VARIANTS]
     wall, accuracies = {}, {}
     for jobs in (1, "auto"):
         start = time.perf_counter()
-        with trainings.Executor(jobs, None, len(plan)) as executor:
+        with Executor(jobs, None, len(plan)) as executor:
             done = executor.run(plan, data)
         wall[str(jobs)] = time.perf_counter() - start
         accuracies[str(jobs)] = [finished.result.test_accuracy for finished in done]
         print(f"  default sweep, {num_images} images, {epochs} epochs, --jobs {jobs} "
               f"({executor.jobs} at once): {wall[str(jobs)]:.1f} s", flush=True)
     largest_gap = max(abs(a - b) for a, b in zip(accuracies["1"], accuracies["auto"]))
-    return wall, trainings.jobs_for("auto", len(plan)), largest_gap
+    return wall, jobs_for("auto", len(plan)), largest_gap
 
 
 def measure_steps_per_execution(num_images, counts, repeats):
@@ -202,12 +201,14 @@ def measure_steps_per_execution(num_images, counts, repeats):
     images, labels = synthetic_mnist(num_images)
     figures = {}
     for path, jit_compile in PATHS.items():
-        settings = bench_settings(DEFAULTS["batch_size"], DEFAULTS["inference_batch_size"], jit_compile)
+        settings = bench_config(DEFAULTS["batch_size"], DEFAULTS["inference_batch_size"], jit_compile)
         for name in ("lenet", "lenet_fc_bn2"):
             for count in counts:
                 model = models_handling.build_and_compile(name, settings)
                 models_handling.compile_model(model, settings, steps_per_execution=count)
-                epoch = lambda: models_handling.fit(model, images, labels, settings, epochs=1)  # noqa: E731
+                def epoch(model=model, settings=settings):
+                    models_handling.fit(model, images, labels, settings, epochs=1)
+
                 epoch()
                 steps = -(-num_images // DEFAULTS["batch_size"])
                 ms = 1000 * statistics.median(seconds(epoch) for _ in range(repeats)) / steps
@@ -280,7 +281,7 @@ def machine():
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu": cpu_name(),
-        "cores": trainings.cores(),
+        "cores": cores(),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
@@ -290,11 +291,11 @@ def machine():
 def measure_parallelism(args):
     """The jobs part: the default sweep at --jobs 1 and auto, and steps_per_execution."""
     print(f"\nthe default sweep on {args.sweep_images} synthetic images, {args.sweep_epochs} epochs per model, "
-          f"at --jobs 1 and --jobs auto on {trainings.cores()} cores")
+          f"at --jobs 1 and --jobs auto on {cores()} cores")
     wall, jobs, gap = measure_jobs(args.sweep_images, args.sweep_epochs)
     speedup = wall["1"] / wall["auto"]
     print(f"{'--jobs 1':<52}{wall['1']:>6.1f} s\n{f'--jobs auto ({jobs} at once)':<52}{wall['auto']:>6.1f} s")
-    print(f"{'jobs speedup':<52}{speedup:>6.2f}x on {trainings.cores()} cores "
+    print(f"{'jobs speedup':<52}{speedup:>6.2f}x on {cores()} cores "
           f"(test accuracies differ by at most {gap:.2g})")
     print(f"\nsteps_per_execution on {STEPS_PER_EXECUTION['images']} images")
     per_step = measure_steps_per_execution(STEPS_PER_EXECUTION["images"], STEPS_PER_EXECUTION["counts"],
@@ -304,7 +305,7 @@ def measure_parallelism(args):
     for name, gain in gains.items():
         print(f"{'steps_per_execution ' + str(max(STEPS_PER_EXECUTION['counts'])) + ' vs 1, ' + name:<52}"
               f"{gain:>6.2f}x")
-    return {"jobs": {"sweep_seconds": wall, "jobs_auto": jobs, "cores": trainings.cores(), "speedup": speedup,
+    return {"jobs": {"sweep_seconds": wall, "jobs_auto": jobs, "cores": cores(), "speedup": speedup,
                      "largest_test_accuracy_gap": gap, "images": args.sweep_images, "epochs": args.sweep_epochs},
             "steps_per_execution": {"ms_per_step": per_step, "gain": gains, **STEPS_PER_EXECUTION}}
 

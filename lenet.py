@@ -9,8 +9,11 @@ then the network and its named variants.
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
+
+from harness.config import KERAS_BN_VARIANT, MODEL_NAMES, VARIANTS
 
 # --------------------------------------------------------------------------
 # The BN math: pure functions of tensors, no Keras state.
@@ -212,7 +215,7 @@ class BatchNorm(keras.layers.Layer):
     average over the replicas. With one replica both are Algorithm 1 as is.
     """
 
-    def __init__(self, epsilon=1e-8, window_size=5, synchronized=True, **kwargs):
+    def __init__(self, *, epsilon, window_size, synchronized=True, **kwargs):
         super().__init__(**kwargs)
         if not epsilon > 0:
             raise ValueError(f"epsilon must be positive, got {epsilon}")
@@ -303,19 +306,10 @@ class BatchNorm(keras.layers.Layer):
 # The network and its variants.
 # --------------------------------------------------------------------------
 
-# Where each variant puts batch normalization: after these affine layers,
-# before their sigmoid. The names are part of the command-line interface.
-VARIANTS = {
-    "lenet": (),
-    "lenet_bn1": ("C1",),
-    "lenet_bn2": ("C1", "C3"),
-    "lenet_fc_bn1": ("C1", "C3", "C5"),
-    "lenet_fc_bn2": ("C1", "C3", "C5", "F6"),
-}
-
-# The reference: lenet_fc_bn2's places, with keras.layers.BatchNormalization.
-KERAS_BN_VARIANT = "lenet_keras_bn"
-MODEL_NAMES = (*VARIANTS, KERAS_BN_VARIANT)
+# Where each variant puts BN is the table VARIANTS (harness/config.py, where
+# the command line reads the names without starting TensorFlow):
+# lenet none; lenet_bn1 C1; lenet_bn2 C1, C3; lenet_fc_bn1 C1, C3, C5;
+# lenet_fc_bn2 C1, C3, C5, F6; lenet_keras_bn as lenet_fc_bn2 with Keras's layer.
 
 INPUT_SHAPE = (32, 32, 1)
 
@@ -339,11 +333,12 @@ class LeNet5(keras.Model):
 
     def __init__(
         self,
-        bn_after=(),
+        *,
+        bn_after,
+        output_size,
+        epsilon,
+        window_size,
         bn_layer="ours",
-        output_size=10,
-        epsilon=1e-8,
-        window_size=5,
         keras_momentum=0.99,
         synchronized=True,
         **kwargs,
@@ -415,7 +410,7 @@ class LeNet5(keras.Model):
     @tf.function
     def record_statistics(self, images):
         """A training-mode forward pass and nothing else: every BN layer records
-        this batch's statistics (see refill_statistics). Compiled once per
+        this batch's statistics (harness/precise.py refills with it). Compiled once per
         model, because running it eagerly cost more than a tenth of a second."""
         self(images, training=True)
 
@@ -432,50 +427,6 @@ class LeNet5(keras.Model):
         }
 
 
-def refill_statistics(model, image_batches):
-    """Algorithm 2, lines 9-10: inference statistics of the network as it is now.
-
-    Each batch passes through `model` in training mode, so every BN layer
-    normalizes with that batch's statistics, exactly as in training, and
-    records them; no optimizer runs, so no trainable weight changes. Our
-    layers' windows then hold these batches and nothing older (the last
-    `window_size` of them, if more are given); Keras's layers' moving averages
-    become these batches' plain average. This is what Wu and Johnson (2021,
-    section 3) call PreciseBN.
-    """
-    refilled = [norm for norm in model.norm.values() if norm.trainable]  # a frozen layer keeps its own
-    ours = [norm for norm in refilled if isinstance(norm, BatchNorm)]
-    keras_norms = [norm for norm in refilled if not isinstance(norm, BatchNorm)]
-    for norm in ours:
-        norm.empty_window()
-    # At momentum 0 Keras's layer stores each batch's statistics as they are;
-    # they are averaged here.
-    momenta = [norm.momentum for norm in keras_norms]
-    sums = [[0.0, 0.0] for _ in keras_norms]
-    try:
-        for norm in keras_norms:
-            norm.momentum = 0.0
-        for images in image_batches:
-            model.record_statistics(images)
-            for total, norm in zip(sums, keras_norms):
-                total[0] += norm.moving_mean.numpy()
-                total[1] += norm.moving_variance.numpy()
-    finally:
-        for norm, momentum in zip(keras_norms, momenta):
-            norm.momentum = momentum
-    for (mean_sum, variance_sum), norm in zip(sums, keras_norms):
-        norm.moving_mean.assign(mean_sum / len(image_batches))
-        norm.moving_variance.assign(variance_sum / len(image_batches))
-
-
-def describe(name):
-    """A variant's name with where it puts batch normalization."""
-    if name == KERAS_BN_VARIANT:
-        return f"{name} (keras.layers.BatchNormalization after C1, C3, C5, F6)"
-    places = VARIANTS[name]
-    return f"{name} (BN after {', '.join(places)})" if places else f"{name} (no BN)"
-
-
 def momentum_matching_window(window_size):
     """The momentum at which Keras's exponential moving average has the same
     mean age as a window of `window_size` batches: (w - 1) / 2 batches.
@@ -486,17 +437,42 @@ def momentum_matching_window(window_size):
     return (window_size - 1) / (window_size + 1)
 
 
-def build_lenet(name, output_size=10, epsilon=1e-8, window_size=5, synchronized=True):
-    """The named variant, built for 32x32x1 inputs."""
-    if name == KERAS_BN_VARIANT:
-        model = LeNet5(
-            VARIANTS["lenet_fc_bn2"], "keras", output_size, epsilon, window_size,
-            keras_momentum=momentum_matching_window(window_size), synchronized=synchronized, name=name,
-        )
-    elif name in VARIANTS:
-        model = LeNet5(VARIANTS[name], "ours", output_size, epsilon, window_size, synchronized=synchronized,
-                       name=name)
-    else:
+def build_lenet(name, config):
+    """The named variant, built for 32x32x1 inputs, with `config`'s
+    output_size, epsilon, window_size and bn_sync (a harness.config.Config)."""
+    if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    options = {"output_size": config.output_size, "epsilon": config.epsilon, "window_size": config.window_size,
+               "synchronized": config.bn_sync == "global", "name": name}
+    if name == KERAS_BN_VARIANT:
+        model = LeNet5(bn_after=VARIANTS["lenet_fc_bn2"], bn_layer="keras",
+                       keras_momentum=momentum_matching_window(config.window_size), **options)
+    else:
+        model = LeNet5(bn_after=VARIANTS[name], **options)
     model(ops.zeros((1, *INPUT_SHAPE)))  # creates the weights; inference leaves BN state alone
     return model
+
+
+def copy_network(source, target):
+    """Copy the affine layers', the classifier's and BN's gamma and beta from
+    one LeNet5 to another with the same BN places (BN's statistics stay)."""
+    for name, layer in source.affine.items():
+        target.affine[name].set_weights(layer.get_weights())
+    target.classifier.set_weights(source.classifier.get_weights())
+    for name, norm in source.norm.items():
+        target.norm[name].gamma.assign(norm.gamma)
+        target.norm[name].beta.assign(norm.beta)
+
+
+def rebuild(model, window_size=None, network_class=LeNet5):
+    """A copy of `model` (ours, any BN places), as another `network_class`
+    or with another window size; its BN statistics are left for the caller
+    to fill."""
+    config = {key: value for key, value in model.get_config().items()
+              if key in ("bn_after", "output_size", "epsilon", "window_size")}
+    if window_size is not None:
+        config["window_size"] = window_size
+    copy = network_class(**config, name=model.name)
+    copy(np.zeros((1, *INPUT_SHAPE), np.float32))
+    copy_network(model, copy)
+    return copy

@@ -1,59 +1,22 @@
 """One model: build it by name, compile, train and evaluate it.
 
-Its callbacks are in callbacks.py; what a run writes, in results_folder.py.
+Every function takes the run's configuration whole (harness.config.Config).
+The callbacks a training runs with are in harness/callbacks.py and
+harness/precise.py; what a run writes, in harness/results_folder.py.
 """
 
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 
 import keras
 import tensorflow as tf
 
-from jit_choice import STEPS, choose_jit_compile
+from harness import precise
+from harness.callbacks import EpochOrder, StopOnDivergence
+from harness.compile_path import STEPS, choose_jit_compile
+from harness.results_folder import HISTORY_KEYS, ModelResult
 from lenet import build_lenet
-from results_folder import HISTORY_KEYS, ModelResult
-from training_callbacks import EpochOrder, PreciseStatistics, StopOnDivergence
 from utils import UsageError, seeded
-
-# What fills BN's inference window: "precise" refills it at every epoch's end
-# from training batches passed through the trained weights (Algorithm 2);
-# "moving" keeps the last training steps' statistics.
-BN_STATISTICS = ("precise", "moving")
-# Keras dtype policies a run may train under: float32 throughout, or float16 /
-# bfloat16 computation with float32 variables (BN's statistics stay float32).
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-# With several replicas (tf.distribute), what BN normalizes each replica's
-# shard with: the global batch's statistics, or the shard's own.
-BN_SYNC = ("global", "replica")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What a training run depends on, besides the data and the model's name."""
-
-    batch_size: int
-    output_size: int
-    epochs: int
-    optimizer: str
-    learning_rate: float | None  # None: the optimizer's own default
-    epsilon: float
-    window_size: int
-    verbose: int
-    seed: int
-    jit_compile: bool | str = "auto"  # True: XLA; False: TensorFlow's kernels; "auto": the faster (jit_choice)
-    bn_statistics: str = "precise"  # one of BN_STATISTICS
-    precision: str = "float32"  # one of PRECISIONS
-    devices: int = 1  # replicas the global batch is split across (distribution.make_strategy)
-    bn_sync: str = "global"  # one of BN_SYNC
-    inference_batch_size: int = 1024  # validation and test; inference does not depend on batch companions
-
-    @classmethod
-    def from_mapping(cls, mapping):
-        """The settings named in `mapping`, a dict shaped like main.py's
-        DEFAULTS (or parsed arguments); other keys are ignored."""
-        values = {name.name: mapping[name.name] for name in fields(cls)}
-        jit_compile = values["jit_compile"]
-        return cls(**{**values, "jit_compile": jit_compile if jit_compile == "auto" else bool(jit_compile)})
 
 
 def make_optimizer(name, learning_rate=None):
@@ -70,7 +33,7 @@ def make_optimizer(name, learning_rate=None):
         ) from None
 
 
-def compile_model(model, settings, steps_per_execution=1):
+def compile_model(model, config, steps_per_execution=1):
     """Compile with the run's optimizer and logits-based cross-entropy.
 
     Runs keep one training step per call into TensorFlow: with several
@@ -78,17 +41,17 @@ def compile_model(model, settings, steps_per_execution=1):
     every Nth step, so the divergence stop could not name its step and
     figure1's probe could not measure where it is asked to."""
     model.compile(
-        optimizer=make_optimizer(settings.optimizer, settings.learning_rate),
+        optimizer=make_optimizer(config.optimizer, config.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         # "auto" decides at the start of training (fit); until then, TensorFlow's kernels.
-        jit_compile=settings.jit_compile is True,
+        jit_compile=config.jit_compile is True,
         steps_per_execution=steps_per_execution,
     )
     return model
 
 
-def build_and_compile(name, settings):
+def build_and_compile(name, config):
     """The named model, seeded, built under the run's precision, compiled.
 
     Keras's dtype policy is global and read when layers are made, so it is set
@@ -96,11 +59,10 @@ def build_and_compile(name, settings):
     leaks into the next. Under mixed_float16 Keras's compile wraps the
     optimizer in a LossScaleOptimizer by itself.
     """
-    keras.mixed_precision.set_global_policy(settings.precision)
-    with seeded(settings.seed):
-        model = build_lenet(name, settings.output_size, settings.epsilon, settings.window_size,
-                            synchronized=settings.bn_sync == "global")
-    return compile_model(model, settings)
+    keras.mixed_precision.set_global_policy(config.precision)
+    with seeded(config.seed):
+        model = build_lenet(name, config)
+    return compile_model(model, config)
 
 
 def batches(images, labels, batch_size, order=None):
@@ -132,27 +94,27 @@ def batches(images, labels, batch_size, order=None):
     return tf.data.Dataset.range(len(images)).batch(batch_size).map(gather_tensors).with_options(options).prefetch(2)
 
 
-def fit(model, images, labels, settings, epochs, validation_data=None, callbacks=()):
+def fit(model, images, labels, config, epochs, validation_data=None, callbacks=()):
     """Keras's fit over mini-batches in a seeded order that changes every
     epoch (EpochOrder), validating on `validation_data` (images, labels)
-    after every epoch (in batches of settings.inference_batch_size).
+    after every epoch (in batches of config.inference_batch_size).
 
     With `jit_compile` "auto", the model's first fit starts by choosing the
     faster compile path on a few batches of `images` (jit_choice), printed
     and kept as `model.jit_choice`."""
     build_training_state(model, images[:1], labels[:1])
-    if settings.jit_compile == "auto" and getattr(model, "jit_choice", None) is None:
-        model.jit_choice = choose_jit_compile(model, timing_batches(images, labels, settings.batch_size))
+    if config.jit_compile == "auto" and getattr(model, "jit_choice", None) is None:
+        model.jit_choice = choose_jit_compile(model, timing_batches(images, labels, config.batch_size))
         print(f"{model.name}: {model.jit_choice.describe()}")
     if validation_data is not None:
-        validation_data = batches(*validation_data, settings.inference_batch_size)
-    order = EpochOrder(len(images), settings.seed)
+        validation_data = batches(*validation_data, config.inference_batch_size)
+    order = EpochOrder(len(images), config.seed)
     return model.fit(
-        batches(images, labels, settings.batch_size, order),
+        batches(images, labels, config.batch_size, order),
         epochs=epochs,
         validation_data=validation_data,
         shuffle=False,  # the pipeline shuffles
-        verbose=settings.verbose,
+        verbose=config.verbose,
         callbacks=[order, *callbacks],
     )
 
@@ -184,43 +146,43 @@ def timing_batches(images, labels, batch_size):
     return batches(images[:full], labels[:full], batch_size)
 
 
-def train(model, splits, settings, callbacks=()):
+def train(model, splits, config, callbacks=()):
     """Fit on the training split, validating after every epoch; the history as plain lists."""
-    if settings.bn_statistics == "precise" and model.norm:
-        callbacks = [*callbacks, PreciseStatistics(splits.x_train, settings)]
+    if precise.applies(model, config):
+        callbacks = [*callbacks, precise.PreciseStatistics(splits.x_train, config)]
     history = fit(
-        model, splits.x_train, splits.y_train, settings, settings.epochs, (splits.x_val, splits.y_val), callbacks
+        model, splits.x_train, splits.y_train, config, config.epochs, (splits.x_val, splits.y_val), callbacks
     )
     return {key: [float(value) for value in history.history[key]] for key in HISTORY_KEYS}
 
 
-def evaluate(model, images, labels, settings):
+def evaluate(model, images, labels, config):
     """(loss, accuracy) on the given images, in inference mode."""
-    loss, accuracy = model.evaluate(batches(images, labels, settings.inference_batch_size), verbose=0)
+    loss, accuracy = model.evaluate(batches(images, labels, config.inference_batch_size), verbose=0)
     return float(loss), float(accuracy)
 
 
-def run_model(name, splits, settings, model=None, callbacks=(), backup=None):
+def run_model(name, splits, config, model=None, callbacks=(), backup=None):
     """Train and test one model: the named one, built and compiled here, or
     `model`, already compiled, reported under `name`. With `backup` (a
     ResumableTraining), every finished epoch is backed up, and a backed-up
     run continues from its last finished epoch."""
     if model is None:
-        model = build_and_compile(name, settings)
-    if backup is not None and backup.jit_choice is not None and settings.jit_compile == "auto":
+        model = build_and_compile(name, config)
+    if backup is not None and backup.jit_choice is not None and config.jit_compile == "auto":
         model.jit_choice = backup.jit_choice
-        compile_model(model, replace(settings, jit_compile=backup.jit_choice.jit_compile))
+        compile_model(model, replace(config, jit_compile=backup.jit_choice.jit_compile))
         print(f"{name}: {backup.jit_choice.path()}, as chosen before the interruption")
     divergence = StopOnDivergence()
     start = time.perf_counter()
-    history = train(model, splits, settings, [*([backup] if backup else []), *callbacks, divergence])
+    history = train(model, splits, config, [*([backup] if backup else []), *callbacks, divergence])
     seconds = time.perf_counter() - start
     if backup is not None:  # its history holds the restored epochs too, fit's only those it ran
         history = {key: list(backup.history[key]) for key in HISTORY_KEYS}
         seconds += backup.earlier_seconds
     # A diverged model has nothing to test: its weights are not numbers.
     test_loss, test_accuracy = (None, None) if divergence.at else evaluate(
-        model, splits.x_test, splits.y_test, settings)
+        model, splits.x_test, splits.y_test, config)
     trainable = sum(int(weight.numpy().size) for weight in model.trainable_weights)
     choice = getattr(model, "jit_choice", None)
     return ModelResult(name, history, test_loss, test_accuracy, seconds, trainable, model=model,

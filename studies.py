@@ -8,46 +8,38 @@
     python studies.py replicas --data mnist.npz      # the batch split over 1 to 8 devices, BN synchronized or not
 
 Each writes PNGs, a CSV of its numbers and a summary.json into
-<results_dir>/<study>/ (default results/studies/<study>/). Training goes
-through models_handling, exactly as main.py trains; every default not listed
-by `python studies.py NAME --help` is main.py's DEFAULTS.
+<results_dir>/<study>/ (default results/studies/<study>/). Every setting not
+listed by `python studies.py NAME --help` is main.py's DEFAULTS; the flags
+listed parse as main.py's of the same name.
 
-Each study is a module of its own (study_<name>.py: its ABOUT line, its
-flags in add_arguments, the study in run); what they share is in
-study_common.py. A seventh study is a new module and a line in STUDIES.
+Each study is a module of the study package (study/<name>.py: its ABOUT line,
+its flags in add_arguments, the study in run(config, args)); what they share
+is in study/common.py. Another study is a new module and a line in STUDIES.
 """
 
 import argparse
 import sys
 
 import utils
+from harness.config import FIELDS, Config
+from harness.flags import OneLineErrorParser
+from main import DEFAULTS, add_flag
 
-utils.import_tensorflow_quietly()  # before the modules below import it
+utils.import_tensorflow_quietly()  # before the study modules import it
 
-import study_figure1  # noqa: E402
-import study_keras_check  # noqa: E402
-import study_lr  # noqa: E402
-import study_replicas  # noqa: E402
-import study_seeds  # noqa: E402
-import study_window  # noqa: E402
-from command_line import (  # noqa: E402
-    LIMITS,
-    OneLineErrorParser,
-    auto_or_int_up_to,
-    auto_or_switch,
-    int_up_to,
-)
-from main import DEFAULTS  # noqa: E402
-from study_common import study_dir  # noqa: E402
+from study import figure1, keras_check, lr, replicas, seeds, window
+from study.common import study_dir
 
 STUDIES = {
-    "keras_check": study_keras_check,
-    "seeds": study_seeds,
-    "figure1": study_figure1,
-    "lr": study_lr,
-    "window": study_window,
-    "replicas": study_replicas,
+    "keras_check": keras_check,
+    "seeds": seeds,
+    "figure1": figure1,
+    "lr": lr,
+    "window": window,
+    "replicas": replicas,
 }
+# main.py's flags that every study takes (seed but in seeds, which takes several).
+SHARED_FLAGS = ("data", "dataset", "epochs", "results_dir", "verbose", "jit_compile", "jobs", "cluster", "seed")
 
 
 def build_parser():
@@ -61,39 +53,32 @@ def build_parser():
     for name, study in STUDIES.items():
         sub = names.add_parser(name, help=study.ABOUT, description=study.ABOUT,
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        sub.add_argument("--data", default=DEFAULTS["data"], help="as main.py --data: a .npz or IDX folder; "
-                         "None downloads --dataset with Keras")
-        sub.add_argument("--dataset", default=DEFAULTS["dataset"], choices=["mnist", "fashion_mnist"],
-                         help="what Keras downloads when --data is None")
-        sub.add_argument("--epochs", type=int_up_to(LIMITS["epochs"]), default=DEFAULTS["epochs"],
-                         help="passes over the training split, for every network the study trains")
-        sub.add_argument("--results_dir", default="results/studies", help="the study writes into RESULTS_DIR/NAME/")
-        sub.add_argument("--verbose", type=int, choices=[0, 1, 2], default=DEFAULTS["verbose"],
-                         help="Keras's training output: 0 silent, 1 progress bar, 2 one line per epoch")
-        sub.add_argument("--jit_compile", type=auto_or_switch, default=DEFAULTS["jit_compile"],
-                         help="as main.py --jit_compile: 1 XLA, 0 TensorFlow's kernels, auto the faster")
-        sub.add_argument("--jobs", type=auto_or_int_up_to(LIMITS["jobs"]), default=DEFAULTS["jobs"],
-                         help="as main.py --jobs: trainings side by side in worker processes; auto: the "
-                         "machine's cores, at most one per training; 1: one after the other in this process")
-        sub.add_argument("--cluster", default=DEFAULTS["cluster"],
-                         help="as main.py --cluster: a Dask scheduler's address; the trainings run on its workers")
-        if name != "seeds":  # seeds takes several (--seeds)
-            sub.add_argument("--seed", type=int_up_to(LIMITS["seed"], low=0), default=DEFAULTS["seed"],
-                             help="fixes the split, the initial weights and the shuffling")
-        study.add_arguments(sub)
+        for flag in SHARED_FLAGS:
+            if flag == "seed" and name == "seeds":
+                continue
+            if flag == "results_dir":
+                add_flag(sub, flag, default="results/studies", help="the study writes into RESULTS_DIR/NAME/")
+            else:
+                add_flag(sub, flag)
+        study.add_arguments(sub, add_flag)
     return parser
+
+
+def configuration(args):
+    """main.py's DEFAULTS with the study's flags that name a setting applied."""
+    return Config.of(DEFAULTS, **{key: value for key, value in vars(args).items() if key in FIELDS})
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    study = STUDIES[args.study]
-    data = args.data or f"keras.datasets.{args.dataset}"
+    study, config = STUDIES[args.study], configuration(args)
+    data = config.data or f"keras.datasets.{config.dataset}"
     print(f"study {args.study}: {study.ABOUT}", flush=True)
-    print(f"data {data}, {args.epochs} epochs per training run; results into {study_dir(args, args.study)}/",
+    print(f"data {data}, {config.epochs} epochs per training run; results into {study_dir(config, args.study)}/",
           flush=True)
     try:
-        study.run(args)
+        study.run(config, args)
     except utils.UsageError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
@@ -101,7 +86,7 @@ def main(argv=None):
         print("\ninterrupted: seeds and lr keep the CSV of every run that finished; the other studies "
               "write their files only when they end", file=sys.stderr)
         return 130
-    print(f"written to {study_dir(args, args.study)}/")
+    print(f"written to {study_dir(config, args.study)}/")
     return 0
 
 

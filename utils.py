@@ -1,5 +1,8 @@
 """Loading, checking, preprocessing and splitting the data; seeding; starting
-TensorFlow quietly. (Writing files safely is files.py's job.)
+TensorFlow quietly. (Writing files safely is harness/files.py's job.)
+
+    data = utils.load(config)                        # loaded and checked, once
+    splits = data.splits(config.val_split, config.seed)
 
 Everything here but `seeded`, `import_tensorflow_quietly` and the Keras
 downloader needs only numpy, so the command line can reject bad data quickly.
@@ -16,11 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-try:
-    import fcntl  # POSIX only
-except ImportError:
-    fcntl = None
 
 IMAGE_SIDE = 28  # MNIST and Fashion-MNIST images are 28x28
 PAD = 2  # LeNet-5 takes 32x32: MNIST padded by 2 px, as in LeCun et al. (1998)
@@ -51,7 +49,37 @@ class Splits:
     y_test: np.ndarray
 
 
+@dataclass(frozen=True)
+class RawData:
+    """The data as loaded and checked (uint8 images, int labels): what a run
+    keeps, and what travels to Dask workers (a quarter of the preprocessed
+    float32 arrays' size)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    record: dict  # data_record: how summary.json names the data
+
+    @property
+    def key(self):
+        """Tells data sets apart (in a worker's cache): their SHA-256, or a download's name."""
+        return self.record["data_sha256"] or self.record["data"]
+
+    def splits(self, val_split, seed):
+        return prepare(self.x_train, self.y_train, self.x_test, self.y_test, val_split=val_split, seed=seed)
+
+
 # ---------------------------------------------------------------- loading
+
+
+def load(config):
+    """config.data (or config.dataset, downloaded), loaded and checked
+    against config.output_size classes: the one way every command loads."""
+    raw = load_raw(config.data, config.dataset)
+    check_raw(*raw, num_classes=config.output_size)
+    return RawData(*raw, record=data_record(config.data, config.dataset))
+
 
 
 def load_raw(data=None, dataset="mnist"):
@@ -313,13 +341,6 @@ def prepare(x_train, y_train, x_test, y_test, val_split, seed):
         x_test=preprocess(x_test),
         y_test=y_test.astype(np.int64),
     )
-
-
-def load_data(data=None, dataset="mnist", val_split=0.15, seed=0, num_classes=10):
-    """Load, check, split and preprocess: the Splits a run trains on."""
-    raw = load_raw(data, dataset)
-    check_raw(*raw, num_classes=num_classes)
-    return prepare(*raw, val_split=val_split, seed=seed)
 
 
 # ---------------------------------------------------------------- TensorFlow

@@ -3,11 +3,11 @@
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen first)
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-from files import atomic_path  # noqa: E402
+from harness.files import atomic_path
 
 METRIC_LABELS = {"accuracy": "accuracy", "loss": "loss (cross-entropy)"}
 

@@ -19,7 +19,7 @@ import utils
 # over both cores.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 THREADS = max(1, len(os.sched_getaffinity(0)) // WORKERS)
-# Two logical CPU devices for the tf.distribute tests (test_distribution.py);
+# Two logical CPU devices for the tf.distribute tests (test_devices.py);
 # a plain run places everything on the first, as it would without them.
 TEST_DEVICES = 2
 
@@ -96,3 +96,73 @@ def interrupt_once_written(process, path, seconds):
         time.sleep(0.1)
     process.send_signal(signal.SIGINT)
     return process.communicate(timeout=120)
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def make_config(**changes):
+    """main.py's DEFAULTS as a Config, quiet (verbose 0) and on TensorFlow's
+    own kernels (jit_compile 0, no timing of both paths), with `changes`."""
+    from harness.config import Config
+    from main import DEFAULTS
+
+    return Config.of(DEFAULTS, **{"verbose": 0, "jit_compile": False, **changes})
+
+
+def numpy_batch_norm_training(x, gamma, beta, epsilon, dy):
+    """Algorithm 1 and the paper's backward pass in float64: y, and the
+    gradients of sum(y * dy) with respect to x, gamma and beta."""
+    x, dy = x.astype(np.float64), dy.astype(np.float64)
+    axes = tuple(range(x.ndim - 1))
+    m = x.size // x.shape[-1]
+    x_hat = (x - x.mean(axis=axes)) / np.sqrt(x.var(axis=axes) + epsilon)
+    dbeta, dgamma = dy.sum(axis=axes), (dy * x_hat).sum(axis=axes)
+    dx = gamma / np.sqrt(x.var(axis=axes) + epsilon) / m * (m * dy - dbeta - x_hat * dgamma)
+    return gamma * x_hat + beta, dx, dgamma, dbeta
+
+
+def numpy_population(batches, ddof=1):
+    """Algorithm 2, line 10, in float64, over BN inputs of recorded training
+    batches: E[x] the mean of the batch means, Var[x] the mean of the batch
+    variances (unbiased, ddof=1, as our layer records them; Keras's layer
+    keeps biased ones, ddof=0). No batch: mean 0 and variance 1."""
+    if not batches:
+        return 0.0, 1.0
+    axes = tuple(range(batches[0].ndim - 1))
+    means = [batch.mean(axis=axes, dtype=np.float64) for batch in batches]
+    variances = [batch.var(axis=axes, ddof=ddof, dtype=np.float64) for batch in batches]
+    return np.mean(means, axis=0), np.mean(variances, axis=0)
+
+
+def numpy_normalize(x, mean, variance, gamma, beta, epsilon):
+    """Algorithm 2, line 11 (and Algorithm 1, lines 3-4, with a batch's own statistics)."""
+    return gamma * (x - mean) / np.sqrt(variance + epsilon) + beta
+
+
+def trained_model(name="lenet_fc_bn2", steps=8, window_size=5, jit_compile=False):
+    """A variant after `steps` compiled training steps of batch 16 on random
+    data (so its moving window holds statistics of weights that have since changed)."""
+    import keras
+
+    from lenet import build_lenet
+
+    keras.utils.set_random_seed(0)
+    model = build_lenet(name, make_config(window_size=window_size))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit_compile)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(16 * steps, 32, 32, 1)).astype(np.float32)
+    labels = rng.integers(0, 10, 16 * steps)
+    model.fit(images, labels, batch_size=16, epochs=1, verbose=0)
+    return model
+
+
+def assert_one_line_error(code, err, *fragments):
+    """A refusal as a user must see it: exit status 2, one line on stderr
+    holding every fragment, no traceback."""
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])

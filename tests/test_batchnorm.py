@@ -1,21 +1,20 @@
 """The hand-written BatchNorm against Keras's layer (training) and a numpy
 reference of the paper's Algorithm 2 over a window (inference)."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
-from lenet import (
-    KERAS_BN_VARIANT,
-    MODEL_NAMES,
-    VARIANTS,
-    BatchNorm,
-    batch_norm_training,
-    batch_statistics,
-    build_lenet,
-    normalize,
+from conftest import (
+    make_config,
+    numpy_batch_norm_training,
+    numpy_normalize,
+    numpy_population,
+    trained_model,
 )
+from harness.config import KERAS_BN_VARIANT, MODEL_NAMES, VARIANTS
+from lenet import BatchNorm, batch_norm_training, batch_statistics, build_lenet, normalize
 
 EPSILON = 1e-8
 SHAPES = {"dense (N, C)": (32, 7), "conv (N, H, W, C)": (8, 5, 6, 4)}
@@ -70,19 +69,6 @@ def test_training_gradients_equal_keras_batch_normalization(shape):
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0, err_msg=f"gradient w.r.t. {name}")
 
 
-def numpy_algorithm2(training_batches, window_size, gamma, beta, x):
-    """The paper's Algorithm 2 over the last `window_size` training batches, in numpy:
-    E[x] = mean of the batch means, Var[x] = mean of m/(m-1) * batch variance."""
-    recent = training_batches[-window_size:]
-    axes = tuple(range(x.ndim - 1))
-    if recent:
-        mean = np.mean([batch.mean(axis=axes, dtype=np.float64) for batch in recent], axis=0)
-        variance = np.mean([batch.var(axis=axes, ddof=1, dtype=np.float64) for batch in recent], axis=0)
-    else:
-        mean, variance = 0.0, 1.0
-    return gamma * (x - mean) / np.sqrt(variance + EPSILON) + beta
-
-
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 @pytest.mark.parametrize("steps", [0, 3, 5, 12], ids=lambda n: f"{n} training steps")
 def test_inference_follows_algorithm_2_over_the_window(shape, steps):
@@ -96,7 +82,8 @@ def test_inference_follows_algorithm_2_over_the_window(shape, steps):
         ours(batch, training=True)
         batches.append(batch)
     x = random_inputs(shape, seed=7)
-    expected = numpy_algorithm2(batches, 5, ours.gamma.numpy(), ours.beta.numpy(), x)
+    mean, variance = numpy_population(batches[-5:])
+    expected = numpy_normalize(x, mean, variance, ours.gamma.numpy(), ours.beta.numpy(), EPSILON)
     np.testing.assert_allclose(ours(x, training=False), expected, atol=1e-4, rtol=1e-5)
     assert int(ours.recorded_batches.numpy()) == steps
 
@@ -128,18 +115,6 @@ def test_inference_does_not_depend_on_the_batch():
     assert int(model.norm["C1"].recorded_batches.numpy()) == 8
 
 
-def trained_model(name="lenet_fc_bn2", steps=8, window_size=5, jit_compile=False):
-    """A model after `steps` compiled training steps of batch 16 on random data."""
-    keras.utils.set_random_seed(0)
-    model = build_lenet(name, window_size=window_size)
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit_compile)
-    rng = np.random.default_rng(0)
-    images = rng.uniform(size=(16 * steps, 32, 32, 1)).astype(np.float32)
-    labels = rng.integers(0, 10, 16 * steps)
-    model.fit(images, labels, batch_size=16, epochs=1, verbose=0)
-    return model
-
-
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "XLA"])
 def test_compiled_fit_updates_the_buffers(jit_compile):
     """The earlier project kept its statistics in Python lists, which a compiled
@@ -168,7 +143,7 @@ def test_layer_config_says_what_the_layer_is():
 def test_every_variant_config_is_truthful(name):
     """Built with window 9 and epsilon 1e-4, the config says so, and the
     reference's momentum is the one that window implies."""
-    model = build_lenet(name, output_size=5, epsilon=1e-4, window_size=9)
+    model = build_lenet(name, make_config(output_size=5, epsilon=1e-4, window_size=9))
     config = model.get_config()
     assert config["bn_after"] == list(VARIANTS.get(name, VARIANTS["lenet_fc_bn2"]))
     assert (config["output_size"], config["epsilon"], config["window_size"]) == (5, 1e-4, 9)
@@ -214,8 +189,8 @@ def test_keras_file_round_trip_keeps_buffers_and_predictions(tmp_path):
 
 @pytest.mark.parametrize("arguments", [{"epsilon": 0}, {"window_size": 0}, {"window_size": 2.5}])
 def test_bad_parameters_are_rejected(arguments):
-    with pytest.raises(ValueError):
-        BatchNorm(**arguments)
+    with pytest.raises(ValueError, match=next(iter(arguments))):
+        BatchNorm(**{"epsilon": EPSILON, "window_size": 5, **arguments})
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
@@ -328,18 +303,6 @@ def test_a_frozen_layer_keeps_its_window_through_a_compiled_fit():
     assert int(frozen.recorded_batches) == 3 and int(free.recorded_batches) == 7
     np.testing.assert_array_equal(frozen.mean_window.numpy(), before[0])
     np.testing.assert_array_equal(frozen.gamma.numpy(), before[1])
-
-
-def numpy_batch_norm_training(x, gamma, beta, epsilon, dy):
-    """Algorithm 1 and the paper's backward pass in float64: y, and the
-    gradients of sum(y * dy) with respect to x, gamma and beta."""
-    x, dy = x.astype(np.float64), dy.astype(np.float64)
-    axes = tuple(range(x.ndim - 1))
-    m = x.size // x.shape[-1]
-    x_hat = (x - x.mean(axis=axes)) / np.sqrt(x.var(axis=axes) + epsilon)
-    dbeta, dgamma = dy.sum(axis=axes), (dy * x_hat).sum(axis=axes)
-    dx = gamma / np.sqrt(x.var(axis=axes) + epsilon) / m * (m * dy - dbeta - x_hat * dgamma)
-    return gamma * x_hat + beta, dx, dgamma, dbeta
 
 
 @pytest.mark.parametrize("spread", [0.0, 1e-5], ids=["constant channel", "near-constant channel"])

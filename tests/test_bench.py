@@ -5,7 +5,7 @@ import json
 import pytest
 
 import bench
-from jit_choice import JitChoice
+from harness.compile_path import JitChoice
 
 
 def per_model(lenet, fc_bn2, keras_bn):
@@ -98,8 +98,10 @@ def test_auto_takes_each_models_chosen_path_and_pays_for_choosing(fake_measure, 
                                                "compile_seconds": {"xla": 0.5, "tensorflow": 0.25}, "seconds": 2.0}
 
 
-@pytest.mark.parametrize("output, message", [("{tmp}", "name a file such as bench.json, not a folder"),
-                                             ("/proc/x/bench.json", "--output /proc/x/bench.json: its folder /proc/x: cannot write there")])
+@pytest.mark.parametrize("output, message", [
+    ("{tmp}", "name a file such as bench.json, not a folder"),
+    ("/proc/x/bench.json", "--output /proc/x/bench.json: its folder /proc/x: cannot write there"),
+])
 def test_a_bad_output_is_refused_before_measuring(output, message, fake_measure, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         bench.main(["--output", output.format(tmp=tmp_path)])

@@ -5,9 +5,9 @@ import hashlib
 import numpy as np
 import pytest
 
-import files
 import utils
 from conftest import mnist_like, write_idx, write_npz
+from harness import files
 from utils import DataError
 
 IDX_NAMES = {
@@ -132,10 +132,9 @@ def test_file_problems_are_named(tmp_path):
 def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "history.csv"
     target.write_text("old")
-    with pytest.raises(KeyboardInterrupt):
-        with files.atomic_path(target) as temporary:
-            temporary.write_text("half")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), files.atomic_path(target) as temporary:
+        temporary.write_text("half")
+        raise KeyboardInterrupt
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv"]
     files.write_text(target, "new")

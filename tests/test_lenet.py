@@ -4,7 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from lenet import KERAS_BN_VARIANT, MODEL_NAMES, VARIANTS, BatchNorm, build_lenet
+from conftest import make_config
+from harness.config import KERAS_BN_VARIANT, MODEL_NAMES, VARIANTS
+from lenet import BatchNorm, build_lenet
 
 # LeNet-5 as in the design's table: what each stage outputs for one 32x32x1 image.
 EXPECTED_SHAPES = {
@@ -20,7 +22,7 @@ EXPECTED_SHAPES = {
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_every_stage_has_the_shape_of_lenet5(name):
-    model = build_lenet(name)
+    model = build_lenet(name, make_config())
     outputs = model.layer_outputs(np.zeros((3, 32, 32, 1), np.float32))
     assert {stage: tuple(value.shape) for stage, value in outputs.items()} == {
         stage: (3, *shape) for stage, shape in EXPECTED_SHAPES.items()
@@ -31,7 +33,7 @@ def test_every_stage_has_the_shape_of_lenet5(name):
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_bn_follows_exactly_the_listed_layers_which_drop_their_bias(name):
-    model = build_lenet(name)
+    model = build_lenet(name, make_config())
     assert tuple(model.norm) == VARIANTS[name]
     for stage, layer in model.affine.items():
         has_bn = stage in VARIANTS[name]
@@ -46,7 +48,7 @@ def test_bn_follows_exactly_the_listed_layers_which_drop_their_bias(name):
 
 
 def test_reference_variant_uses_keras_batch_normalization_in_the_same_places():
-    model = build_lenet(KERAS_BN_VARIANT, epsilon=1e-6)
+    model = build_lenet(KERAS_BN_VARIANT, make_config(epsilon=1e-6))
     assert tuple(model.norm) == VARIANTS["lenet_fc_bn2"]
     for layer in model.norm.values():
         assert type(layer) is keras.layers.BatchNormalization
@@ -56,9 +58,9 @@ def test_reference_variant_uses_keras_batch_normalization_in_the_same_places():
 def test_same_seed_gives_same_initial_weights_with_either_bn_layer():
     """Lets the reference network start from our network's exact weights."""
     keras.utils.set_random_seed(3)
-    ours = build_lenet("lenet_fc_bn2")
+    ours = build_lenet("lenet_fc_bn2", make_config())
     keras.utils.set_random_seed(3)
-    reference = build_lenet(KERAS_BN_VARIANT)
+    reference = build_lenet(KERAS_BN_VARIANT, make_config())
     for stage in ("C1", "C3", "C5", "F6"):
         np.testing.assert_array_equal(ours.affine[stage].kernel.numpy(), reference.affine[stage].kernel.numpy())
 
@@ -71,7 +73,7 @@ def test_the_loss_applies_exactly_one_softmax_to_the_outputs():
     breaks one of these."""
     import models_handling
 
-    settings = models_handling.Settings(16, 10, 1, "adam", None, 1e-8, 5, 0, 0, jit_compile=False)
+    settings = make_config(batch_size=16, epochs=1)
     model = models_handling.build_and_compile("lenet_bn1", settings)
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(48, 32, 32, 1)).astype(np.float32)
@@ -89,4 +91,4 @@ def test_the_loss_applies_exactly_one_softmax_to_the_outputs():
 
 def test_unknown_name_is_rejected():
     with pytest.raises(ValueError, match="unknown model"):
-        build_lenet("lenet_bn3")
+        build_lenet("lenet_bn3", make_config())

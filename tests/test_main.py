@@ -13,11 +13,10 @@ import pytest
 
 import main
 import models_handling
-import results_folder
-import training_callbacks
 import utils
-from conftest import mnist_like, write_npz
-from lenet import VARIANTS
+from conftest import make_config, mnist_like, write_npz
+from harness import callbacks, results_folder
+from harness.config import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -29,7 +28,7 @@ def run_main(argv, capsys):
     On TensorFlow's kernels unless argv names a compile path: the default,
     auto, times both paths for every model (about 5 s each), which only the
     tests about that choice need. In this process unless argv names --jobs
-    (test_trainings.py tests the workers)."""
+    (test_executor.py tests the workers)."""
     try:
         code = main.main(["--jit_compile", "0", "--jobs", "1", *(str(arg) for arg in argv)])  # a later flag wins
     except SystemExit as exit_:
@@ -99,7 +98,7 @@ def test_mixed_precision_run_trains_and_says_so(small_npz, tmp_path, capsys):
     assert entry["settings"]["precision"] == "mixed_float16"
     assert np.isfinite(entry["test_loss"])
     # The next model built in this process is float32 again.
-    settings = models_handling.Settings(32, 10, 1, "adam", None, 1e-8, 5, 0, 0, jit_compile=False)
+    settings = make_config(batch_size=32, epochs=1)
     assert models_handling.build_and_compile("lenet_bn1", settings).norm["C1"].compute_dtype == "float32"
 
 
@@ -107,7 +106,7 @@ def test_same_seed_same_history_other_seed_other_history():
     splits = utils.prepare(*mnist_like(num_train=160, num_test=20), val_split=0.2, seed=0)
 
     def history(seed):
-        settings = models_handling.Settings(32, 10, 2, "adam", None, 1e-8, 5, 0, seed, jit_compile=False)
+        settings = make_config(batch_size=32, epochs=2, seed=seed)
         return models_handling.run_model("lenet_bn2", splits, settings).history
 
     first = history(seed=1)
@@ -123,12 +122,12 @@ def test_each_epoch_visits_every_image_once_in_an_order_set_by_seed_and_epoch_al
         return np.concatenate([batch_labels for _, batch_labels in models_handling.batches(images, labels, 16,
                                                                                             order)])
 
-    order = training_callbacks.EpochOrder(50, seed=3)
+    order = callbacks.EpochOrder(50, seed=3)
     first, second = epoch_labels(order, 0), epoch_labels(order, 1)
     assert sorted(first) == sorted(second) == list(range(50))
     assert not np.array_equal(first, second)
-    assert np.array_equal(epoch_labels(training_callbacks.EpochOrder(50, seed=3), 1), second)  # no epoch 0 before
-    assert not np.array_equal(epoch_labels(training_callbacks.EpochOrder(50, seed=4), 1), second)
+    assert np.array_equal(epoch_labels(callbacks.EpochOrder(50, seed=3), 1), second)  # no epoch 0 before
+    assert not np.array_equal(epoch_labels(callbacks.EpochOrder(50, seed=4), 1), second)
     assert np.array_equal(np.concatenate([y for _, y in models_handling.batches(images, labels, 16)]), labels)
 
 
@@ -257,8 +256,8 @@ def test_real_mnist_sample_lenet_fc_bn2_reaches_93_percent_in_3_epochs(mnist_npz
     on the team's machine (under `moving`, seed 0 ended at 0.919)."""
     accuracies = []
     for seed in (0, 1, 2):
-        splits = utils.load_data(mnist_npz, val_split=0.15, seed=seed)
-        settings = models_handling.Settings(64, 10, 3, "adam", None, 1e-8, 5, 0, seed, jit_compile=False)
+        splits = utils.load(make_config(data=mnist_npz)).splits(0.15, seed)
+        settings = make_config(batch_size=64, epochs=3, seed=seed)
         accuracies.append(models_handling.run_model("lenet_fc_bn2", splits, settings).test_accuracy)
     assert np.mean(accuracies) >= 0.93 and min(accuracies) >= 0.92, f"test accuracies {accuracies}"
 
@@ -279,7 +278,7 @@ def test_the_saved_model_loads_without_extra_arguments_and_predicts_as_tested(sm
     script = (
         "import sys, numpy as np, utils; utils.import_tensorflow_quietly(); import keras, lenet\n"
         f"model = keras.models.load_model({str(results / 'lenet_fc_bn2.keras')!r})\n"
-        f"splits = utils.load_data({str(small_npz)!r}, val_split=0.15, seed=0)\n"
+        f"splits = utils.prepare(*utils.load_raw({str(small_npz)!r}), val_split=0.15, seed=0)\n"
         "loss, accuracy = model.evaluate(splits.x_test, splits.y_test, batch_size=64, verbose=0)\n"
         "print(accuracy, int(model.norm['C1'].recorded_batches.numpy()))\n"
     )
@@ -314,8 +313,7 @@ def test_each_model_plot_shows_its_test_accuracy_on_whole_epochs(tmp_path, monke
                         lambda figure, path: figures.append(figure))
     history = {"loss": [2.0], "accuracy": [0.3], "val_loss": [1.9], "val_accuracy": [0.35]}
     result = results_folder.ModelResult("lenet", history, 1.5, 0.4321, 1.0, 10)
-    settings = models_handling.Settings(32, 10, 1, "adam", None, 1e-8, 5, 0, 0, jit_compile=False)
-    results_folder.save_results(result, tmp_path, settings, {})
+    results_folder.save_results(result, make_config(batch_size=32, epochs=1, results_dir=str(tmp_path)), {})
     for figure in figures:
         axes = figure.axes[0]
         assert "test accuracy 0.4321" in axes.get_title()

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 import models_handling
-import results_folder
-import training_callbacks
 import utils
-from conftest import mnist_like
-from lenet import KERAS_BN_VARIANT, build_lenet, momentum_matching_window, refill_statistics
+from conftest import make_config, mnist_like, numpy_population, trained_model
+from harness import precise, results_folder
+from harness.config import KERAS_BN_VARIANT
+from harness.precise import refill_statistics
+from lenet import momentum_matching_window
 
 EPSILON = 1e-8
 
@@ -45,35 +46,19 @@ def numpy_network(model, images, population=None):
     return model.classifier(x.astype(np.float32)).numpy(), bn_inputs
 
 
-def numpy_algorithm2(model, batches, ddof):
-    """Algorithm 2, line 10, over `batches` passed through the frozen network:
-    E[x] the mean of the batch means, Var[x] the mean of the batch variances
-    (unbiased, ddof=1, for our layer; Keras's layer keeps biased ones)."""
-    statistics = {stage: ([], []) for stage in model.norm}
+def population_through(model, batches, ddof):
+    """Every BN stage's population statistics (Algorithm 2, line 10, in
+    numpy) over `batches` passed through the frozen network."""
+    inputs = {stage: [] for stage in model.norm}
     for batch in batches:
-        _, bn_inputs = numpy_network(model, batch)
-        for stage, z in bn_inputs.items():
-            axes = tuple(range(z.ndim - 1))
-            statistics[stage][0].append(z.mean(axes))
-            statistics[stage][1].append(z.var(axes, ddof=ddof))
-    return {stage: (np.mean(means, 0), np.mean(variances, 0)) for stage, (means, variances) in statistics.items()}
-
-
-def trained(name, window_size=5):
-    """`name` after a few compiled training steps on random data (so that the
-    moving window holds statistics of weights that have since changed)."""
-    keras.utils.set_random_seed(0)
-    model = build_lenet(name, window_size=window_size)
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    rng = np.random.default_rng(0)
-    model.fit(rng.uniform(size=(96, 32, 32, 1)).astype(np.float32), rng.integers(0, 10, 96),
-              batch_size=16, epochs=1, verbose=0)
-    return model
+        for stage, z in numpy_network(model, batch)[1].items():
+            inputs[stage].append(z)
+    return {stage: numpy_population(received, ddof) for stage, received in inputs.items()}
 
 
 @pytest.mark.parametrize("name, ddof", [("lenet_fc_bn2", 1), (KERAS_BN_VARIANT, 0)])
 def test_refill_freezes_weights_and_inference_follows_algorithm_2_over_the_refill(name, ddof):
-    model = trained(name)
+    model = trained_model(name, steps=6)
     rng = np.random.default_rng(1)
     batches = [rng.uniform(size=(16, 32, 32, 1)).astype(np.float32) for _ in range(5)]
     test_images = rng.uniform(size=(40, 32, 32, 1)).astype(np.float32)
@@ -84,7 +69,7 @@ def test_refill_freezes_weights_and_inference_follows_algorithm_2_over_the_refil
 
     for weight, value in zip(model.trainable_weights, trainable_before):
         np.testing.assert_array_equal(weight.numpy(), value, err_msg=weight.path)
-    expected, _ = numpy_network(model, test_images, numpy_algorithm2(model, batches, ddof))
+    expected, _ = numpy_network(model, test_images, population_through(model, batches, ddof))
     got = model.predict(test_images, verbose=0)
     assert np.abs(got - before).max() > 1e-3, "the refill should change the stale statistics"
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
@@ -95,12 +80,12 @@ def test_refill_freezes_weights_and_inference_follows_algorithm_2_over_the_refil
 
 
 def test_a_refill_with_more_batches_than_the_window_keeps_the_last_ones():
-    model = trained("lenet_bn2", window_size=3)
+    model = trained_model("lenet_bn2", steps=6, window_size=3)
     rng = np.random.default_rng(2)
     batches = [rng.uniform(size=(8, 32, 32, 1)).astype(np.float32) for _ in range(7)]
     refill_statistics(model, batches)
     test_images = rng.uniform(size=(10, 32, 32, 1)).astype(np.float32)
-    expected, _ = numpy_network(model, test_images, numpy_algorithm2(model, batches[-3:], ddof=1))
+    expected, _ = numpy_network(model, test_images, population_through(model, batches[-3:], ddof=1))
     np.testing.assert_allclose(model.predict(test_images, verbose=0), expected, atol=1e-4, rtol=1e-4)
 
 
@@ -108,7 +93,7 @@ def test_refill_batches_are_seeded_per_epoch_and_drawn_without_replacement():
     images = np.arange(100)[:, None]
 
     def draw(seed, epoch, count=3):
-        return training_callbacks.refill_batches(images, 32, count, seed, epoch)
+        return precise.refill_batches(images, 32, count, seed, epoch)
 
     batches = draw(0, 0)
     assert [len(batch) for batch in batches] == [32, 32, 32]
@@ -139,7 +124,7 @@ class ValidationLossAfterEachEpoch(keras.callbacks.Callback):
 
 def test_validation_after_each_epoch_uses_the_refilled_statistics():
     splits = small_splits()
-    settings = models_handling.Settings(32, 10, 3, "adam", None, EPSILON, 5, 0, 0, jit_compile=False)
+    settings = make_config(batch_size=32, epochs=3, epsilon=EPSILON)
     model = models_handling.build_and_compile("lenet_fc_bn2", settings)
     check = ValidationLossAfterEachEpoch(splits.x_val, splits.y_val)
     history = models_handling.train(model, splits, settings, callbacks=[check])
@@ -166,8 +151,7 @@ MOVING_BEFORE = json.loads(
 
 def test_moving_reproduces_the_history_from_before_precise_existed():
     splits = utils.prepare(*mnist_like(num_train=160, num_test=20), val_split=0.2, seed=0)
-    settings = models_handling.Settings(32, 10, 2, "adam", None, EPSILON, 5, 0, 1, bn_statistics="moving",
-                                        jit_compile=False)
+    settings = make_config(batch_size=32, epochs=2, epsilon=EPSILON, seed=1, bn_statistics="moving")
     result = models_handling.run_model("lenet_fc_bn2", splits, settings)
     for key in results_folder.HISTORY_KEYS:
         np.testing.assert_allclose(result.history[key], MOVING_BEFORE[key], rtol=1e-4, err_msg=key)

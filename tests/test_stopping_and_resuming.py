@@ -1,6 +1,7 @@
 """Runs that stop early or start twice: Ctrl-C, divergence, --resume, and
 several runs writing into one folder at once."""
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -8,11 +9,9 @@ import sys
 
 import keras
 
-import jit_choice
 import models_handling
-import results_folder
-import training_callbacks
 from conftest import interrupt_once_written, mnist_like, write_npz
+from harness import callbacks, compile_path, results_folder
 from lenet import VARIANTS
 from test_main import ROOT, assert_no_temporary_files, assert_png, run_main
 
@@ -72,10 +71,8 @@ def test_a_ctrl_c_swallowed_by_a_library_still_stops_the_run(small_npz, tmp_path
     def run_model_after_a_swallowed_ctrl_c(name, splits, settings, **options):
         started.append(name)
         if len(started) == 2:
-            try:
+            with contextlib.suppress(KeyboardInterrupt):  # what "Exception ignored in: ..." amounts to
                 signal.raise_signal(signal.SIGINT)  # runs main's handler here, in this frame
-            except KeyboardInterrupt:
-                pass  # what "Exception ignored in: ..." amounts to
         return real_run_model(name, splits, settings, **options)
 
     monkeypatch.setattr(models_handling, "run_model", run_model_after_a_swallowed_ctrl_c)
@@ -153,10 +150,10 @@ def test_an_interrupted_model_resumes_to_the_history_of_an_uninterrupted_run(sma
             if epoch == 1:
                 raise KeyboardInterrupt
 
-    # The choice itself is test_jit_choice's; here TensorFlow's kernels win it
+    # The choice itself is test_compile_path's; here TensorFlow's kernels win it
     # without timed steps (both paths still compile), which spares XLA's
     # compiles of the validation and test steps.
-    monkeypatch.setattr(jit_choice, "step_seconds", lambda model, iterator: 2.0 if model.jit_compile else 1.0)
+    monkeypatch.setattr(compile_path, "step_seconds", lambda model, iterator: 2.0 if model.jit_compile else 1.0)
     real_run_model = models_handling.run_model
     monkeypatch.setattr(models_handling, "run_model", lambda name, splits, settings, callbacks=(), **options:
                         real_run_model(name, splits, settings, callbacks=[*callbacks, InterruptAfterEpoch2()],
@@ -203,7 +200,7 @@ def test_a_backup_of_other_settings_is_never_resumed(tmp_path, capsys):
     folder.mkdir(parents=True)
     (folder / "run.json").write_text(json.dumps({"settings": {"epochs": 5}, "data": "x", "val_split": 0.15}))
     (folder / "latest.weights.h5").write_bytes(b"weights of another run")
-    training_callbacks.ResumableTraining(folder, {"settings": {"epochs": 3}, "data": "x", "val_split": 0.15}, True)
+    callbacks.ResumableTraining(folder, {"settings": {"epochs": 3}, "data": "x", "val_split": 0.15}, True)
     assert "was left by a run with other settings or data: starting afresh" in capsys.readouterr().out
     assert not folder.exists()
 
@@ -221,7 +218,7 @@ def test_a_double_start_waits_for_the_model_the_other_run_trains_and_keeps_every
             for _ in range(2)]
     outputs = [run.communicate(timeout=240) for run in runs]
 
-    for run, (out, err) in zip(runs, outputs):
+    for run, (_, err) in zip(runs, outputs):
         assert run.returncode == 0 and "Traceback" not in err, err
     waited = [index for index, (out, _) in enumerate(outputs) if "waiting for it" in out]
     assert len(waited) == 1, outputs

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 import models_handling
-import results_folder
 import studies
-import study_window
 import utils
-from conftest import mnist_like
+from conftest import make_config, mnist_like
+from harness import results_folder
+from study import window
 from test_main import assert_png
 
 FAST = ["--epochs", "1", "--jit_compile", "0", "--jobs", "1"]
@@ -41,10 +41,13 @@ def test_keras_check_writes_both_networks_curves_and_their_gap(small_npz, tmp_pa
     for label in ("ours", "keras"):
         for key in results_folder.HISTORY_KEYS:
             assert np.isfinite(float(rows[0][f"{label}_{key}"]))
-    summary = read_summary(folder)
-    gap = summary["largest_gap_over_epochs"]["val_accuracy"]
-    assert gap == pytest.approx(abs(float(rows[0]["ours_val_accuracy"]) - float(rows[0]["keras_val_accuracy"])))
-    assert summary["keras_momentum"] == pytest.approx(4 / 6)  # window 5: mean age 2 batches
+    gaps = read_summary(folder)["largest_gap_over_epochs"]
+    # Same initial weights, same batches: training is the same to float rounding.
+    assert gaps["loss"] < 1e-4
+    # Two layers, not one network twice: at inference Keras's averages biased
+    # variances, ours unbiased ones, so the validation losses differ a little.
+    assert 0 < gaps["val_loss"] < 0.05
+    assert read_summary(folder)["keras_momentum"] == pytest.approx(4 / 6)  # window 5: mean age 2 batches
     assert "largest gap" in out
     assert_png(folder / "keras_check.png")
 
@@ -149,14 +152,14 @@ def test_a_window_cut_from_a_longer_one_equals_training_with_that_window(tmp_pat
     from utils import prepare
 
     splits = prepare(*mnist_like(num_train=150, num_test=20), val_split=0.2, seed=0)
-    settings = models_handling.Settings(32, 10, 1, "adam", None, 1e-8, 3, 0, 0, False, "moving")
+    settings = make_config(batch_size=32, epochs=1, window_size=3, bn_statistics="moving")
     direct = models_handling.build_and_compile("lenet_fc_bn2", settings)
     models_handling.train(direct, splits, settings)
-    long_settings = models_handling.Settings(32, 10, 1, "adam", None, 1e-8, 50, 0, 0, False, "moving")
+    long_settings = make_config(batch_size=32, epochs=1, window_size=50, bn_statistics="moving")
     long = models_handling.build_and_compile("lenet_fc_bn2", long_settings)
     models_handling.train(long, splits, long_settings)
 
-    derived = study_window.with_last_batches(long, 3)
+    derived = window.with_last_batches(long, 3)
     for name, norm in direct.norm.items():
         filled = int(norm.recorded_batches.numpy())
         assert filled == 4  # 120 images, batch 32: the window has wrapped
@@ -187,7 +190,7 @@ STUDY_FLAGS_OUT_OF_BOUNDS = {
                          ids=STUDY_FLAGS_OUT_OF_BOUNDS.keys())
 def test_a_flag_out_of_bounds_is_refused_in_one_line_before_anything_is_built(arguments, message, tmp_path,
                                                                                capsys, monkeypatch):
-    monkeypatch.setattr(utils, "load_data", lambda *args: pytest.fail("data loaded despite a bad flag"))
+    monkeypatch.setattr(utils, "load", lambda *args: pytest.fail("data loaded despite a bad flag"))
     with pytest.raises(SystemExit) as exit_:
         studies.main([*arguments, "--results_dir", str(tmp_path)])
     err = capsys.readouterr().err
@@ -244,8 +247,9 @@ def test_figure1_panels_of_both_networks_share_one_y_scale(monkeypatch, tmp_path
 
 def test_replicas_trains_once_per_split_and_rule_and_global_on_two_equals_one(small_npz, tmp_path, capsys):
     out = run_study(["replicas", "--data", small_npz, "--results_dir", tmp_path, "--replicas", 1, 2, *FAST], capsys)
-    assert out.count("1 replica(s) of 64 images, --bn_sync global:") == 1
-    assert "2 replica(s) of 32 images, --bn_sync replica:\n  lenet_fc_bn2: training" in out
+    assert out.count("1 replica(s) of 64 images, --bn_sync global: training") == 1
+    assert out.count("1 replica(s) of 64 images, --bn_sync replica: training") == 0
+    assert "2 replica(s) of 32 images, --bn_sync replica: training" in out
     rows = read_csv(tmp_path / "replicas" / "replicas.csv")
     assert [(row["replicas"], row["batch_per_replica"], row["bn_sync"]) for row in rows] == [
         ("1", "64", "global"), ("1", "64", "replica"), ("2", "32", "global"), ("2", "32", "replica")]

@@ -4,57 +4,47 @@ network, from the same initial weights, on the same batches."""
 from dataclasses import replace
 
 import models_handling
-import results_folder
-import trainings
+import utils
 import visualizations
-from lenet import KERAS_BN_VARIANT, momentum_matching_window
-from main import DEFAULTS
-from study_common import (
-    add_statistics_rule,
-    base_settings,
-    copy_network,
-    load_raw,
-    run_trainings,
-    study_dir,
-    write_rows,
-    write_summary,
-)
+from harness import results_folder
+from harness.config import KERAS_BN_VARIANT
+from harness.executor import Training
+from lenet import copy_network, momentum_matching_window
+from study.common import run_trainings, study_dir, write_rows, write_summary
 
 ABOUT = "Hand-written BN against keras.layers.BatchNormalization in lenet_fc_bn2, same initial weights and batches."
 
 
-def add_arguments(parser):
-    add_statistics_rule(parser)
+def add_arguments(parser, flag):
+    flag(parser, "bn_statistics")
 
 
-def keras_reference(settings):
+def keras_reference(config):
     """lenet_keras_bn, compiled, with the initial weights of our lenet_fc_bn2
     at the same seed (the same seed gives the same weights; this makes sure)."""
-    ours = models_handling.build_and_compile("lenet_fc_bn2", settings)
-    reference = models_handling.build_and_compile(KERAS_BN_VARIANT, settings)
+    ours = models_handling.build_and_compile("lenet_fc_bn2", config)
+    reference = models_handling.build_and_compile(KERAS_BN_VARIANT, config)
     copy_network(ours, reference)
     return reference
 
 
-def run(args):
+def run(config, args):
     """Ours against keras.layers.BatchNormalization in the same network, from the
     same initial weights, on the same batches: their curves should coincide."""
-    data = load_raw(args)
-    settings = base_settings(args)
-    ours = trainings.Training("lenet_fc_bn2", settings, DEFAULTS["val_split"], args.seed, label="ours")
-    reference = trainings.Training(KERAS_BN_VARIANT, settings, DEFAULTS["val_split"], args.seed, label="keras",
-                                   build=keras_reference)
-    if settings.jit_compile == "auto":  # the reference on the path chosen for ours: the same arithmetic
-        (done_ours,) = run_trainings(args, [ours], data)
-        settings = replace(settings, jit_compile=done_ours.result.jit_choice["xla"])
-        (done_keras,) = run_trainings(args, [replace(reference, settings=settings)], data)
+    data = utils.load(config)
+    ours = Training("lenet_fc_bn2", config, label="ours")
+    reference = Training(KERAS_BN_VARIANT, config, label="keras", build=keras_reference)
+    if config.jit_compile == "auto":  # the reference on the path chosen for ours: the same arithmetic
+        (done_ours,) = run_trainings(config, [ours], data)
+        config = replace(config, jit_compile=done_ours.result.jit_choice["xla"])
+        (done_keras,) = run_trainings(config, [replace(reference, config=config)], data)
     else:
-        done_ours, done_keras = run_trainings(args, [ours, reference], data)
+        done_ours, done_keras = run_trainings(config, [ours, reference], data)
     results = {"ours": done_ours.result, "keras": done_keras.result}
 
-    folder = study_dir(args, "keras_check")
+    folder = study_dir(config, "keras_check")
     rows, gaps = [], {}
-    for epoch in range(settings.epochs):
+    for epoch in range(config.epochs):
         row = {"epoch": epoch + 1}
         for label, result in results.items():
             for key in results_folder.HISTORY_KEYS:
@@ -69,12 +59,12 @@ def run(args):
         "hand-written BN against Keras's layer, same initial weights and batches",
     )
     summary = {
-        "bn_statistics": settings.bn_statistics,
+        "bn_statistics": config.bn_statistics,
         "largest_gap_over_epochs": gaps,
         "test_accuracy": {label: result.test_accuracy for label, result in results.items()},
-        "keras_momentum": momentum_matching_window(settings.window_size),
-        "epochs": settings.epochs,
-        "seed": settings.seed,
+        "keras_momentum": momentum_matching_window(config.window_size),
+        "epochs": config.epochs,
+        "seed": config.seed,
     }
     write_summary(folder, summary)
     print("largest gap between the two networks over the epochs:")

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import main
-import results_folder
-import trainings
 from conftest import THREADS, interrupt_once_written, mnist_like, write_npz
+from harness import executor, results_folder
+from harness.config import VARIANTS
 from test_main import run_main  # --jobs and --cluster given here win over its --jobs 1
 
 # One loopback cluster serves every test here, so they run in one test process.
@@ -93,8 +92,8 @@ def test_the_sweep_on_a_loopback_cluster_equals_jobs_2(cluster, small_npz, tmp_p
         code, outputs[place], err = run_main([*common, "--results_dir", tmp_path / place, *where], capsys)
         assert code == 0, err
     summaries = {place: json.loads((tmp_path / place / "summary.json").read_text()) for place in places}
-    assert sorted(summaries["cluster"]) == sorted(summaries["local"]) == sorted(main.VARIANTS)  # finish order
-    for name in main.VARIANTS:
+    assert sorted(summaries["cluster"]) == sorted(summaries["local"]) == sorted(VARIANTS)  # finish order
+    for name in VARIANTS:
         histories = {place: results_folder.read_history(tmp_path / place / f"{name}_history.csv") for place in places}
         for key in results_folder.HISTORY_KEYS:
             np.testing.assert_allclose(histories["cluster"][key], histories["local"][key], rtol=1e-6, atol=1e-6,
@@ -124,7 +123,7 @@ def test_a_cluster_where_nothing_listens_is_one_line_within_10_s(small_npz, tmp_
 
 def test_a_worker_with_other_versions_is_refused_before_any_training(cluster, small_npz, tmp_path, capsys,
                                                                      monkeypatch):
-    monkeypatch.setattr(trainings, "versions", lambda: {"tensorflow": "2.99.0", "keras": "3.99.0"})
+    monkeypatch.setattr(executor, "versions", lambda: {"tensorflow": "2.99.0", "keras": "3.99.0"})
     code, out, err = run_main(["--data", small_npz, "--results_dir", tmp_path / "results", "--cluster",
                                cluster.address, *FAST], capsys)
     assert code == 2
@@ -164,12 +163,11 @@ def test_ctrl_c_cancels_the_trainings_keeps_the_finished_and_resume_trains_the_r
 
     code, out, err = run_main([*arguments, "--resume", "1", "--jobs", "1"], capsys)
     assert code == 0, err
-    skipped = [name for name in main.VARIANTS
-               if f"== {main.describe(name)}: finished earlier with the same settings and data; skipped (--resume)"
-               in out]
-    trained = [name for name in main.VARIANTS if f"\n{name}: test accuracy" in out]
-    assert sorted(skipped) == sorted(first) and sorted([*skipped, *trained]) == sorted(main.VARIANTS)
-    assert sorted(json.loads(summary.read_text())) == sorted(main.VARIANTS)
+    skipped = [name for name in VARIANTS
+               if f"\n{name}: finished earlier with the same settings and data; skipped (--resume)" in out]
+    trained = [name for name in VARIANTS if f"\n{name}: test accuracy" in out]
+    assert sorted(skipped) == sorted(first) and sorted([*skipped, *trained]) == sorted(VARIANTS)
+    assert sorted(json.loads(summary.read_text())) == sorted(VARIANTS)
 
 
 def test_a_worker_killed_mid_training_is_replaced_and_the_history_is_unchanged(cluster, tmp_path, capsys,

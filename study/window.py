@@ -3,34 +3,25 @@ inference window (both rules) and the inference batch size, for our rules
 and for the earlier project's."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
-import models_handling
+import utils
 import visualizations
-from command_line import LIMITS, int_up_to
-from lenet import BatchNorm, LeNet5, batch_statistics, normalize
-from main import DEFAULTS
-from study_common import (
-    accuracy_of,
-    base_settings,
-    load_splits,
-    rebuild,
-    study_dir,
-    train_and_report,
-    with_precise_statistics,
-    write_rows,
-    write_summary,
-)
+from harness.executor import Training
+from harness.precise import with_precise_statistics
+from lenet import BatchNorm, LeNet5, batch_statistics, normalize, rebuild
+from study.common import accuracy_of, run_trainings, study_dir, write_rows, write_summary
 
 ABOUT = "Test accuracy against the inference window (both statistics rules) and the inference batch size."
 
 
-def add_arguments(parser):
-    parser.add_argument("--windows", type=int_up_to(LIMITS["window_size"]), nargs="+", default=[1, 5, 50, 500],
-                        help="window sizes; the whole run's number of training steps is always added")
-    parser.add_argument("--inference_batch_sizes", type=int_up_to(LIMITS["batch_size"]), nargs="+",
-                        default=[1, 10, 100, 1000], help="how many test images each rule predicts at a time")
+def add_arguments(parser, flag):
+    flag(parser, "window_size", "--windows", nargs="+", default=[1, 5, 50, 500],
+         help="window sizes; the whole run's number of training steps is always added")
+    flag(parser, "inference_batch_size", "--inference_batch_sizes", nargs="+", default=[1, 10, 100, 1000],
+         help="how many test images each rule predicts at a time")
 
 
 class BatchStatisticsAtInference(BatchNorm):
@@ -70,20 +61,22 @@ def with_last_batches(model, window_size):
     return copy
 
 
-def run(args):
+def run(config, args):
     """Test accuracy of lenet_fc_bn2 against the inference window under both
     statistics rules, and against the inference batch size, for our rules and
     for the earlier project's."""
-    splits = load_splits(args, args.seed)
-    steps_per_epoch = math.ceil(len(splits.x_train) / DEFAULTS["batch_size"])
-    whole_run = steps_per_epoch * args.epochs
+    data = utils.load(config)
+    splits = data.splits(config.val_split, config.seed)
+    steps_per_epoch = math.ceil(len(splits.x_train) / config.batch_size)
+    whole_run = steps_per_epoch * config.epochs
     # Training does not depend on the window or the rule (it normalizes with
     # batch statistics), so one `moving` run with a window holding every batch
     # gives every smaller moving window exactly, and the final weights for
     # every precise one.
-    settings = base_settings(args, window_size=whole_run, bn_statistics="moving")
-    model = models_handling.build_and_compile("lenet_fc_bn2", settings)
-    train_and_report(f"lenet_fc_bn2 with a window of all {whole_run} batches", splits, settings, model=model)
+    settings = replace(config, window_size=whole_run, bn_statistics="moving")
+    training = Training("lenet_fc_bn2", settings, label=f"lenet_fc_bn2 with a window of all {whole_run} batches")
+    (done,) = run_trainings(replace(settings, jobs=1), [training], data)  # the model is used here
+    model = done.load_model()
 
     x_test, y_test = splits.x_test, splits.y_test
     rows = []
@@ -99,7 +92,7 @@ def run(args):
         print(f"  window {label}: test accuracy {points[-1][1]:.4f} precise, "
               f"{window_points['moving: the last training steps'][-1][1]:.4f} moving")
 
-    window_size = DEFAULTS["window_size"]
+    window_size = config.window_size
     rules = {
         f"ours, precise: {window_size} batches through the final weights":
             with_precise_statistics(model, splits.x_train, settings, window_size),
@@ -125,11 +118,11 @@ def run(args):
                 np.array_equal(np.argmax(other, 1), np.argmax(first, 1)) for other in logits[rule]),
         }
 
-    folder = study_dir(args, "window")
+    folder = study_dir(config, "window")
     write_rows(folder / "window.csv", rows)
     visualizations.plot_window_study(window_points, batch_points, folder / "window.png")
     summary = {
-        "epochs": args.epochs, "seed": args.seed, "training_steps": whole_run,
+        "epochs": config.epochs, "seed": config.seed, "training_steps": whole_run,
         "window_size": {rule.split(":")[0]: {str(size): accuracy for size, accuracy in points}
                         for rule, points in window_points.items()},
         "inference_batch_size": {rule: {str(b): a for b, a in points} for rule, points in batch_points.items()},

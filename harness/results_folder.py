@@ -7,18 +7,20 @@ Every file is replaced in one step (files.atomic_path): an interrupted run
 leaves each one whole.
 """
 
+import contextlib
 import csv
 import io
 import json
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import keras
 
 import visualizations
-from files import atomic_path, file_lock, write_text
-from lenet import describe
+from harness.config import describe
+from harness.files import atomic_path, file_lock, write_text
 from utils import UsageError
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -41,7 +43,14 @@ class ModelResult:
     diverged: dict | None = None  # {"epoch", "step", "loss"} where the loss stopped being finite
     jit_choice: dict | None = None  # with jit_compile "auto": the path chosen and the timings (JitChoice.record)
     model_file: bytes | None = field(default=None, repr=False)  # or the trained model as .keras bytes (a worker's)
-    where: dict | None = None  # where it trained: host, process, threads, and jobs or cluster (trainings.py)
+    where: dict | None = None  # where it trained: host, process, threads, and jobs or cluster (executor.py)
+
+
+def outcome(result):
+    """A finished training in words: its test figures, or where it diverged."""
+    if result.diverged:
+        return f"diverged at epoch {result.diverged['epoch']}, step {result.diverged['step']}"
+    return f"test accuracy {result.test_accuracy:.4f}, test loss {result.test_loss:.4g}"
 
 
 def run_identity(settings, record):
@@ -55,6 +64,19 @@ def run_identity(settings, record):
         "val_split": record.get("val_split"),
     }
     return json.loads(json.dumps(identity))
+
+
+def same_run(entry, identity):
+    """Whether a summary.json entry was trained with the run `identity`'s settings and data."""
+    return entry is not None and run_identity(entry.get("settings", {}), entry) == identity
+
+
+def remove_backup(folder):
+    """Remove a model's backup (callbacks.ResumableTraining) once its results
+    are written, and the backup folder once no model has one there."""
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        Path(folder).parent.rmdir()
 
 
 def read_summary(results_dir):
@@ -89,15 +111,17 @@ def history_csv(history):
     return rows.getvalue()
 
 
-def save_results(result, results_dir, settings, run_record, plots=True):
+def save_results(result, config, run_record):
     """Write one model's history CSV, its PNGs, the trained model
     (<name>.keras, BN windows included), its entry in summary.json, and the
     comparison PNGs of every model the summary holds.
 
-    Each file is replaced in one step, so an interrupted run leaves every file
-    whole. Entries of other models in summary.json are kept.
+    They go into config.results_dir, the PNGs only with
+    config.flag_visualizations. Each file is replaced in one step, so an
+    interrupted run leaves every file whole. Entries of other models in
+    summary.json are kept.
     """
-    results_dir = Path(results_dir)
+    results_dir, plots = Path(config.results_dir), bool(config.flag_visualizations)
     write_text(results_dir / f"{result.name}_history.csv", history_csv(result.history))
     if result.model is not None or result.model_file is not None:
         with atomic_path(results_dir / f"{result.name}.keras") as temporary:
@@ -106,13 +130,9 @@ def save_results(result, results_dir, settings, run_record, plots=True):
             else:
                 temporary.write_bytes(result.model_file)
     if plots:
-        outcome = (
-            f"diverged at epoch {result.diverged['epoch']}, step {result.diverged['step']}" if result.diverged
-            else f"test accuracy {result.test_accuracy:.4f}, test loss {result.test_loss:.4g}"
-        )
         for metric in ("accuracy", "loss"):
             visualizations.plot_history(
-                result.history, metric, f"{describe(result.name)}: {metric}\n{outcome}",
+                result.history, metric, f"{describe(result.name)}: {metric}\n{outcome(result)}",
                 results_dir / f"{result.name}_{metric}.png",
             )
     entry = {
@@ -123,11 +143,11 @@ def save_results(result, results_dir, settings, run_record, plots=True):
         "epochs": len(result.history["loss"]),
         "train_seconds": round(result.train_seconds, 2),
         "trainable_parameters": result.trainable_parameters,
-        "settings": asdict(settings),
+        "settings": config.training_settings(),
         "jit_choice": result.jit_choice,
         "where": result.where,
         **run_record,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     summary = update_summary(results_dir, result.name, entry)
     save_comparison(results_dir, summary, plots)

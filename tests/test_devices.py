@@ -7,20 +7,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import distribution
 import models_handling
-import results_folder
 import utils
-from conftest import TEST_DEVICES, mnist_like
+from conftest import TEST_DEVICES, make_config, mnist_like
+from harness import devices, results_folder
 from lenet import BatchNorm
-from main import DEFAULTS
 from test_main import run_main
 
 EPSILON = 1e-3
 
 
 def two_replicas():
-    return distribution.mirrored_cpus(tf.config.list_logical_devices("CPU")[:2])
+    return devices.mirrored_cpus(tf.config.list_logical_devices("CPU")[:2])
 
 
 def shards(strategy, array):
@@ -102,8 +100,7 @@ def test_replica_bn_normalizes_each_shard_with_its_own_statistics():
 
 def test_one_epoch_on_two_replicas_repeats_one_device():
     splits = utils.prepare(*mnist_like(num_train=200, num_test=40), val_split=0.15, seed=0)
-    settings = models_handling.Settings.from_mapping(
-        {**DEFAULTS, "batch_size": 32, "epochs": 1, "verbose": 0, "jit_compile": 0})
+    settings = make_config(batch_size=32, epochs=1)
     single = models_handling.run_model("lenet_fc_bn2", splits, settings)
     with two_replicas().scope():
         mirrored = models_handling.run_model("lenet_fc_bn2", splits, settings)

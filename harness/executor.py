@@ -1,5 +1,6 @@
-"""Where trainings run: a list of independent trainings, each one model's
-models_handling.run_model, run in this process (`jobs` 1), side by side in a
+"""Where trainings run, the one executor of every command: a list of
+independent trainings, each one model's models_handling.run_model, run in
+this process (`jobs` 1), side by side in a
 local Dask cluster of worker processes (`jobs` N), or on the workers of an
 existing Dask cluster (`cluster` ADDRESS); their results come back in the
 order given, whatever order they finish in.
@@ -10,68 +11,60 @@ Why not one training across machines: Keras's fit cannot run under
 MultiWorkerMirroredStrategy (keras-team/keras#20585), and one LeNet trains in
 a minute or two; what outgrows a machine is the number of trainings.
 
-The data travels with the work: the raw uint8 arrays go to the workers once,
-as a task's input, and they split and preprocess them as utils.prepare does,
-so workers need no shared folder. The trained model comes back as .keras bytes;
-only the caller writes files.
+The data travels with the work: the raw uint8 arrays (utils.RawData) go to
+the workers once, as a task's input, and they split and preprocess them as
+utils.prepare does, so workers need no shared folder. The trained model comes
+back as .keras bytes; only the caller writes files.
 """
 
 import contextlib
+import io
 import logging
 import os
 import socket
 import tempfile
 import threading
 import warnings
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import keras
 
 import models_handling
-import results_folder
 import utils
+from harness import callbacks, results_folder
+from harness.config import Config
 
 # Seconds to wait for a --cluster scheduler to answer, and for it to have a worker.
 CONNECT_SECONDS = 5
 WORKER_WAIT_SECONDS = 60
-# The project's modules, which a worker of an existing cluster receives
-# (Client.upload_file): every one beside this file.
-PROJECT_MODULES = tuple(sorted(path.stem for path in Path(__file__).resolve().parent.glob("*.py")))
-
-
-@dataclass(frozen=True)
-class RawData:
-    """The data as loaded (uint8 images, int labels), which is what travels:
-    a quarter of the preprocessed float32 arrays' size."""
-
-    x_train: object
-    y_train: object
-    x_test: object
-    y_test: object
-    key: str  # tells data sets apart in a worker's cache (their SHA-256 or name)
-
-    @classmethod
-    def of(cls, raw, record):
-        """The arrays `raw` (as utils.load_raw gives them), keyed by their
-        utils.data_record `record`."""
-        return cls(*raw, key=record["data_sha256"] or record["data"])
-
-    def splits(self, val_split, seed):
-        return utils.prepare(self.x_train, self.y_train, self.x_test, self.y_test, val_split=val_split, seed=seed)
+# The project's code, which a worker of an existing cluster receives as one
+# zip (Client.upload_file): every module at the top level and in its packages.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ARCHIVE = "lenet_bn_project.zip"
+# A one-line module, imported on each worker, that puts the zip on sys.path.
+# (Dask's own loading of a zip would import and then reload every module in
+# it, leaving two copies of a class such as lenet.BatchNorm.)
+PATH_MODULE = "lenet_bn_project_path"
 
 
 @dataclass(frozen=True)
 class Training:
-    """One model's training: what run_model needs, and how to report it."""
+    """One model's training: what run_model needs, and how to report it.
+    Its split, initial weights and order of images come from config.seed."""
 
-    name: str  # a lenet.MODEL_NAMES name
-    settings: models_handling.Settings
-    val_split: float
-    split_seed: int  # the train/validation split's seed (settings.seed seeds the weights and the order)
+    name: str  # a MODEL_NAMES name
+    config: Config
     label: str = ""  # how progress lines name it; the model's name by default
-    build: object = None  # a picklable callable settings -> compiled model, instead of build_and_compile(name)
-    callback: object = None  # a picklable callable (splits, settings) -> a Keras callback with report()
+    build: object = None  # a picklable callable config -> compiled model, instead of build_and_compile(name)
+    callback: object = None  # a picklable callable (splits, config) -> a Keras callback with report()
+    # In this process only: back up every finished epoch here, and continue
+    # from a backup of the same `identity` (results_folder.run_identity) when
+    # config.resume; and write TensorBoard logs into log_dir.
+    backup_dir: str | None = None
+    identity: dict | None = None
+    log_dir: str | None = None
 
     def describe(self):
         return self.label or self.name
@@ -81,13 +74,15 @@ class Training:
 class Finished:
     """A training's outcome as it comes back to the caller."""
 
-    result: results_folder.ModelResult  # its `model` is None; the model is in model_file
-    model_file: bytes  # the trained model as a .keras file
+    result: results_folder.ModelResult  # its `model` set in this process, else None and the model in model_file
+    model_file: bytes | None  # from a worker: the trained model as a .keras file
     report: object = None  # the callback's report(), when the training had one
     where: dict = field(default_factory=dict)  # host, process, threads, and jobs or cluster
 
     def load_model(self):
-        """The trained model, loaded from its .keras bytes."""
+        """The trained model (loaded from its .keras bytes, if from a worker)."""
+        if self.result.model is not None:
+            return self.result.model
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "model.keras"
             path.write_bytes(self.model_file)
@@ -116,30 +111,46 @@ class EpochLines(keras.callbacks.Callback):
         self.say(text)
 
 
-def run_training(training, data, say=print, where=None):
-    """Train, test and pack one Training on `data` (a RawData) in this process."""
-    key = (data.key, training.val_split, training.split_seed)
+def run_training(training, data, placement, say=None, extra_callbacks=()):
+    """Train and test one Training on `data` (a utils.RawData) in this
+    process. `say` None: here, with Keras's own output at config.verbose;
+    else from a worker, which sends a line per epoch through `say` and packs
+    the model as .keras bytes."""
+    config = training.config
+    key = (data.key, config.val_split, config.seed)
     with _ONE_AT_A_TIME:
         if key not in _PREPARED:
             _PREPARED.clear()
-            _PREPARED[key] = data.splits(training.val_split, training.split_seed)
+            _PREPARED[key] = data.splits(config.val_split, config.seed)
         splits = _PREPARED[key]
-        settings = replace(training.settings, verbose=0)  # the epoch lines replace Keras's progress bar
-        say(f"{training.describe()}: training {settings.epochs} epochs on {len(splits.y_train)} images ...")
-        callbacks = [EpochLines(training.describe(), settings.epochs, say)]
-        probe = training.callback(splits, settings) if training.callback else None
-        model = training.build(settings) if training.build else None
-        result = models_handling.run_model(training.name, splits, settings, model=model,
-                                           callbacks=[*callbacks, *([probe] if probe else [])])
-        model_file = model_bytes(result.model)
-    result.model = None
-    return Finished(result, model_file, probe.report() if probe else None, this_process(where or {}))
+        in_worker = say is not None
+        if in_worker:
+            config = replace(config, verbose=0)  # the epoch lines replace Keras's progress bar
+        (say or print)(f"{training.describe()}: training {config.epochs} epochs on {len(splits.y_train)} images ...",
+                       **({} if in_worker else {"flush": True}))
+        extra = [*extra_callbacks]
+        if in_worker:
+            extra.append(EpochLines(training.describe(), config.epochs, say))
+        if training.log_dir:
+            extra += callbacks.tensorboard_callbacks(training.log_dir)
+        probe = training.callback(splits, config) if training.callback else None
+        if probe:
+            extra.append(probe)
+        backup = callbacks.ResumableTraining(training.backup_dir, training.identity, config.resume) \
+            if training.backup_dir else None
+        model = training.build(config) if training.build else None
+        result = models_handling.run_model(training.name, splits, config, model=model, callbacks=extra,
+                                           backup=backup)
+        model_file = None
+        if in_worker:
+            model_file, result.model = model_bytes(result.model), None
+    return Finished(result, model_file, probe.report() if probe else None, this_process(placement))
 
 
-def this_process(where):
+def this_process(placement):
     """Where a training ran (summary.json's `where`): this host and process,
-    then `where` (threads, and jobs or cluster)."""
-    return {"host": socket.gethostname(), "process": os.getpid(), **where}
+    then `placement` (threads, and jobs or cluster)."""
+    return {"host": socket.gethostname(), "process": os.getpid(), **placement}
 
 
 def model_bytes(model):
@@ -149,7 +160,7 @@ def model_bytes(model):
         return path.read_bytes()
 
 
-def run_on_worker(training, data, topic, where):
+def run_on_worker(training, data, topic, placement):
     """run_training inside a Dask worker: epoch lines go to the driver's topic."""
     from distributed import get_worker
 
@@ -158,7 +169,7 @@ def run_on_worker(training, data, topic, where):
     def say(line):
         worker.log_event(topic, {"line": line, "worker": worker.address, "process": os.getpid()})
 
-    return run_training(training, data, say, {**where, "threads": worker.state.nthreads})
+    return run_training(training, data, {**placement, "threads": worker.state.nthreads}, say)
 
 
 # ---------------------------------------------------------------- workers
@@ -242,7 +253,8 @@ class Executor:
     def in_process(self):
         return self.address is None and self.jobs == 1
 
-    def where(self):
+    def placement(self):
+        """How summary.json's `where` names this executor: its jobs or its cluster."""
         return {"cluster": self.address} if self.address else {"jobs": self.jobs}
 
     def describe(self):
@@ -273,9 +285,13 @@ class Executor:
 
     def prepare_workers(self):
         if self.address:  # workers elsewhere get the project's code; local ones import it from here
-            root = Path(__file__).resolve().parent
-            for module in PROJECT_MODULES:  # saved beside each worker; imported when a training needs them
-                self.client.upload_file(str(root / f"{module}.py"), load=False)
+            with tempfile.TemporaryDirectory() as folder:
+                archive, path_module = Path(folder) / PROJECT_ARCHIVE, Path(folder) / f"{PATH_MODULE}.py"
+                archive.write_bytes(project_archive())
+                path_module.write_text(
+                    f"import os, sys\nsys.path.insert(0, os.path.join(os.path.dirname(__file__), {PROJECT_ARCHIVE!r}))\n")
+                self.client.upload_file(str(archive), load=False)  # saved beside each worker's own files
+                self.client.upload_file(str(path_module))  # imported there: the modules come from the zip
         self.client.register_plugin(tensorflow_threads_plugin(), name="tensorflow-threads")
         mine = versions()
         for worker, theirs in self.client.run(installed_versions).items():
@@ -292,14 +308,17 @@ class Executor:
                     closing.close()
         self.client = self.local_cluster = None
 
-    def run(self, trainings, data, on_finished=None):
+    def run(self, trainings, data, on_finished=None, local_callbacks=()):
         """Every training's Finished, in the order of `trainings`;
-        `on_finished(index, finished)` is called as each one finishes."""
+        `on_finished(index, finished)` is called as each one finishes.
+        `local_callbacks`: Keras callbacks for trainings in this process
+        (Ctrl-C's check; a worker has its own signals)."""
         trainings = list(trainings)
         if self.in_process:
             done = []
             for index, training in enumerate(trainings):
-                done.append(run_training(training, data, where={**self.where(), "threads": threads_now()}))
+                done.append(run_training(training, data, {**self.placement(), "threads": threads_now()},
+                                         extra_callbacks=local_callbacks))
                 if on_finished:
                     on_finished(index, done[-1])
             return done
@@ -317,7 +336,7 @@ class Executor:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Ll]arge (object|graph).*")  # the point: the data is large
             shared = self.client.submit(the_data, data, key=f"data-{data.key}-{self.client.id}", pure=False)
-        futures = [self.client.submit(run_on_worker, training, shared, topic, self.where(), pure=False,
+        futures = [self.client.submit(run_on_worker, training, shared, topic, self.placement(), pure=False,
                                       key=f"train-{index}-{training.describe()}-{self.client.id}")
                    for index, training in enumerate(trainings)]
         position = {future.key: index for index, future in enumerate(futures)}
@@ -335,6 +354,19 @@ class Executor:
             with contextlib.suppress(Exception):
                 self.client.unsubscribe_topic(topic)
         return done
+
+
+def project_archive():
+    """The project's code as zip bytes: every .py at the top level and in its packages."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted([*PROJECT_ROOT.glob("*.py"), *PROJECT_ROOT.glob("*/__init__.py")]):
+            if path.parent == PROJECT_ROOT:
+                archive.write(path, path.name)
+            else:
+                for module in sorted(path.parent.glob("*.py")):
+                    archive.write(module, module.relative_to(PROJECT_ROOT).as_posix())
+    return buffer.getvalue()
 
 
 def the_data(data):

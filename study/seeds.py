@@ -1,51 +1,50 @@
 """seeds: the variants over several seeds, under each statistics rule."""
 
+from dataclasses import replace
+
 import numpy as np
 
-import models_handling
-import results_folder
-import trainings
+import utils
 import visualizations
-from command_line import LIMITS, int_up_to
-from lenet import VARIANTS
-from main import DEFAULTS
-from study_common import base_settings, load_raw, run_trainings, study_dir, write_rows, write_summary
+from harness import results_folder
+from harness.config import BN_STATISTICS, VARIANTS
+from harness.executor import Training
+from study.common import run_trainings, study_dir, write_rows, write_summary
 
 ABOUT = "The variants over several seeds, under each statistics rule: mean and standard deviation bands."
 
 
-def add_arguments(parser):
-    parser.add_argument("--rules", nargs="+", choices=models_handling.BN_STATISTICS,
-                        default=list(models_handling.BN_STATISTICS), metavar="RULE",
+def add_arguments(parser, flag):
+    parser.add_argument("--rules", nargs="+", choices=BN_STATISTICS, default=list(BN_STATISTICS), metavar="RULE",
                         help="the --bn_statistics rules to train under (precise, moving)")
-    parser.add_argument("--seeds", type=int_up_to(LIMITS["seed"], low=0), nargs="+", default=[0, 1, 2],
-                        help="each fixes the split, the initial weights and the shuffling of one run")
+    flag(parser, "seed", "--seeds", nargs="+", default=[0, 1, 2],
+         help="each fixes the split, the initial weights and the shuffling of one run")
     parser.add_argument("--models", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="MODEL",
                         help="which of the five variants to train")
 
 
-def run(args):
+def run(config, args):
     """The variants over several seeds (split, initial weights and shuffling),
     under each statistics rule: mean and standard deviation of every curve and
     of the test accuracy."""
-    data = load_raw(args)
-    plan = [trainings.Training(name, base_settings(args, seed=seed, bn_statistics=rule), DEFAULTS["val_split"],
-                               seed, label=f"seed {seed}, {rule} statistics: {name}")
+    data = utils.load(config)
+    plan = [Training(name, replace(config, seed=seed, bn_statistics=rule),
+                     label=f"seed {seed}, {rule} statistics: {name}")
             for seed in args.seeds for rule in args.rules for name in args.models]
     rows = [None] * len(plan)
 
     def record(index, done):
         training, result = plan[index], done.result
-        rows[index] = {"model": training.name, "bn_statistics": training.settings.bn_statistics,
-                       "seed": training.split_seed, "test_accuracy": result.test_accuracy,
+        rows[index] = {"model": training.name, "bn_statistics": training.config.bn_statistics,
+                       "seed": training.config.seed, "test_accuracy": result.test_accuracy,
                        "test_loss": result.test_loss}
         # kept if the study is interrupted, in the order of the plan
-        write_rows(study_dir(args, "seeds") / "seeds.csv", [row for row in rows if row])
+        write_rows(study_dir(config, "seeds") / "seeds.csv", [row for row in rows if row])
 
-    finished = run_trainings(args, plan, data, record)
+    finished = run_trainings(config, plan, data, record)
     histories = {(rule, name): [] for rule in args.rules for name in args.models}
     for training, done in zip(plan, finished):
-        histories[training.settings.bn_statistics, training.name].append(done.result.history)
+        histories[training.config.bn_statistics, training.name].append(done.result.history)
 
     def across_seeds(rule, statistic):
         return {
@@ -54,8 +53,8 @@ def run(args):
             for name in args.models
         }
 
-    folder = study_dir(args, "seeds")
-    summary = {"seeds": args.seeds, "epochs": args.epochs, "test_accuracy": {}}
+    folder = study_dir(config, "seeds")
+    summary = {"seeds": args.seeds, "epochs": config.epochs, "test_accuracy": {}}
     for rule in args.rules:
         for metric in ("accuracy", "loss"):
             visualizations.plot_comparison(

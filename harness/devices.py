@@ -11,6 +11,7 @@ refused with a reason: Keras 3's fit cannot train under that strategy
 logs in ways that strategy rejects.
 """
 
+import contextlib
 import json
 import os
 
@@ -71,10 +72,8 @@ def logical_cpus(count):
     """`count` logical CPU devices (at least; fewer may not be asked for once
     TensorFlow has started), which share the machine's cores."""
     cpu = tf.config.list_physical_devices("CPU")[0]
-    try:
+    with contextlib.suppress(RuntimeError):  # TensorFlow already started its devices: use those there are
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
-    except RuntimeError:  # TensorFlow already started its devices: use those there are
-        pass
     available = tf.config.list_logical_devices("CPU")
     if len(available) < count:
         raise UsageError(

@@ -6,28 +6,18 @@ import functools
 import keras
 import numpy as np
 
-import training_callbacks
-import trainings
 import utils
 import visualizations
-from command_line import LIMITS, float_up_to, int_up_to
-from main import DEFAULTS
-from study_common import (
-    accuracy_of,
-    add_statistics_rule,
-    base_settings,
-    load_raw,
-    run_trainings,
-    study_dir,
-    write_rows,
-    write_summary,
-)
+from harness import precise
+from harness.executor import Training
+from harness.flags import LIMITS, float_up_to, int_up_to
+from study.common import accuracy_of, run_trainings, study_dir, write_rows, write_summary
 
 ABOUT = "The BN paper's Figure 1: percentiles of one F6 sigmoid's input during training."
 F6_UNITS = 84  # the sigmoids of LeNet-5's F6 layer, whose inputs figure1 follows
 
 
-def add_arguments(parser):
+def add_arguments(parser, flag):
     parser.add_argument("--every", type=int_up_to(LIMITS["steps"]), default=20,
                         help=f"measure every this many training steps (1 to {LIMITS['steps']})")
     parser.add_argument("--unit", type=int_up_to(F6_UNITS - 1, low=0), default=0,
@@ -37,7 +27,7 @@ def add_arguments(parser):
                         f"(1 to {LIMITS['images']}; the whole validation split at most)")
     parser.add_argument("--target", type=float_up_to(1.0), default=0.9,
                         help="report the first step at which test accuracy reaches this (up to 1)")
-    add_statistics_rule(parser)
+    flag(parser, "bn_statistics")
 
 
 class SigmoidInputProbe(keras.callbacks.Callback):
@@ -47,18 +37,18 @@ class SigmoidInputProbe(keras.callbacks.Callback):
     under the `precise` rule with BN statistics refilled from the weights of
     that step, so that each point describes the network as it then is."""
 
-    def __init__(self, probe_images, test_images, test_labels, unit, every, train_images, settings):
+    def __init__(self, probe_images, test_images, test_labels, unit, every, train_images, config):
         super().__init__()
         self.probe_images, self.test_images, self.test_labels = probe_images, test_images, test_labels
         self.unit, self.every = unit, every
-        self.train_images, self.settings = train_images, settings
+        self.train_images, self.config = train_images, config
         self.step = 0
         self.curve = {key: [] for key in ("step", "test_accuracy", "p15", "p50", "p85")}
 
     def measure(self):
-        if self.settings.bn_statistics == "precise" and self.model.norm:
+        if precise.applies(self.model, self.config):
             # The step numbers the draw, so each measurement has its own batches.
-            training_callbacks.refill(self.model, self.train_images, self.settings, self.step)
+            precise.refill(self.model, self.train_images, self.config, self.step)
         received = self.model.layer_outputs(self.probe_images, training=False)["F6"][:, self.unit]
         percentiles = np.percentile(np.asarray(received), [15, 50, 85])
         for key, value in zip(("p15", "p50", "p85"), percentiles):
@@ -79,37 +69,35 @@ class SigmoidInputProbe(keras.callbacks.Callback):
             self.measure()
 
     def report(self):
-        """What comes back from where it trained (trainings.Finished.report)."""
+        """What comes back from where it trained (executor.Finished.report)."""
         return self.curve
 
 
-def make_probe(splits, settings, probe_count, unit, every):
+def make_probe(splits, config, probe_count, unit, every):
     """A SigmoidInputProbe on a training's own splits (made where it trains)."""
     return SigmoidInputProbe(splits.x_val[:probe_count], splits.x_test, splits.y_test, unit, every,
-                             splits.x_train, settings)
+                             splits.x_train, config)
 
 
-def run(args):
+def run(config, args):
     """The BN paper's Figure 1 on LeNet-5, without BN and with BN everywhere."""
-    data = load_raw(args)
-    settings = base_settings(args)
+    data = utils.load(config)
     probe = functools.partial(make_probe, probe_count=args.probe_images, unit=args.unit, every=args.every)
-    plan = [trainings.Training(name, settings, DEFAULTS["val_split"], args.seed, callback=probe)
-            for name in ("lenet", "lenet_fc_bn2")]
+    plan = [Training(name, config, callback=probe) for name in ("lenet", "lenet_fc_bn2")]
     curves, rows, test_accuracy = {}, [], {}
-    for training, done in zip(plan, run_trainings(args, plan, data)):
+    for training, done in zip(plan, run_trainings(config, plan, data), strict=True):
         name, curve = training.name, done.report
         curves[name], test_accuracy[name] = curve, done.result.test_accuracy
         rows += [{"model": name, **dict(zip(curve, values))} for values in zip(*curve.values())]
-    probe_images = min(args.probe_images, len(utils.split_train_val(len(data.y_train), DEFAULTS["val_split"],
-                                                                    args.seed)[1]))
+    probe_images = min(args.probe_images, len(utils.split_train_val(len(data.y_train), config.val_split,
+                                                                    config.seed)[1]))
 
-    folder = study_dir(args, "figure1")
+    folder = study_dir(config, "figure1")
     write_rows(folder / "figure1.csv", rows)
     visualizations.plot_figure1(curves, folder / "figure1.png")
     summary = {
-        "unit": args.unit, "probe_images": probe_images, "every": args.every, "epochs": args.epochs,
-        "seed": args.seed, "bn_statistics": settings.bn_statistics, "test_accuracy": test_accuracy,
+        "unit": args.unit, "probe_images": probe_images, "every": args.every, "epochs": config.epochs,
+        "seed": config.seed, "bn_statistics": config.bn_statistics, "test_accuracy": test_accuracy,
         "final": {name: {key: values[-1] for key, values in curve.items()} for name, curve in curves.items()},
         "spread_p85_minus_p15": {
             name: {"first": curve["p85"][0] - curve["p15"][0], "last": curve["p85"][-1] - curve["p15"][-1]}

@@ -4,15 +4,14 @@ model exactly as it found it, compiled for the faster path."""
 import numpy as np
 import pytest
 
-import jit_choice
 import models_handling
+from conftest import make_config
+from harness import compile_path
 from lenet import INPUT_SHAPE
-from main import DEFAULTS
 
 
 def settings(jit_compile):
-    return models_handling.Settings.from_mapping(
-        {**DEFAULTS, "batch_size": 32, "epochs": 1, "verbose": 0, "jit_compile": jit_compile})
+    return make_config(batch_size=32, epochs=1, jit_compile=jit_compile)
 
 
 def images_and_labels(count=128, seed=0):
@@ -26,7 +25,7 @@ def faster(monkeypatch):
     not run; the compiling steps still do)."""
 
     def force(xla_is_faster):
-        monkeypatch.setattr(jit_choice, "step_seconds",
+        monkeypatch.setattr(compile_path, "step_seconds",
                             lambda model, iterator: 1.0 if model.jit_compile == xla_is_faster else 2.0)
 
     return force
@@ -39,7 +38,7 @@ def test_the_chosen_path_trains_exactly_as_a_run_fixed_to_it(xla_is_faster, fast
     model = models_handling.build_and_compile("lenet_bn2", settings("auto"))
     start = [weight.copy() for weight in model.get_weights()]
 
-    choice = jit_choice.choose_jit_compile(model, models_handling.timing_batches(images, labels, 32))
+    choice = compile_path.choose_jit_compile(model, models_handling.timing_batches(images, labels, 32))
 
     assert choice.jit_compile is xla_is_faster and model.jit_compile is xla_is_faster
     assert choice.ms_per_step == ({"xla": 1000.0, "tensorflow": 2000.0} if xla_is_faster

@@ -1,16 +1,14 @@
 """The Keras callbacks a training runs with, each doing one thing:
 
 - EpochOrder: each epoch's order of images, from the seed and the epoch alone;
-- PreciseStatistics: the `precise` rule, BN's window refilled at every
-  epoch's end from the trained weights (the paper's Algorithm 2), with the
-  refill's batches (refill_batches, refill);
 - StopOnDivergence: stop at the first step whose loss is not finite;
 - ResumableTraining: back up every finished epoch, and resume from it;
 - BNWindowHistograms (with Keras's TensorBoard in tensorboard_callbacks):
   BN's inference statistics in TensorBoard.
+
+The `precise` rule's callback is in precise.py, with the rest of that rule.
 """
 
-import contextlib
 import json
 import math
 import shutil
@@ -21,10 +19,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from files import write_text
-from jit_choice import JitChoice
-from lenet import BatchNorm, refill_statistics
-from results_folder import HISTORY_KEYS
+from harness.compile_path import JitChoice
+from harness.files import write_text
+from harness.results_folder import HISTORY_KEYS
+from lenet import BatchNorm
 
 
 class EpochOrder(keras.callbacks.Callback):
@@ -44,59 +42,9 @@ class EpochOrder(keras.callbacks.Callback):
         self.epoch = epoch
 
     def order(self):
-        if self.epoch not in self.orders:  # its own stream: refill_batches draws from [seed, epoch]
+        if self.epoch not in self.orders:  # its own stream: precise.refill_batches draws from [seed, epoch]
             self.orders = {self.epoch: np.random.default_rng([self.seed, self.epoch, 1]).permutation(self.count)}
         return self.orders[self.epoch]
-
-
-def refill_batches(images, batch_size, count, seed, epoch):
-    """`count` mini-batches of `batch_size` training images for a statistics refill.
-
-    Drawn without replacement (from fresh permutations when a split holds fewer
-    than count x batch_size images) by a generator seeded with the run's seed
-    and the epoch, so a run's refills are repeatable and differ between epochs.
-    The training shuffle is not touched.
-    """
-    rng = np.random.default_rng([seed, epoch])
-    batch_size = min(batch_size, len(images))
-    passes = -(-count * batch_size // len(images))
-    order = np.concatenate([rng.permutation(len(images)) for _ in range(passes)])
-    return [images[order[start:start + batch_size]] for start in range(0, count * batch_size, batch_size)]
-
-
-def refill(model, images, settings, epoch):
-    """Refill every BN layer's inference statistics from `window_size` batches of
-    `images` passed through `model`'s current weights (lenet.refill_statistics)."""
-    refill_statistics(model, refill_batches(images, settings.batch_size, settings.window_size, settings.seed, epoch))
-
-
-class PreciseStatistics(keras.callbacks.Callback):
-    """The `precise` rule: refill BN's statistics at the end of every epoch,
-    before that epoch's validation.
-
-    Keras's fit validates before callbacks see `on_epoch_end`, so the refill
-    runs after the epoch's last training step (`params["steps"]` tells which);
-    `on_epoch_end` refills only where the number of steps was unknown.
-    """
-
-    def __init__(self, train_images, settings):
-        super().__init__()
-        self.train_images, self.settings = train_images, settings
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch, self.refilled = epoch, False
-
-    def on_train_batch_end(self, batch, logs=None):
-        if batch + 1 == self.params.get("steps"):
-            self.refill_now()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if not self.refilled:
-            self.refill_now()
-
-    def refill_now(self):
-        refill(self.model, self.train_images, self.settings, self.epoch)
-        self.refilled = True
 
 
 class StopOnDivergence(keras.callbacks.Callback):
@@ -126,10 +74,10 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
     begins. Here the finished epochs' history and training seconds are kept
     beside them; each epoch's order of images depends only on the seed and
     the epoch (EpochOrder), so nothing else needs replaying. The backup
-    carries the run's identity (results_folder.run_identity): only a run
+    carries the run's identity (harness.results_folder.run_identity): only a run
     with the same settings and data resumes from it, and only with
-    `resume`; any other start removes it. It stays when training ends; `remove` it once the
-    model's results are written.
+    `resume`; any other start removes it. It stays when training ends, until
+    the model's results are written (results_folder.remove_backup).
     """
 
     def __init__(self, backup_dir, identity, resume):
@@ -172,11 +120,6 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
         write_text(self.progress_path, json.dumps({"history": self.history, "seconds": self.seconds,
                                                    "jit_choice": choice.record() if choice else None}) + "\n")
         super().on_epoch_end(epoch, logs)  # then the weights: never ahead of the history
-
-    def remove(self):
-        shutil.rmtree(self.folder, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            self.folder.parent.rmdir()  # the backup folder, once no model has one there
 
 
 class BNWindowHistograms(keras.callbacks.Callback):

@@ -1,0 +1,100 @@
+"""The configuration: one typed, frozen object built from main.py's DEFAULTS
+and the flags, and passed whole to whatever needs it (the model builder, the
+training, the studies). It also names what the command line may choose from.
+
+Nothing here imports TensorFlow or numpy: the command line answers --help and
+refuses a bad flag before TensorFlow starts.
+"""
+
+from dataclasses import dataclass, fields, replace
+
+# Where each variant puts batch normalization: after these affine layers of
+# LeNet-5, before their sigmoid (lenet.LeNet5). The names are part of the
+# command-line interface.
+VARIANTS = {
+    "lenet": (),
+    "lenet_bn1": ("C1",),
+    "lenet_bn2": ("C1", "C3"),
+    "lenet_fc_bn1": ("C1", "C3", "C5"),
+    "lenet_fc_bn2": ("C1", "C3", "C5", "F6"),
+}
+# The reference: lenet_fc_bn2's places, with keras.layers.BatchNormalization.
+KERAS_BN_VARIANT = "lenet_keras_bn"
+MODEL_NAMES = (*VARIANTS, KERAS_BN_VARIANT)
+
+# What fills BN's inference window: "precise" refills it at every epoch's end
+# from training batches passed through the trained weights (Algorithm 2);
+# "moving" keeps the last training steps' statistics.
+BN_STATISTICS = ("precise", "moving")
+# Keras dtype policies a run may train under: float32 throughout, or float16 /
+# bfloat16 computation with float32 variables (BN's statistics stay float32).
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# With several replicas (tf.distribute), what BN normalizes each replica's
+# shard with: the global batch's statistics, or the shard's own.
+BN_SYNC = ("global", "replica")
+DATASETS = ("mnist", "fashion_mnist")  # what Keras downloads when no --data is given
+
+# What a training's numbers depend on, besides the data and the model's name:
+# summary.json's "settings", and with the data the run's identity (--resume).
+TRAINING_KEYS = (
+    "batch_size", "output_size", "epochs", "optimizer", "learning_rate", "epsilon", "window_size", "verbose",
+    "seed", "jit_compile", "bn_statistics", "precision", "devices", "bn_sync", "inference_batch_size",
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a run, one field per key of main.py's DEFAULTS (where
+    each is explained and its default written). Build it with `Config.of`."""
+
+    model: str  # a MODEL_NAMES name, or "all"
+    batch_size: int
+    output_size: int
+    epochs: int
+    optimizer: str
+    learning_rate: float | None  # None: the optimizer's own default
+    epsilon: float
+    window_size: int
+    bn_statistics: str  # one of BN_STATISTICS
+    precision: str  # one of PRECISIONS
+    devices: int
+    bn_sync: str  # one of BN_SYNC
+    verbose: int
+    flag_visualizations: int
+    tensorboard: int
+    resume: int
+    jit_compile: bool | str  # True: XLA; False: TensorFlow's kernels; "auto": the faster (harness.compile_path)
+    inference_batch_size: int
+    jobs: int | str
+    cluster: str | None
+    seed: int  # the split, the initial weights and the order of the images
+    val_split: float
+    data: str | None
+    dataset: str  # one of DATASETS
+    results_dir: str
+
+    def __post_init__(self):
+        # The flag takes 0 / 1 / auto; the training reads a bool or "auto".
+        if self.jit_compile != "auto":
+            object.__setattr__(self, "jit_compile", bool(self.jit_compile))
+
+    @classmethod
+    def of(cls, defaults, **changes):
+        """`defaults` (main.py's DEFAULTS) with `changes` applied; a key that
+        is not a setting is a TypeError, as a misspelt keyword is."""
+        return replace(cls(**defaults), **changes)
+
+    def training_settings(self):
+        """What a training depends on, as summary.json records it."""
+        return {key: getattr(self, key) for key in TRAINING_KEYS}
+
+
+FIELDS = tuple(field.name for field in fields(Config))
+
+
+def describe(name):
+    """A variant's name with where it puts batch normalization."""
+    if name == KERAS_BN_VARIANT:
+        return f"{name} (keras.layers.BatchNormalization after C1, C3, C5, F6)"
+    places = VARIANTS[name]
+    return f"{name} (BN after {', '.join(places)})" if places else f"{name} (no BN)"
