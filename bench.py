@@ -69,8 +69,14 @@ def seconds(action):
 
 
 def bench_config(batch_size, inference_batch_size, jit_compile):
-    return Config.of(DEFAULTS, batch_size=batch_size, inference_batch_size=inference_batch_size, epochs=1,
-                     verbose=0, jit_compile=jit_compile)
+    return Config.of(
+        DEFAULTS,
+        batch_size=batch_size,
+        inference_batch_size=inference_batch_size,
+        epochs=1,
+        verbose=0,
+        jit_compile=jit_compile,
+    )
 
 
 def measure(batch_size, inference_batch_size, num_images, repeats):
@@ -94,8 +100,10 @@ def measure(batch_size, inference_batch_size, num_images, repeats):
             "train": seconds(lambda: models_handling.fit(model, train_images, train_labels, settings, epochs=1)),
             "inference": seconds(lambda: models_handling.evaluate(model, test_images, test_labels, settings)),
             "inference_at_training_batch": seconds(
-                lambda: models_handling.evaluate(model, test_images, test_labels, small_batches)),
-            "refill": seconds(lambda: precise.refill(model, train_images, settings, repeat)) if model.norm
+                lambda: models_handling.evaluate(model, test_images, test_labels, small_batches)
+            ),
+            "refill": seconds(lambda: precise.refill(model, train_images, settings, repeat))
+            if model.norm
             else None,  # lenet has nothing to refill
         }
 
@@ -106,9 +114,11 @@ def measure(batch_size, inference_batch_size, num_images, repeats):
         for (path, name), (model, settings) in runs.items():  # in turns: a slow spell hits every model
             times[path, name].append(timings(model, settings, repeat + 1))
             latest = times[path, name][-1]
-            line = (f"  repetition {repeat + 1}/{repeats} {path:<10} {name}: train {latest['train']:.1f} s, "
-                    f"inference {latest['inference']:.2f} s (batch {inference_batch_size}), "
-                    f"{latest['inference_at_training_batch']:.2f} s (batch {batch_size})")
+            line = (
+                f"  repetition {repeat + 1}/{repeats} {path:<10} {name}: train {latest['train']:.1f} s, "
+                f"inference {latest['inference']:.2f} s (batch {inference_batch_size}), "
+                f"{latest['inference_at_training_batch']:.2f} s (batch {batch_size})"
+            )
             if latest["refill"] is not None:
                 line += f", refill {latest['refill']:.3f} s"
             print(line, flush=True)
@@ -117,10 +127,13 @@ def measure(batch_size, inference_batch_size, num_images, repeats):
         return statistics.median(repetition[kind] for repetition in times[path, name])
 
     count = {"train": num_images, "inference": len(test_images), "inference_at_training_batch": len(test_images)}
-    figures = {kind: {path: {name: count[kind] / median(kind, path, name) for name in MODELS} for path in PATHS}
-               for kind in count}
-    figures["refill"] = {path: {name: median("refill", path, name) for name in MODELS if name != "lenet"}
-                         for path in PATHS}
+    figures = {
+        kind: {path: {name: count[kind] / median(kind, path, name) for name in MODELS} for path in PATHS}
+        for kind in count
+    }
+    figures["refill"] = {
+        path: {name: median("refill", path, name) for name in MODELS if name != "lenet"} for path in PATHS
+    }
     return figures
 
 
@@ -134,7 +147,8 @@ def measure_choices(batch_size, num_images):
     for name in MODELS:
         model = models_handling.build_and_compile(name, settings)
         choices[name] = choose_jit_compile(
-            model, models_handling.timing_batches(train_images, train_labels, batch_size))
+            model, models_handling.timing_batches(train_images, train_labels, batch_size)
+        )
         print(f"  auto, {name}: {choices[name].describe()}", flush=True)
     return choices
 
@@ -142,8 +156,10 @@ def measure_choices(batch_size, num_images):
 def with_auto(figures, choices):
     """`figures` with an "auto" path: each model's figures on the path chosen for it."""
     chosen = {name: PATH_KEYS[choice.jit_compile] for name, choice in choices.items()}
-    return {kind: {**per_path, "auto": {name: per_path[chosen[name]][name] for name in per_path["xla"]}}
-            for kind, per_path in figures.items()}
+    return {
+        kind: {**per_path, "auto": {name: per_path[chosen[name]][name] for name in per_path["xla"]}}
+        for kind, per_path in figures.items()
+    }
 
 
 def sweep_seconds(train_speed, inference_speed, refill_seconds, startup_seconds):
@@ -166,11 +182,13 @@ def sweep_seconds(train_speed, inference_speed, refill_seconds, startup_seconds)
 def synthetic_raw(num_train, num_test, seed=0):
     """Random uint8 MNIST-shaped data as utils.RawData: what a sweep ships to its workers."""
     rng = np.random.default_rng(seed)
-    return utils.RawData(rng.integers(0, 256, (num_train, 28, 28), dtype=np.uint8),
-                         rng.integers(0, 10, num_train).astype(np.uint8),
-                         rng.integers(0, 256, (num_test, 28, 28), dtype=np.uint8),
-                         rng.integers(0, 10, num_test).astype(np.uint8),
-                         record={"data": f"synthetic {seed}", "data_sha256": None})
+    return utils.RawData(
+        rng.integers(0, 256, (num_train, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, num_train).astype(np.uint8),
+        rng.integers(0, 256, (num_test, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, num_test).astype(np.uint8),
+        record={"data": f"synthetic {seed}", "data_sha256": None},
+    )
 
 
 def measure_jobs(num_images, epochs):
@@ -188,8 +206,11 @@ def measure_jobs(num_images, epochs):
             done = executor.run(plan, data)
         wall[str(jobs)] = time.perf_counter() - start
         accuracies[str(jobs)] = [finished.result.test_accuracy for finished in done]
-        print(f"  default sweep, {num_images} images, {epochs} epochs, --jobs {jobs} "
-              f"({executor.jobs} at once): {wall[str(jobs)]:.1f} s", flush=True)
+        print(
+            f"  default sweep, {num_images} images, {epochs} epochs, --jobs {jobs} "
+            f"({executor.jobs} at once): {wall[str(jobs)]:.1f} s",
+            flush=True,
+        )
     largest_gap = max(abs(a - b) for a, b in zip(accuracies["1"], accuracies["auto"]))
     return wall, jobs_for("auto", len(plan)), largest_gap
 
@@ -206,6 +227,7 @@ def measure_steps_per_execution(num_images, counts, repeats):
             for count in counts:
                 model = models_handling.build_and_compile(name, settings)
                 models_handling.compile_model(model, settings, steps_per_execution=count)
+
                 def epoch(model=model, settings=settings):
                     models_handling.fit(model, images, labels, settings, epochs=1)
 
@@ -228,23 +250,54 @@ def cpu_name():
 
 def main(argv=None):
     parser = OneLineErrorParser(prog="bench.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int_up_to(LIMITS["images"]), default=FULL_RUN["images"],
-                        help=f"training images per epoch (1 to {LIMITS['images']})")
-    parser.add_argument("--batch_size", type=int_up_to(LIMITS["batch_size"]), default=DEFAULTS["batch_size"],
-                        help=f"training batch size, 1 to {LIMITS['batch_size']}")
-    parser.add_argument("--inference_batch_size", type=int_up_to(LIMITS["batch_size"]),
-                        default=DEFAULTS["inference_batch_size"], help=f"as main.py's, 1 to {LIMITS['batch_size']}")
-    parser.add_argument("--repeats", type=int_up_to(LIMITS["repeats"]), default=FULL_RUN["repeats"],
-                        help=f"timed repetitions per figure (1 to {LIMITS['repeats']})")
-    parser.add_argument("--output", help="a JSON file for the figures; by default results/bench.json for a "
-                        "full run (the default --images and --repeats) and no file for a shorter one")
-    parser.add_argument("--part", choices=PARTS, default="all",
-                        help="paths: the compile paths and auto; jobs: the default sweep at --jobs 1 and auto, and "
-                        "Keras's steps_per_execution; all: both. A part alone updates its own figures in --output")
-    parser.add_argument("--sweep_images", type=int_up_to(LIMITS["images"]), default=JOBS_SWEEP["images"],
-                        help="the jobs part's training images (the sweep trains on them less its validation split)")
-    parser.add_argument("--sweep_epochs", type=int_up_to(LIMITS["epochs"]), default=JOBS_SWEEP["epochs"],
-                        help="the jobs part's epochs per model")
+    parser.add_argument(
+        "--images",
+        type=int_up_to(LIMITS["images"]),
+        default=FULL_RUN["images"],
+        help=f"training images per epoch (1 to {LIMITS['images']})",
+    )
+    parser.add_argument(
+        "--batch_size",
+        type=int_up_to(LIMITS["batch_size"]),
+        default=DEFAULTS["batch_size"],
+        help=f"training batch size, 1 to {LIMITS['batch_size']}",
+    )
+    parser.add_argument(
+        "--inference_batch_size",
+        type=int_up_to(LIMITS["batch_size"]),
+        default=DEFAULTS["inference_batch_size"],
+        help=f"as main.py's, 1 to {LIMITS['batch_size']}",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int_up_to(LIMITS["repeats"]),
+        default=FULL_RUN["repeats"],
+        help=f"timed repetitions per figure (1 to {LIMITS['repeats']})",
+    )
+    parser.add_argument(
+        "--output",
+        help="a JSON file for the figures; by default results/bench.json for a "
+        "full run (the default --images and --repeats) and no file for a shorter one",
+    )
+    parser.add_argument(
+        "--part",
+        choices=PARTS,
+        default="all",
+        help="paths: the compile paths and auto; jobs: the default sweep at --jobs 1 and auto, and "
+        "Keras's steps_per_execution; all: both. A part alone updates its own figures in --output",
+    )
+    parser.add_argument(
+        "--sweep_images",
+        type=int_up_to(LIMITS["images"]),
+        default=JOBS_SWEEP["images"],
+        help="the jobs part's training images (the sweep trains on them less its validation split)",
+    )
+    parser.add_argument(
+        "--sweep_epochs",
+        type=int_up_to(LIMITS["epochs"]),
+        default=JOBS_SWEEP["epochs"],
+        help="the jobs part's epochs per model",
+    )
     args = parser.parse_args(argv)
     if args.output is None and (args.images, args.repeats) == (FULL_RUN["images"], FULL_RUN["repeats"]):
         args.output = "results/bench.json"
@@ -257,8 +310,11 @@ def main(argv=None):
         except utils.UsageError as error:
             parser.error(str(error))
     if args.images < FEWEST_TRUSTED_IMAGES:
-        print(f"warning: {args.images} images make epochs too short to time well; the figures and the sweep "
-              f"estimate below are rough (use --images {FEWEST_TRUSTED_IMAGES} or more)", file=sys.stderr)
+        print(
+            f"warning: {args.images} images make epochs too short to time well; the figures and the sweep "
+            f"estimate below are rough (use --images {FEWEST_TRUSTED_IMAGES} or more)",
+            file=sys.stderr,
+        )
 
     record = {"settings": vars(args), "machine": machine()}
     if args.part in ("all", "paths"):
@@ -290,69 +346,100 @@ def machine():
 
 def measure_parallelism(args):
     """The jobs part: the default sweep at --jobs 1 and auto, and steps_per_execution."""
-    print(f"\nthe default sweep on {args.sweep_images} synthetic images, {args.sweep_epochs} epochs per model, "
-          f"at --jobs 1 and --jobs auto on {cores()} cores")
+    print(
+        f"\nthe default sweep on {args.sweep_images} synthetic images, {args.sweep_epochs} epochs per model, "
+        f"at --jobs 1 and --jobs auto on {cores()} cores"
+    )
     wall, jobs, gap = measure_jobs(args.sweep_images, args.sweep_epochs)
     speedup = wall["1"] / wall["auto"]
     print(f"{'--jobs 1':<52}{wall['1']:>6.1f} s\n{f'--jobs auto ({jobs} at once)':<52}{wall['auto']:>6.1f} s")
-    print(f"{'jobs speedup':<52}{speedup:>6.2f}x on {cores()} cores "
-          f"(test accuracies differ by at most {gap:.2g})")
+    print(f"{'jobs speedup':<52}{speedup:>6.2f}x on {cores()} cores (test accuracies differ by at most {gap:.2g})")
     print(f"\nsteps_per_execution on {STEPS_PER_EXECUTION['images']} images")
-    per_step = measure_steps_per_execution(STEPS_PER_EXECUTION["images"], STEPS_PER_EXECUTION["counts"],
-                                           STEPS_PER_EXECUTION["repeats"])
-    gains = {f"{path}, {name}": counts["1"] / counts[str(max(STEPS_PER_EXECUTION["counts"]))]
-             for path, models in per_step.items() for name, counts in models.items()}
+    per_step = measure_steps_per_execution(
+        STEPS_PER_EXECUTION["images"], STEPS_PER_EXECUTION["counts"], STEPS_PER_EXECUTION["repeats"]
+    )
+    gains = {
+        f"{path}, {name}": counts["1"] / counts[str(max(STEPS_PER_EXECUTION["counts"]))]
+        for path, models in per_step.items()
+        for name, counts in models.items()
+    }
     for name, gain in gains.items():
-        print(f"{'steps_per_execution ' + str(max(STEPS_PER_EXECUTION['counts'])) + ' vs 1, ' + name:<52}"
-              f"{gain:>6.2f}x")
-    return {"jobs": {"sweep_seconds": wall, "jobs_auto": jobs, "cores": cores(), "speedup": speedup,
-                     "largest_test_accuracy_gap": gap, "images": args.sweep_images, "epochs": args.sweep_epochs},
-            "steps_per_execution": {"ms_per_step": per_step, "gain": gains, **STEPS_PER_EXECUTION}}
+        print(f"{'steps_per_execution ' + str(max(STEPS_PER_EXECUTION['counts'])) + ' vs 1, ' + name:<52}{gain:>6.2f}x")
+    return {
+        "jobs": {
+            "sweep_seconds": wall,
+            "jobs_auto": jobs,
+            "cores": cores(),
+            "speedup": speedup,
+            "largest_test_accuracy_gap": gap,
+            "images": args.sweep_images,
+            "epochs": args.sweep_epochs,
+        },
+        "steps_per_execution": {"ms_per_step": per_step, "gain": gains, **STEPS_PER_EXECUTION},
+    }
 
 
 def measure_paths(args):
     """The paths part: both compile paths and auto, per model."""
-    print(f"{args.images} synthetic images, training batch {args.batch_size}, inference batch "
-          f"{args.inference_batch_size}, {args.repeats} repetitions; paths: XLA, TensorFlow's kernels, auto")
+    print(
+        f"{args.images} synthetic images, training batch {args.batch_size}, inference batch "
+        f"{args.inference_batch_size}, {args.repeats} repetitions; paths: XLA, TensorFlow's kernels, auto"
+    )
     choices = measure_choices(args.batch_size, args.images)
     figures = with_auto(measure(args.batch_size, args.inference_batch_size, args.images, args.repeats), choices)
     # What a model's start costs: on a fixed path its first step, which compiles
     # (as timed while choosing); under auto the whole choice.
     startup = {path: {name: choice.compile_seconds[path] for name, choice in choices.items()} for path in PATHS}
     startup["auto"] = {name: choice.seconds for name, choice in choices.items()}
-    sweep = {path: sweep_seconds(figures["train"][path], figures["inference"][path], figures["refill"][path],
-                                 startup[path])
-             for path in figures["train"]}
+    sweep = {
+        path: sweep_seconds(figures["train"][path], figures["inference"][path], figures["refill"][path], startup[path])
+        for path in figures["train"]
+    }
     train, inference = figures["train"], figures["inference"]
     ratios = {
         "auto_sweep_vs_faster_fixed_path": sweep["auto"] / min(sweep["xla"], sweep["tensorflow"]),
         "xla_sweep_vs_auto_sweep": sweep["xla"] / sweep["auto"],
-        **{f"fc_bn2_train_vs_lenet_train, {path}": train[path]["lenet_fc_bn2"] / train[path]["lenet"]
-           for path in train},
-        **{f"fc_bn2_train_vs_keras_bn_train, {path}": train[path]["lenet_fc_bn2"] / train[path][KERAS_BN_VARIANT]
-           for path in train},
-        **{f"inference_batch_{args.inference_batch_size}_vs_{args.batch_size}, {path}, {name}":
-           inference[path][name] / figures["inference_at_training_batch"][path][name]
-           for path in PATHS for name in MODELS},
+        **{
+            f"fc_bn2_train_vs_lenet_train, {path}": train[path]["lenet_fc_bn2"] / train[path]["lenet"] for path in train
+        },
+        **{
+            f"fc_bn2_train_vs_keras_bn_train, {path}": train[path]["lenet_fc_bn2"] / train[path][KERAS_BN_VARIANT]
+            for path in train
+        },
+        **{
+            f"inference_batch_{args.inference_batch_size}_vs_{args.batch_size}, {path}, {name}": inference[path][name]
+            / figures["inference_at_training_batch"][path][name]
+            for path in PATHS
+            for name in MODELS
+        },
     }
     # What the `precise` rule adds to a full-data epoch (51,000 training images).
-    refill_share = {path: {name: refill / (SWEEP["train"] / train[path][name]) for name, refill in per_model.items()}
-                    for path, per_model in figures["refill"].items()}
+    refill_share = {
+        path: {name: refill / (SWEEP["train"] / train[path][name]) for name, refill in per_model.items()}
+        for path, per_model in figures["refill"].items()
+    }
 
-    columns = {"train": "train", "inference": f"infer@{args.inference_batch_size}",
-               "inference_at_training_batch": f"infer@{args.batch_size}"}
+    columns = {
+        "train": "train",
+        "inference": f"infer@{args.inference_batch_size}",
+        "inference_at_training_batch": f"infer@{args.batch_size}",
+    }
     print(f"\nimages per second\n{'path':<11}{'model':<16}" + "".join(f"{title:>13}" for title in columns.values()))
     for path in train:
         for name in MODELS:
             print(f"{path:<11}{name:<16}" + "".join(f"{figures[kind][path][name]:>13.0f}" for kind in columns))
-    print("\nauto chose: " + ", ".join(f"{name} {choice.path()} ({choice.seconds:.1f} s to choose)"
-                                      for name, choice in choices.items()))
+    print(
+        "\nauto chose: "
+        + ", ".join(f"{name} {choice.path()} ({choice.seconds:.1f} s to choose)" for name, choice in choices.items())
+    )
     for name, value in ratios.items():
         print(f"{name:<52}{value:>6.2f}x")
     for path, per_model in figures["refill"].items():
         for name, refill in per_model.items():
-            print(f"{'refill, ' + path + ', ' + name:<52}{refill * 1000:>6.0f} ms, {refill_share[path][name]:.2%} "
-                  f"of a {SWEEP['train']:,}-image training epoch")
+            print(
+                f"{'refill, ' + path + ', ' + name:<52}{refill * 1000:>6.0f} ms, {refill_share[path][name]:.2%} "
+                f"of a {SWEEP['train']:,}-image training epoch"
+            )
     for path, total in sweep.items():
         print(f"{'estimated default sweep (--model all), ' + path:<52}{total / 60:>6.1f} min")
 

@@ -148,10 +148,12 @@ def synchronized_batch_statistics(x, replicas):
     # One tensor per all-reduce, each depending on the one before: replicas
     # must launch their all-reduces in the same order.
     totals = replicas.all_reduce(
-        tf.distribute.ReduceOp.SUM, ops.concatenate([channel_sums(rows, channels), local_count[None]], axis=0))
+        tf.distribute.ReduceOp.SUM, ops.concatenate([channel_sums(rows, channels), local_count[None]], axis=0)
+    )
     mean, count = totals[:-1] / totals[-1], totals[-1]
     squared_deviations = replicas.all_reduce(
-        tf.distribute.ReduceOp.SUM, channel_sums(ops.square(rows - along_rows(mean, rows)), channels))
+        tf.distribute.ReduceOp.SUM, channel_sums(ops.square(rows - along_rows(mean, rows)), channels)
+    )
     return mean, squared_deviations / count, count
 
 
@@ -237,17 +239,31 @@ class BatchNorm(keras.layers.Layer):
         # otherwise their rows are averaged.
         rows = "only_first_replica" if self.synchronized else "mean"
         self.mean_window = self.add_weight(
-            shape=window_shape, initializer="zeros", dtype="float32", trainable=False, autocast=False,
-            aggregation=rows, name="mean_window",
+            shape=window_shape,
+            initializer="zeros",
+            dtype="float32",
+            trainable=False,
+            autocast=False,
+            aggregation=rows,
+            name="mean_window",
         )
         self.variance_window = self.add_weight(
-            shape=window_shape, initializer="ones", dtype="float32", trainable=False, autocast=False,
-            aggregation=rows, name="variance_window",
+            shape=window_shape,
+            initializer="ones",
+            dtype="float32",
+            trainable=False,
+            autocast=False,
+            aggregation=rows,
+            name="variance_window",
         )
         # How many training batches have been recorded; the next goes into
         # row recorded_batches % window_size.
         self.recorded_batches = self.add_weight(
-            shape=(), initializer="zeros", dtype="int64", trainable=False, aggregation="only_first_replica",
+            shape=(),
+            initializer="zeros",
+            dtype="int64",
+            trainable=False,
+            aggregation="only_first_replica",
             name="recorded_batches",
         )
 
@@ -289,17 +305,19 @@ class BatchNorm(keras.layers.Layer):
         slot = ops.cast(self.recorded_batches % self.window_size, "int32")
         write_row = ops.logical_and(ops.arange(self.window_size) == slot, has_variance)[:, None]
         self.mean_window.assign(ops.where(write_row, mean[None, :], self.mean_window))
-        self.variance_window.assign(
-            ops.where(write_row, unbiased_variance[None, :], self.variance_window)
-        )
+        self.variance_window.assign(ops.where(write_row, unbiased_variance[None, :], self.variance_window))
         self.recorded_batches.assign_add(ops.cast(has_variance, "int64"))
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon, "window_size": self.window_size,
-                "synchronized": self.synchronized}
+        return {
+            **super().get_config(),
+            "epsilon": self.epsilon,
+            "window_size": self.window_size,
+            "synchronized": self.synchronized,
+        }
 
 
 # --------------------------------------------------------------------------
@@ -378,11 +396,12 @@ class LeNet5(keras.Model):
             # Keras's synchronized path computes E[x^2] - E[x]^2 even on one
             # device, so it is asked for only under a strategy, where it matters.
             return keras.layers.BatchNormalization(
-                epsilon=self.epsilon, momentum=self.keras_momentum, name=name,
+                epsilon=self.epsilon,
+                momentum=self.keras_momentum,
+                name=name,
                 synchronized=self.synchronized and tf.distribute.has_strategy(),
             )
-        return BatchNorm(epsilon=self.epsilon, window_size=self.window_size, synchronized=self.synchronized,
-                         name=name)
+        return BatchNorm(epsilon=self.epsilon, window_size=self.window_size, synchronized=self.synchronized, name=name)
 
     def _affine_bn(self, name, x, training):
         """What the layer's sigmoid receives: the affine map, then BN where there is BN."""
@@ -442,11 +461,20 @@ def build_lenet(name, config):
     output_size, epsilon, window_size and bn_sync (a harness.config.Config)."""
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
-    options = {"output_size": config.output_size, "epsilon": config.epsilon, "window_size": config.window_size,
-               "synchronized": config.bn_sync == "global", "name": name}
+    options = {
+        "output_size": config.output_size,
+        "epsilon": config.epsilon,
+        "window_size": config.window_size,
+        "synchronized": config.bn_sync == "global",
+        "name": name,
+    }
     if name == KERAS_BN_VARIANT:
-        model = LeNet5(bn_after=VARIANTS["lenet_fc_bn2"], bn_layer="keras",
-                       keras_momentum=momentum_matching_window(config.window_size), **options)
+        model = LeNet5(
+            bn_after=VARIANTS["lenet_fc_bn2"],
+            bn_layer="keras",
+            keras_momentum=momentum_matching_window(config.window_size),
+            **options,
+        )
     else:
         model = LeNet5(bn_after=VARIANTS[name], **options)
     model(ops.zeros((1, *INPUT_SHAPE)))  # creates the weights; inference leaves BN state alone
@@ -468,8 +496,11 @@ def rebuild(model, window_size=None, network_class=LeNet5):
     """A copy of `model` (ours, any BN places), as another `network_class`
     or with another window size; its BN statistics are left for the caller
     to fill."""
-    config = {key: value for key, value in model.get_config().items()
-              if key in ("bn_after", "output_size", "epsilon", "window_size")}
+    config = {
+        key: value
+        for key, value in model.get_config().items()
+        if key in ("bn_after", "output_size", "epsilon", "window_size")
+    }
     if window_size is not None:
         config["window_size"] = window_size
     copy = network_class(**config, name=model.name)

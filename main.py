@@ -54,85 +54,106 @@ from harness.flags import (
 # Every flag: its type or choices, and its help. The default is DEFAULTS's.
 FLAGS = {
     "model": dict(
-        choices=[*MODEL_NAMES, "all"], metavar="NAME",
-        help="; ".join(describe(name) for name in MODEL_NAMES) + "; all: the five variants in turn"),
+        choices=[*MODEL_NAMES, "all"],
+        metavar="NAME",
+        help="; ".join(describe(name) for name in MODEL_NAMES) + "; all: the five variants in turn",
+    ),
     "batch_size": dict(
         type=int_up_to(LIMITS["batch_size"]),
-        help=f"mini-batch size for training and for the precise refill (1 to {LIMITS['batch_size']})"),
+        help=f"mini-batch size for training and for the precise refill (1 to {LIMITS['batch_size']})",
+    ),
     "output_size": dict(
         type=int_up_to(LIMITS["output_size"]),
-        help=f"number of classes (units of the output layer; 1 to {LIMITS['output_size']})"),
-    "epochs": dict(
-        type=int_up_to(LIMITS["epochs"]), help=f"passes over the training split (1 to {LIMITS['epochs']})"),
+        help=f"number of classes (units of the output layer; 1 to {LIMITS['output_size']})",
+    ),
+    "epochs": dict(type=int_up_to(LIMITS["epochs"]), help=f"passes over the training split (1 to {LIMITS['epochs']})"),
     "optimizer": dict(help="Keras optimizer name (adam, sgd, rmsprop, ...)"),
     "learning_rate": dict(
         type=float_up_to_or_none(LIMITS["learning_rate"]),
         help=f"optimizer learning rate, up to {LIMITS['learning_rate']:g}; None: the optimizer's own default "
-        "(0.001 for adam)"),
+        "(0.001 for adam)",
+    ),
     "epsilon": dict(
         type=float_up_to(LIMITS["epsilon"]),
         help="BN's epsilon, added to the variance before the square root so that a "
-        f"channel with (near) zero variance does not divide by zero (up to {LIMITS['epsilon']:g})"),
+        f"channel with (near) zero variance does not divide by zero (up to {LIMITS['epsilon']:g})",
+    ),
     "window_size": dict(
         type=int_up_to(LIMITS["window_size"]),
         help="BN at inference normalizes with the average mean and variance of this many "
-        f"training mini-batches (which ones: --bn_statistics; 1 to {LIMITS['window_size']})"),
+        f"training mini-batches (which ones: --bn_statistics; 1 to {LIMITS['window_size']})",
+    ),
     "bn_statistics": dict(
         choices=BN_STATISTICS,
         help="what fills BN's inference window: precise refills it at every epoch's end, before "
         "validation, from window_size training batches passed through the trained, frozen weights "
         "(the paper's Algorithm 2); moving keeps the statistics of the last window_size training "
-        "steps, taken while the weights were still changing"),
+        "steps, taken while the weights were still changing",
+    ),
     "precision": dict(
         choices=PRECISIONS,
         help="Keras dtype policy: float32, or float16 / bfloat16 arithmetic with float32 weights "
-        "(faster on GPUs with tensor cores and CPUs with bfloat16 units; BN's statistics stay float32)"),
+        "(faster on GPUs with tensor cores and CPUs with bfloat16 units; BN's statistics stay float32)",
+    ),
     "devices": dict(
         type=int_up_to(LIMITS["devices"]),
         help="train on this many devices with tf.distribute.MirroredStrategy, batch_size staying the global "
         "batch, split evenly: the GPUs where the machine has that many, else logical CPU devices sharing the "
-        f"cores (1 to {LIMITS['devices']})"),
+        f"cores (1 to {LIMITS['devices']})",
+    ),
     "bn_sync": dict(
         choices=BN_SYNC,
         help="with several devices, BN normalizes each device's shard of the batch with the global batch's "
         "statistics (global: summed across devices, as Keras's synchronized=True) or with the shard's own "
-        "(replica; the window then records their average). One device: no difference"),
+        "(replica; the window then records their average). One device: no difference",
+    ),
     "verbose": dict(
-        type=int, choices=[0, 1, 2], help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch"),
+        type=int, choices=[0, 1, 2], help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch"
+    ),
     "flag_visualizations": dict(type=int, choices=[0, 1], help="1: write the PNG plots; 0: skip them"),
     "tensorboard": dict(
-        type=int, choices=[0, 1],
+        type=int,
+        choices=[0, 1],
         help="1: write TensorBoard logs (per-epoch scalars, BN statistics histograms) under "
-        "RESULTS_DIR/logs/MODEL/; view them with tensorboard --logdir RESULTS_DIR/logs"),
+        "RESULTS_DIR/logs/MODEL/; view them with tensorboard --logdir RESULTS_DIR/logs",
+    ),
     "resume": dict(
-        type=int, choices=[0, 1],
+        type=int,
+        choices=[0, 1],
         help="1: rerun a sweep without redoing work: a model whose summary.json entry has the same settings "
         "and data is skipped, and a model interrupted mid-training continues from its last finished epoch "
-        "(backed up under RESULTS_DIR/backup/MODEL/ until it finishes); 0: train every model afresh"),
+        "(backed up under RESULTS_DIR/backup/MODEL/ until it finishes); 0: train every model afresh",
+    ),
     "jit_compile": dict(
         type=auto_or_switch,
         help="1: compile each training and inference step with XLA; 0: run TensorFlow's own kernels; auto: "
         "time a few training steps both ways at each model's start and keep the faster (which one depends on "
-        "the machine). Results differ only by float rounding"),
+        "the machine). Results differ only by float rounding",
+    ),
     "inference_batch_size": dict(
         type=int_up_to(LIMITS["batch_size"]),
         help="batch size for validation and test: larger is faster, and at inference BN uses its window, "
-        f"never the batch, so results change only by float rounding (1 to {LIMITS['batch_size']})"),
+        f"never the batch, so results change only by float rounding (1 to {LIMITS['batch_size']})",
+    ),
     "jobs": dict(
         type=auto_or_int_up_to(LIMITS["jobs"]),
         help="how many models train at once, each in its own worker process of a local Dask cluster (a "
         "training uses one core: TensorFlow's kernels get nothing from more on LeNet); auto: the machine's "
-        f"cores, at most one per model; 1: one after the other in this process (1 to {LIMITS['jobs']})"),
+        f"cores, at most one per model; 1: one after the other in this process (1 to {LIMITS['jobs']})",
+    ),
     "cluster": dict(
         help="the address of a running Dask scheduler (tcp://HOST:8786; default: "
-        "$DASK_SCHEDULER_ADDRESS if set): the models train on its workers, this process writes the results"),
+        "$DASK_SCHEDULER_ADDRESS if set): the models train on its workers, this process writes the results"
+    ),
     "seed": dict(
         type=int_up_to(LIMITS["seed"], low=0),
-        help=f"fixes the train/validation split, the initial weights and the shuffling (0 to {LIMITS['seed']})"),
+        help=f"fixes the train/validation split, the initial weights and the shuffling (0 to {LIMITS['seed']})",
+    ),
     "val_split": dict(type=fraction, help="fraction of the training set held out for validation"),
     "data": dict(
         help="a Keras-format .npz (x_train, y_train, x_test, y_test) or a folder with "
-        "the four MNIST IDX files (raw or .gz); None: download --dataset with Keras"),
+        "the four MNIST IDX files (raw or .gz); None: download --dataset with Keras"
+    ),
     "dataset": dict(choices=DATASETS, help="what Keras downloads when --data is None"),
     "results_dir": dict(help="where histories, plots and summary.json are written"),
 }
@@ -162,8 +183,11 @@ def main(argv=None):
     parser = build_parser()
     config = Config(**vars(parser.parse_args(argv)))
     if config.data is not None and config.dataset != DEFAULTS["dataset"]:
-        print(f"{parser.prog}: error: --dataset {config.dataset} names what Keras downloads, but --data "
-              f"{config.data} is given: drop one of the two", file=sys.stderr)
+        print(
+            f"{parser.prog}: error: --dataset {config.dataset} names what Keras downloads, but --data "
+            f"{config.data} is given: drop one of the two",
+            file=sys.stderr,
+        )
         return 2
     if __name__ == "__main__":
         # Ctrl-C while TensorFlow loads: nothing to keep, so leave at once. (A

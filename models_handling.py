@@ -28,8 +28,7 @@ def make_optimizer(name, learning_rate=None):
         return optimizer_class(learning_rate=learning_rate)
     except Exception:
         raise UsageError(
-            f"--optimizer {name}: not a Keras optimizer; use a name such as adam, sgd, rmsprop, "
-            "adamw, nadam or adagrad"
+            f"--optimizer {name}: not a Keras optimizer; use a name such as adam, sgd, rmsprop, adamw, nadam or adagrad"
         ) from None
 
 
@@ -85,7 +84,10 @@ def batches(images, labels, batch_size, order=None):
 
     def gather_tensors(positions):
         image_batch, label_batch = tf.numpy_function(
-            gather, [positions], (tf.as_dtype(images.dtype), tf.as_dtype(labels.dtype)), stateful=order is not None,
+            gather,
+            [positions],
+            (tf.as_dtype(images.dtype), tf.as_dtype(labels.dtype)),
+            stateful=order is not None,
         )
         return tf.ensure_shape(image_batch, (None, *images.shape[1:])), tf.ensure_shape(label_batch, (None,))
 
@@ -150,9 +152,7 @@ def train(model, splits, config, callbacks=()):
     """Fit on the training split, validating after every epoch; the history as plain lists."""
     if precise.applies(model, config):
         callbacks = [*callbacks, precise.PreciseStatistics(splits.x_train, config)]
-    history = fit(
-        model, splits.x_train, splits.y_train, config, config.epochs, (splits.x_val, splits.y_val), callbacks
-    )
+    history = fit(model, splits.x_train, splits.y_train, config, config.epochs, (splits.x_val, splits.y_val), callbacks)
     return {key: [float(value) for value in history.history[key]] for key in HISTORY_KEYS}
 
 
@@ -181,9 +181,17 @@ def run_model(name, splits, config, model=None, callbacks=(), backup=None):
         history = {key: list(backup.history[key]) for key in HISTORY_KEYS}
         seconds += backup.earlier_seconds
     # A diverged model has nothing to test: its weights are not numbers.
-    test_loss, test_accuracy = (None, None) if divergence.at else evaluate(
-        model, splits.x_test, splits.y_test, config)
+    test_loss, test_accuracy = (None, None) if divergence.at else evaluate(model, splits.x_test, splits.y_test, config)
     trainable = sum(int(weight.numpy().size) for weight in model.trainable_weights)
     choice = getattr(model, "jit_choice", None)
-    return ModelResult(name, history, test_loss, test_accuracy, seconds, trainable, model=model,
-                       diverged=divergence.at, jit_choice=choice.record() if choice else None)
+    return ModelResult(
+        name,
+        history,
+        test_loss,
+        test_accuracy,
+        seconds,
+        trainable,
+        model=model,
+        diverged=divergence.at,
+        jit_choice=choice.record() if choice else None,
+    )

@@ -48,11 +48,11 @@ def build_parser():
         description="Studies of what batch normalization does to LeNet-5; each writes PNGs, a CSV and "
         "summary.json into RESULTS_DIR/NAME/.",
     )
-    names = parser.add_subparsers(dest="study", required=True, metavar="NAME",
-                                  parser_class=OneLineErrorParser)
+    names = parser.add_subparsers(dest="study", required=True, metavar="NAME", parser_class=OneLineErrorParser)
     for name, study in STUDIES.items():
-        sub = names.add_parser(name, help=study.ABOUT, description=study.ABOUT,
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sub = names.add_parser(
+            name, help=study.ABOUT, description=study.ABOUT, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
         for flag in SHARED_FLAGS:
             if flag == "seed" and name == "seeds":
                 continue
@@ -75,16 +75,21 @@ def main(argv=None):
     study, config = STUDIES[args.study], configuration(args)
     data = config.data or f"keras.datasets.{config.dataset}"
     print(f"study {args.study}: {study.ABOUT}", flush=True)
-    print(f"data {data}, {config.epochs} epochs per training run; results into {study_dir(config, args.study)}/",
-          flush=True)
+    print(
+        f"data {data}, {config.epochs} epochs per training run; results into {study_dir(config, args.study)}/",
+        flush=True,
+    )
     try:
         study.run(config, args)
     except utils.UsageError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: seeds and lr keep the CSV of every run that finished; the other studies "
-              "write their files only when they end", file=sys.stderr)
+        print(
+            "\ninterrupted: seeds and lr keep the CSV of every run that finished; the other studies "
+            "write their files only when they end",
+            file=sys.stderr,
+        )
         return 130
     print(f"written to {study_dir(config, args.study)}/")
     return 0

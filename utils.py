@@ -24,8 +24,7 @@ IMAGE_SIDE = 28  # MNIST and Fashion-MNIST images are 28x28
 PAD = 2  # LeNet-5 takes 32x32: MNIST padded by 2 px, as in LeCun et al. (1998)
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 LOCAL_DATA_HINT = (
-    "pass a local copy with --data PATH (a Keras-format .npz such as mnist.npz, "
-    "or a folder with the four IDX files)"
+    "pass a local copy with --data PATH (a Keras-format .npz such as mnist.npz, or a folder with the four IDX files)"
 )
 
 
@@ -81,7 +80,6 @@ def load(config):
     return RawData(*raw, record=data_record(config.data, config.dataset))
 
 
-
 def load_raw(data=None, dataset="mnist"):
     """(x_train, y_train, x_test, y_test) as stored: uint8 images (N, 28, 28), labels (N,).
 
@@ -112,9 +110,7 @@ def _download(dataset):
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only if empty
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(
-            f"could not download {dataset} ({reason}); without network access, {LOCAL_DATA_HINT}"
-        ) from None
+        raise DataError(f"could not download {dataset} ({reason}); without network access, {LOCAL_DATA_HINT}") from None
     return x_train, y_train, x_test, y_test
 
 
@@ -139,8 +135,10 @@ def reading(path):
         kind = type(error).__qualname__
         kind = kind if type(error).__module__ == "builtins" else f"{type(error).__module__}.{kind}"
         reason = str(error).splitlines()[0] if str(error) else "no details"
-        raise DataError(f"{path}: cannot be read ({kind}: {reason}); the file is damaged, cut "
-                        "short or not what its name says: get a fresh copy") from None
+        raise DataError(
+            f"{path}: cannot be read ({kind}: {reason}); the file is damaged, cut "
+            "short or not what its name says: get a fresh copy"
+        ) from None
 
 
 def _load_npz(path):
@@ -163,8 +161,10 @@ ZIP_MAGIC = b"PK\x03\x04"  # a zip archive's first member starts with it
 def _not_an_npz(path):
     with open(path, "rb") as stream:
         if stream.read(len(ZIP_MAGIC)) == ZIP_MAGIC:  # its directory, at the end, is missing
-            raise DataError(f"--data {path}: a zip archive cut short or damaged (its directory at the end is "
-                            "missing); get a fresh copy")
+            raise DataError(
+                f"--data {path}: a zip archive cut short or damaged (its directory at the end is "
+                "missing); get a fresh copy"
+            )
     if _looks_like_idx(path):
         raise DataError(
             f"--data {path}: an IDX file; pass the folder that holds all four IDX files "
@@ -294,9 +294,7 @@ def check_raw(x_train, y_train, x_test, y_test, num_classes=10):
                 "e.g. (x * 255).round().astype('uint8'): this project divides by 255 itself"
             )
         if labels.shape != (len(images),):
-            raise DataError(
-                f"y_{part} has shape {labels.shape}; expected ({len(images)},), one label per image"
-            )
+            raise DataError(f"y_{part} has shape {labels.shape}; expected ({len(images)},), one label per image")
         if not np.issubdtype(labels.dtype, np.integer):
             raise DataError(f"y_{part} must hold integer class labels; got {labels.dtype}")
         if labels.min() < 0 or labels.max() >= num_classes:

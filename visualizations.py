@@ -56,9 +56,7 @@ def plot_comparison(histories, metric, path, spreads=None, title_prefix=""):
             (line,) = axes.plot(_epochs(values), values, marker="o", label=name)
             if spreads is not None:
                 spread = np.asarray(spreads[name][key])
-                axes.fill_between(
-                    _epochs(values), values - spread, values + spread, color=line.get_color(), alpha=0.2
-                )
+                axes.fill_between(_epochs(values), values - spread, values + spread, color=line.get_color(), alpha=0.2)
     for axes, part in ((train_axes, "training"), (val_axes, "validation")):
         axes.set(title=f"{title_prefix}{part} {metric}", xlabel="epoch")
         axes.grid(alpha=0.3)
@@ -130,14 +128,21 @@ def plot_learning_rates(rows, references, path):
         (line,) = axes.plot(rates, accuracies, marker="o", label=f"{name}, SGD")
         moving = [row["test_accuracy_moving"] for row in mine]
         if moving != [row["test_accuracy"] for row in mine]:
-            axes.plot(rates, np.array(moving, dtype=float), ":", marker="s", color=line.get_color(),
-                      label=f"{name}, SGD, moving statistics (last training steps)")
+            axes.plot(
+                rates,
+                np.array(moving, dtype=float),
+                ":",
+                marker="s",
+                color=line.get_color(),
+                label=f"{name}, SGD, moving statistics (last training steps)",
+            )
         for label, accuracy in references.items():
             if label.startswith(name + ","):
                 axes.axhline(accuracy, linestyle="--", color=line.get_color(), alpha=0.7, label=label)
     axes.set_xscale("log")
-    axes.set(title="test accuracy against learning rate", xlabel="learning rate (SGD)", ylabel="test accuracy",
-             ylim=(0, 1))
+    axes.set(
+        title="test accuracy against learning rate", xlabel="learning rate (SGD)", ylabel="test accuracy", ylim=(0, 1)
+    )
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8)
     save_figure(figure, path)
@@ -151,14 +156,16 @@ def plot_window_study(window_points, batch_points, path):
     for rule, points in window_points.items():
         window_axes.plot(*zip(*points), marker="o", label=rule)
     window_axes.set_xscale("log")
-    window_axes.set(title="inference statistics: window size", xlabel="window_size (training batches)",
-                    ylabel="test accuracy")
+    window_axes.set(
+        title="inference statistics: window size", xlabel="window_size (training batches)", ylabel="test accuracy"
+    )
     window_axes.legend(fontsize=8)
     for rule, points in batch_points.items():
         batch_axes.plot(*zip(*points), marker="o", label=rule)
     batch_axes.set_xscale("log")
-    batch_axes.set(title="inference batch size", xlabel="images per predicted batch", ylabel="test accuracy",
-                   ylim=(0, 1))
+    batch_axes.set(
+        title="inference batch size", xlabel="images per predicted batch", ylabel="test accuracy", ylim=(0, 1)
+    )
     batch_axes.legend(fontsize=8)
     for axes in (window_axes, batch_axes):
         axes.grid(alpha=0.3, which="both")
@@ -175,8 +182,11 @@ def plot_replicas(points, global_batch, path):
     replicas = sorted({count for rule_points in points.values() for count, _ in rule_points})
     axes.set_xscale("log", base=2)
     axes.set_xticks(replicas, [f"{count}\n({global_batch // count} per replica)" for count in replicas])
-    axes.set(title=f"lenet_fc_bn2, global batch {global_batch} split over replicas", xlabel="replicas",
-             ylabel="test accuracy")
+    axes.set(
+        title=f"lenet_fc_bn2, global batch {global_batch} split over replicas",
+        xlabel="replicas",
+        ylabel="test accuracy",
+    )
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8)
     save_figure(figure, path)

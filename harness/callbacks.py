@@ -117,8 +117,13 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
         self.folder.mkdir(parents=True, exist_ok=True)
         write_text(self.identity_path, json.dumps(self.identity) + "\n")
         choice = getattr(self.model, "jit_choice", None)
-        write_text(self.progress_path, json.dumps({"history": self.history, "seconds": self.seconds,
-                                                   "jit_choice": choice.record() if choice else None}) + "\n")
+        write_text(
+            self.progress_path,
+            json.dumps(
+                {"history": self.history, "seconds": self.seconds, "jit_choice": choice.record() if choice else None}
+            )
+            + "\n",
+        )
         super().on_epoch_end(epoch, logs)  # then the weights: never ahead of the history
 
 

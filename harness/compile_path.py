@@ -34,16 +34,21 @@ class JitChoice:
 
     def describe(self):
         chosen, other = PATH_KEYS[self.jit_compile], PATH_KEYS[not self.jit_compile]
-        return (f"{self.path()} ({self.ms_per_step[chosen]:.2f} ms per training step) over "
-                f"{PATH_NAMES[not self.jit_compile]} ({self.ms_per_step[other]:.2f} ms); chosen in "
-                f"{self.seconds:.1f} s, of which compiling took {self.compile_seconds['xla']:.1f} s (XLA) and "
-                f"{self.compile_seconds['tensorflow']:.1f} s (TensorFlow)")
+        return (
+            f"{self.path()} ({self.ms_per_step[chosen]:.2f} ms per training step) over "
+            f"{PATH_NAMES[not self.jit_compile]} ({self.ms_per_step[other]:.2f} ms); chosen in "
+            f"{self.seconds:.1f} s, of which compiling took {self.compile_seconds['xla']:.1f} s (XLA) and "
+            f"{self.compile_seconds['tensorflow']:.1f} s (TensorFlow)"
+        )
 
     def record(self):
         """The choice as summary.json holds it."""
-        return {"xla": self.jit_compile, "ms_per_step": self.ms_per_step,
-                "compile_seconds": {path: round(value, 2) for path, value in self.compile_seconds.items()},
-                "seconds": round(self.seconds, 2)}
+        return {
+            "xla": self.jit_compile,
+            "ms_per_step": self.ms_per_step,
+            "compile_seconds": {path: round(value, 2) for path, value in self.compile_seconds.items()},
+            "seconds": round(self.seconds, 2),
+        }
 
     @classmethod
     def from_record(cls, record):
@@ -94,5 +99,9 @@ def choose_jit_compile(model, step_batches):
     model.set_weights(weights)
     for variable, value in zip(model.optimizer.variables, optimizer_state):
         variable.assign(value)
-    return JitChoice(faster, {PATH_KEYS[xla]: value for xla, value in milliseconds.items()}, compile_seconds,
-                     time.perf_counter() - start)
+    return JitChoice(
+        faster,
+        {PATH_KEYS[xla]: value for xla, value in milliseconds.items()},
+        compile_seconds,
+        time.perf_counter() - start,
+    )

@@ -37,8 +37,21 @@ DATASETS = ("mnist", "fashion_mnist")  # what Keras downloads when no --data is 
 # What a training's numbers depend on, besides the data and the model's name:
 # summary.json's "settings", and with the data the run's identity (--resume).
 TRAINING_KEYS = (
-    "batch_size", "output_size", "epochs", "optimizer", "learning_rate", "epsilon", "window_size", "verbose",
-    "seed", "jit_compile", "bn_statistics", "precision", "devices", "bn_sync", "inference_batch_size",
+    "batch_size",
+    "output_size",
+    "epochs",
+    "optimizer",
+    "learning_rate",
+    "epsilon",
+    "window_size",
+    "verbose",
+    "seed",
+    "jit_compile",
+    "bn_statistics",
+    "precision",
+    "devices",
+    "bn_sync",
+    "inference_batch_size",
 )
 
 

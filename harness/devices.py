@@ -90,5 +90,6 @@ def mirrored_cpus(cpus):
     numbers that restart with every strategy object, so two strategies in one
     process (a study over 2, 4 and 8 devices; the tests) mix up each other's
     all-reduces."""
-    return tf.distribute.MirroredStrategy([cpu.name for cpu in cpus],
-                                          cross_device_ops=tf.distribute.ReductionToOneDevice())
+    return tf.distribute.MirroredStrategy(
+        [cpu.name for cpu in cpus], cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )

@@ -126,8 +126,10 @@ def run_training(training, data, placement, say=None, extra_callbacks=()):
         in_worker = say is not None
         if in_worker:
             config = replace(config, verbose=0)  # the epoch lines replace Keras's progress bar
-        (say or print)(f"{training.describe()}: training {config.epochs} epochs on {len(splits.y_train)} images ...",
-                       **({} if in_worker else {"flush": True}))
+        (say or print)(
+            f"{training.describe()}: training {config.epochs} epochs on {len(splits.y_train)} images ...",
+            **({} if in_worker else {"flush": True}),
+        )
         extra = [*extra_callbacks]
         if in_worker:
             extra.append(EpochLines(training.describe(), config.epochs, say))
@@ -136,11 +138,13 @@ def run_training(training, data, placement, say=None, extra_callbacks=()):
         probe = training.callback(splits, config) if training.callback else None
         if probe:
             extra.append(probe)
-        backup = callbacks.ResumableTraining(training.backup_dir, training.identity, config.resume) \
-            if training.backup_dir else None
+        backup = (
+            callbacks.ResumableTraining(training.backup_dir, training.identity, config.resume)
+            if training.backup_dir
+            else None
+        )
         model = training.build(config) if training.build else None
-        result = models_handling.run_model(training.name, splits, config, model=model, callbacks=extra,
-                                           backup=backup)
+        result = models_handling.run_model(training.name, splits, config, model=model, callbacks=extra, backup=backup)
         model_file = None
         if in_worker:
             model_file, result.model = model_bytes(result.model), None
@@ -273,8 +277,13 @@ class Executor:
             self.client = connect(self.address)
         else:
             self.local_cluster = distributed.LocalCluster(
-                n_workers=self.jobs, threads_per_worker=max(1, cores() // self.jobs), processes=True,
-                host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+                n_workers=self.jobs,
+                threads_per_worker=max(1, cores() // self.jobs),
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
+                silence_logs=logging.ERROR,
+            )
             self.client = distributed.Client(self.local_cluster)
         try:
             self.prepare_workers()
@@ -288,8 +297,8 @@ class Executor:
             with tempfile.TemporaryDirectory() as folder:
                 archive, path_module = Path(folder) / PROJECT_ARCHIVE, Path(folder) / f"{PATH_MODULE}.py"
                 archive.write_bytes(project_archive())
-                path_module.write_text(
-                    f"import os, sys\nsys.path.insert(0, os.path.join(os.path.dirname(__file__), {PROJECT_ARCHIVE!r}))\n")
+                zip_beside_it = f"os.path.join(os.path.dirname(__file__), {PROJECT_ARCHIVE!r})"
+                path_module.write_text(f"import os, sys\nsys.path.insert(0, {zip_beside_it})\n")
                 self.client.upload_file(str(archive), load=False)  # saved beside each worker's own files
                 self.client.upload_file(str(path_module))  # imported there: the modules come from the zip
         self.client.register_plugin(tensorflow_threads_plugin(), name="tensorflow-threads")
@@ -299,7 +308,8 @@ class Executor:
                 raise utils.UsageError(
                     f"worker {worker} runs TensorFlow {theirs['tensorflow']} with Keras {theirs['keras']}, this "
                     f"process TensorFlow {mine['tensorflow']} with Keras {mine['keras']}: install "
-                    "requirements.txt on every machine")
+                    "requirements.txt on every machine"
+                )
 
     def __exit__(self, *exception):
         for closing in (self.client, self.local_cluster):
@@ -317,8 +327,11 @@ class Executor:
         if self.in_process:
             done = []
             for index, training in enumerate(trainings):
-                done.append(run_training(training, data, {**self.placement(), "threads": threads_now()},
-                                         extra_callbacks=local_callbacks))
+                done.append(
+                    run_training(
+                        training, data, {**self.placement(), "threads": threads_now()}, extra_callbacks=local_callbacks
+                    )
+                )
                 if on_finished:
                     on_finished(index, done[-1])
             return done
@@ -336,9 +349,18 @@ class Executor:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Ll]arge (object|graph).*")  # the point: the data is large
             shared = self.client.submit(the_data, data, key=f"data-{data.key}-{self.client.id}", pure=False)
-        futures = [self.client.submit(run_on_worker, training, shared, topic, self.placement(), pure=False,
-                                      key=f"train-{index}-{training.describe()}-{self.client.id}")
-                   for index, training in enumerate(trainings)]
+        futures = [
+            self.client.submit(
+                run_on_worker,
+                training,
+                shared,
+                topic,
+                self.placement(),
+                pure=False,
+                key=f"train-{index}-{training.describe()}-{self.client.id}",
+            )
+            for index, training in enumerate(trainings)
+        ]
         position = {future.key: index for index, future in enumerate(futures)}
         done = [None] * len(trainings)
         try:
@@ -399,5 +421,6 @@ def connect(address):
         client.close()
         raise utils.UsageError(
             f"--cluster {address}: the scheduler has had no worker for {WORKER_WAIT_SECONDS} s; start one with "
-            f"`dask worker {address}`") from None
+            f"`dask worker {address}`"
+        ) from None
     return client

@@ -80,5 +80,6 @@ def make_writable_folder(folder, flag):
         write_text(folder / ".write_check", "")
         (folder / ".write_check").unlink()
     except OSError as error:
-        raise UsageError(f"{flag} {folder}: cannot write there ({error.strerror or error}); name another folder") \
-            from None
+        raise UsageError(
+            f"{flag} {folder}: cannot write there ({error.strerror or error}); name another folder"
+        ) from None

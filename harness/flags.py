@@ -9,10 +9,16 @@ import argparse
 # activation of a 65,536-image batch alone is 1.2 GB), or for a number float32
 # cannot hold (3.4e38).
 LIMITS = {
-    "batch_size": 65_536, "output_size": 10_000, "epochs": 10_000, "window_size": 10_000,
-    "seed": 2**32 - 1, "learning_rate": 1e38, "epsilon": 1.0,
+    "batch_size": 65_536,
+    "output_size": 10_000,
+    "epochs": 10_000,
+    "window_size": 10_000,
+    "seed": 2**32 - 1,
+    "learning_rate": 1e38,
+    "epsilon": 1.0,
     "images": 1_000_000,  # synthetic 32x32 float32 images: 4 GB
-    "repeats": 1_000, "steps": 1_000_000,
+    "repeats": 1_000,
+    "steps": 1_000_000,
     "devices": 64,  # logical CPU devices share the cores; beyond a few dozen they only add overhead
     "jobs": 256,  # trainings side by side: each worker process holds its own TensorFlow (about 400 MB)
 }

@@ -38,7 +38,7 @@ def refill_batches(images, batch_size, count, seed, draw):
     batch_size = min(batch_size, len(images))
     passes = -(-count * batch_size // len(images))
     order = np.concatenate([rng.permutation(len(images)) for _ in range(passes)])
-    return [images[order[start:start + batch_size]] for start in range(0, count * batch_size, batch_size)]
+    return [images[order[start : start + batch_size]] for start in range(0, count * batch_size, batch_size)]
 
 
 def refill(model, images, config, draw):

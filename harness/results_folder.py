@@ -90,9 +90,7 @@ def read_summary(results_dir):
             raise ValueError("not a JSON object")
         return summary
     except (OSError, ValueError) as error:
-        raise UsageError(
-            f"{path} is unreadable ({error}); move it away or choose another --results_dir"
-        ) from None
+        raise UsageError(f"{path} is unreadable ({error}); move it away or choose another --results_dir") from None
 
 
 def read_history(path):
@@ -132,7 +130,9 @@ def save_results(result, config, run_record):
     if plots:
         for metric in ("accuracy", "loss"):
             visualizations.plot_history(
-                result.history, metric, f"{describe(result.name)}: {metric}\n{outcome(result)}",
+                result.history,
+                metric,
+                f"{describe(result.name)}: {metric}\n{outcome(result)}",
                 results_dir / f"{result.name}_{metric}.png",
             )
     entry = {
@@ -158,9 +158,15 @@ def result_from_summary(results_dir, name, entry):
     model that a resumed sweep skips)."""
     history_path = Path(results_dir) / f"{name}_history.csv"
     history = read_history(history_path) if history_path.exists() else {key: [] for key in HISTORY_KEYS}
-    return ModelResult(name, history, entry.get("test_loss"), entry.get("test_accuracy"),
-                       entry.get("train_seconds", 0.0), entry.get("trainable_parameters"),
-                       diverged=entry.get("diverged"))
+    return ModelResult(
+        name,
+        history,
+        entry.get("test_loss"),
+        entry.get("test_accuracy"),
+        entry.get("train_seconds", 0.0),
+        entry.get("trainable_parameters"),
+        diverged=entry.get("diverged"),
+    )
 
 
 def update_summary(results_dir, name, entry):
@@ -183,7 +189,8 @@ def save_comparison(results_dir, summary, plots=True):
     results_dir = Path(results_dir)
     histories = {
         name: read_history(results_dir / f"{name}_history.csv")
-        for name in summary if (results_dir / f"{name}_history.csv").exists()
+        for name in summary
+        if (results_dir / f"{name}_history.csv").exists()
     }
     for metric in ("accuracy", "loss"):
         path = results_dir / f"comparison_{metric}.png"

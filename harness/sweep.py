@@ -106,24 +106,32 @@ def run(config, ctrl_c, finished):
     train, val = utils.split_train_val(len(data.y_train), config.val_split, config.seed)  # refuses an empty set
     make_optimizer(config.optimizer, config.learning_rate)  # rejects a bad name now
     if strategy.num_replicas_in_sync > 1 and config.jit_compile:
-        print(f"{strategy.num_replicas_in_sync} replicas: XLA off (as --jit_compile 0), since XLA cannot compile "
-              "a step whose variables lie on several devices")
+        print(
+            f"{strategy.num_replicas_in_sync} replicas: XLA off (as --jit_compile 0), since XLA cannot compile "
+            "a step whose variables lie on several devices"
+        )
         config = replace(config, jit_compile=False)
-    run_record = {**data.record, "val_split": config.val_split,
-                  "images": {"train": len(train), "val": len(val), "test": len(data.y_test)}}
+    run_record = {
+        **data.record,
+        "val_split": config.val_split,
+        "images": {"train": len(train), "val": len(val), "test": len(data.y_test)},
+    }
     # The workers start (or the cluster is reached and its versions checked)
     # before anything is written.
     with executor:
         files.make_writable_folder(config.results_dir, "--results_dir")
-        print(f"data: {config.data or data.record['data']}: {len(train)} training, {len(val)} validation, "
-              f"{len(data.y_test)} test images; results in {config.results_dir}/")
+        print(
+            f"data: {config.data or data.record['data']}: {len(train)} training, {len(val)} validation, "
+            f"{len(data.y_test)} test images; results in {config.results_dir}/"
+        )
         with strategy.scope():  # the models' variables are made on every replica's device
             sweep(names, data, config, run_record, executor, ctrl_c, finished)
     # Columns stay apart at any magnitude: a space between them, losses in %g.
     print(f"\n{'model':<15} {'test accuracy':>13} {'test loss':>10} {'seconds':>8}")
     for result in finished:
-        accuracy, loss = ("diverged", "") if result.diverged else (f"{result.test_accuracy:.4f}",
-                                                                    f"{result.test_loss:.4g}")
+        accuracy, loss = (
+            ("diverged", "") if result.diverged else (f"{result.test_accuracy:.4f}", f"{result.test_loss:.4g}")
+        )
         print(f"{result.name:<15} {accuracy:>13} {loss:>10} {result.train_seconds:>8.1f}")
     return 1 if any(result.diverged for result in finished) else 0
 
@@ -150,13 +158,20 @@ def sweep(names, data, config, run_record, executor, ctrl_c, finished):
             if done_meanwhile is not None:
                 finished.append(results_folder.result_from_summary(results_dir, name, done_meanwhile))
                 continue
-            plan.append(Training(
-                name, config,
-                backup_dir=str(results_dir / results_folder.BACKUP_FOLDER / name) if executor.in_process else None,
-                identity=identity, log_dir=str(results_dir / "logs" / name) if config.tensorboard else None))
+            plan.append(
+                Training(
+                    name,
+                    config,
+                    backup_dir=str(results_dir / results_folder.BACKUP_FOLDER / name) if executor.in_process else None,
+                    identity=identity,
+                    log_dir=str(results_dir / "logs" / name) if config.tensorboard else None,
+                )
+            )
         if plan:
-            print(f"\ntraining {executor.describe()}: " + "; ".join(describe(training.name) for training in plan),
-                  flush=True)
+            print(
+                f"\ntraining {executor.describe()}: " + "; ".join(describe(training.name) for training in plan),
+                flush=True,
+            )
 
         def write(index, done):
             result = done.result
@@ -198,29 +213,35 @@ def refuse_in_workers(config, executor):
     if config.devices > 1:
         raise utils.UsageError(
             f"--devices {config.devices} splits one model's batch over this process's devices, and {flag} trains "
-            "each model in a worker process of its own: use --jobs 1 with --devices")
+            "each model in a worker process of its own: use --jobs 1 with --devices"
+        )
     if config.tensorboard:
         raise utils.UsageError(
             f"--tensorboard 1 writes its logs from inside the training, and with {flag} the trainings run in "
-            "worker processes while only this one writes the results: use --jobs 1 with --tensorboard 1")
+            "worker processes while only this one writes the results: use --jobs 1 with --tensorboard 1"
+        )
 
 
 def report(result, config):
     """A finished model's line: its test figures, or where it diverged and what to try."""
     if result.diverged:
         rate = f"{config.learning_rate:g}" if config.learning_rate is not None else "the optimizer's default"
-        print(f"{result.name}: {results_folder.outcome(result)} (loss {result.diverged['loss']}); stopped there; "
-              f"try a lower --learning_rate than {rate}", file=sys.stderr)
+        print(
+            f"{result.name}: {results_folder.outcome(result)} (loss {result.diverged['loss']}); stopped there; "
+            f"try a lower --learning_rate than {rate}",
+            file=sys.stderr,
+        )
     else:
-        print(f"{result.name}: {results_folder.outcome(result)} ({result.train_seconds:.1f} s of training)",
-              flush=True)
+        print(f"{result.name}: {results_folder.outcome(result)} ({result.train_seconds:.1f} s of training)", flush=True)
 
 
 def interrupted(config, finished):
     if finished:
         names = ", ".join(result.name for result in finished)
-        print(f"\ninterrupted: the models that finished ({names}) have their results in {config.results_dir}/",
-              file=sys.stderr)
+        print(
+            f"\ninterrupted: the models that finished ({names}) have their results in {config.results_dir}/",
+            file=sys.stderr,
+        )
     else:
         print("\ninterrupted before any model finished: no results were written", file=sys.stderr)
     return 130

@@ -18,15 +18,31 @@ F6_UNITS = 84  # the sigmoids of LeNet-5's F6 layer, whose inputs figure1 follow
 
 
 def add_arguments(parser, flag):
-    parser.add_argument("--every", type=int_up_to(LIMITS["steps"]), default=20,
-                        help=f"measure every this many training steps (1 to {LIMITS['steps']})")
-    parser.add_argument("--unit", type=int_up_to(F6_UNITS - 1, low=0), default=0,
-                        help=f"which of F6's {F6_UNITS} units to follow (0 to {F6_UNITS - 1})")
-    parser.add_argument("--probe_images", type=int_up_to(LIMITS["images"]), default=1000,
-                        help="how many (fixed) validation images the percentiles are taken over "
-                        f"(1 to {LIMITS['images']}; the whole validation split at most)")
-    parser.add_argument("--target", type=float_up_to(1.0), default=0.9,
-                        help="report the first step at which test accuracy reaches this (up to 1)")
+    parser.add_argument(
+        "--every",
+        type=int_up_to(LIMITS["steps"]),
+        default=20,
+        help=f"measure every this many training steps (1 to {LIMITS['steps']})",
+    )
+    parser.add_argument(
+        "--unit",
+        type=int_up_to(F6_UNITS - 1, low=0),
+        default=0,
+        help=f"which of F6's {F6_UNITS} units to follow (0 to {F6_UNITS - 1})",
+    )
+    parser.add_argument(
+        "--probe_images",
+        type=int_up_to(LIMITS["images"]),
+        default=1000,
+        help="how many (fixed) validation images the percentiles are taken over "
+        f"(1 to {LIMITS['images']}; the whole validation split at most)",
+    )
+    parser.add_argument(
+        "--target",
+        type=float_up_to(1.0),
+        default=0.9,
+        help="report the first step at which test accuracy reaches this (up to 1)",
+    )
     flag(parser, "bn_statistics")
 
 
@@ -75,8 +91,9 @@ class SigmoidInputProbe(keras.callbacks.Callback):
 
 def make_probe(splits, config, probe_count, unit, every):
     """A SigmoidInputProbe on a training's own splits (made where it trains)."""
-    return SigmoidInputProbe(splits.x_val[:probe_count], splits.x_test, splits.y_test, unit, every,
-                             splits.x_train, config)
+    return SigmoidInputProbe(
+        splits.x_val[:probe_count], splits.x_test, splits.y_test, unit, every, splits.x_train, config
+    )
 
 
 def run(config, args):
@@ -89,15 +106,21 @@ def run(config, args):
         name, curve = training.name, done.report
         curves[name], test_accuracy[name] = curve, done.result.test_accuracy
         rows += [{"model": name, **dict(zip(curve, values))} for values in zip(*curve.values())]
-    probe_images = min(args.probe_images, len(utils.split_train_val(len(data.y_train), config.val_split,
-                                                                    config.seed)[1]))
+    probe_images = min(
+        args.probe_images, len(utils.split_train_val(len(data.y_train), config.val_split, config.seed)[1])
+    )
 
     folder = study_dir(config, "figure1")
     write_rows(folder / "figure1.csv", rows)
     visualizations.plot_figure1(curves, folder / "figure1.png")
     summary = {
-        "unit": args.unit, "probe_images": probe_images, "every": args.every, "epochs": config.epochs,
-        "seed": config.seed, "bn_statistics": config.bn_statistics, "test_accuracy": test_accuracy,
+        "unit": args.unit,
+        "probe_images": probe_images,
+        "every": args.every,
+        "epochs": config.epochs,
+        "seed": config.seed,
+        "bn_statistics": config.bn_statistics,
+        "test_accuracy": test_accuracy,
         "final": {name: {key: values[-1] for key, values in curve.items()} for name, curve in curves.items()},
         "spread_p85_minus_p15": {
             name: {"first": curve["p85"][0] - curve["p15"][0], "last": curve["p85"][-1] - curve["p15"][-1]}
@@ -108,9 +131,11 @@ def run(config, args):
         steps = np.asarray(curve["step"])
         reached = [int(s) for s, a in zip(steps, curve["test_accuracy"]) if a >= args.target]
         summary.setdefault("first_step_at_target", {})[name] = reached[0] if reached else None
-        print(f"{name}: median F6 input {curve['p50'][0]:+.2f} -> {curve['p50'][-1]:+.2f}, "
-              f"test accuracy {curve['test_accuracy'][-1]:.4f} at step {curve['step'][-1]}, "
-              f"first at {args.target}: step {summary['first_step_at_target'][name]}")
+        print(
+            f"{name}: median F6 input {curve['p50'][0]:+.2f} -> {curve['p50'][-1]:+.2f}, "
+            f"test accuracy {curve['test_accuracy'][-1]:.4f} at step {curve['step'][-1]}, "
+            f"first at {args.target}: step {summary['first_step_at_target'][name]}"
+        )
     summary["target"] = args.target
     write_summary(folder, summary)
     return summary

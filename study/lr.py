@@ -15,8 +15,14 @@ ABOUT = "lenet and lenet_fc_bn2 with plain SGD at several learning rates, test a
 
 
 def add_arguments(parser, flag):
-    flag(parser, "learning_rate", "--rates", nargs="+", default=[0.01, 0.1, 1.0, 10.0],
-         help="SGD learning rates; the default optimizer at its own rate is always added")
+    flag(
+        parser,
+        "learning_rate",
+        "--rates",
+        nargs="+",
+        default=[0.01, 0.1, 1.0, 10.0],
+        help="SGD learning rates; the default optimizer at its own rate is always added",
+    )
 
 
 def run(config, args):
@@ -28,9 +34,15 @@ def run(config, args):
     # Training does not depend on the rule, so one run under `moving` gives
     # both: its own test accuracy, and the `precise` one after the refill
     # that rule would have made after the last epoch.
-    plan = [Training(name, replace(config, optimizer=optimizer, learning_rate=rate, bn_statistics="moving"),
-                     label=f"{name}, {optimizer} at {rate if rate else 'its default rate'}")
-            for name in ("lenet", "lenet_fc_bn2") for optimizer, rate in runs]
+    plan = [
+        Training(
+            name,
+            replace(config, optimizer=optimizer, learning_rate=rate, bn_statistics="moving"),
+            label=f"{name}, {optimizer} at {rate if rate else 'its default rate'}",
+        )
+        for name in ("lenet", "lenet_fc_bn2")
+        for optimizer, rate in runs
+    ]
     rows = [None] * len(plan)
 
     def record(index, done):
@@ -41,13 +53,21 @@ def run(config, args):
         diverged = result.diverged is not None
         optimizer = models_handling.make_optimizer(config.optimizer, config.learning_rate)
         rate_used = float(f"{float(keras.ops.convert_to_numpy(optimizer.learning_rate)):.6g}")
-        precise = result.test_accuracy if diverged or not has_norm else accuracy_of(
-            with_precise_statistics(done.load_model(), splits.x_train, config), splits.x_test, splits.y_test,
-            1000)[0]
+        precise = (
+            result.test_accuracy
+            if diverged or not has_norm
+            else accuracy_of(
+                with_precise_statistics(done.load_model(), splits.x_train, config), splits.x_test, splits.y_test, 1000
+            )[0]
+        )
         rows[index] = {
-            "model": training.name, "optimizer": config.optimizer, "learning_rate": rate_used,
-            "test_accuracy": precise, "test_accuracy_moving": result.test_accuracy,
-            "test_loss_moving": result.test_loss, "diverged": diverged,
+            "model": training.name,
+            "optimizer": config.optimizer,
+            "learning_rate": rate_used,
+            "test_accuracy": precise,
+            "test_accuracy_moving": result.test_accuracy,
+            "test_loss_moving": result.test_loss,
+            "diverged": diverged,
         }
         if has_norm and not diverged:  # the line above it gave the moving statistics' figures
             print(f"  {training.describe()}: with precise statistics, test accuracy {precise:.4f}", flush=True)
@@ -59,7 +79,8 @@ def run(config, args):
     sgd_rows = [row for row in rows if row["optimizer"] == "sgd"]
     references = {
         f"{row['model']}, {row['optimizer']} at its default rate {row['learning_rate']:g}": row["test_accuracy"]
-        for row in rows if row["optimizer"] != "sgd"
+        for row in rows
+        if row["optimizer"] != "sgd"
     }
     visualizations.plot_learning_rates(sgd_rows, references, folder / "lr.png")
     summary = {"epochs": config.epochs, "seed": config.seed, "runs": rows}

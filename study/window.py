@@ -18,10 +18,22 @@ ABOUT = "Test accuracy against the inference window (both statistics rules) and 
 
 
 def add_arguments(parser, flag):
-    flag(parser, "window_size", "--windows", nargs="+", default=[1, 5, 50, 500],
-         help="window sizes; the whole run's number of training steps is always added")
-    flag(parser, "inference_batch_size", "--inference_batch_sizes", nargs="+", default=[1, 10, 100, 1000],
-         help="how many test images each rule predicts at a time")
+    flag(
+        parser,
+        "window_size",
+        "--windows",
+        nargs="+",
+        default=[1, 5, 50, 500],
+        help="window sizes; the whole run's number of training steps is always added",
+    )
+    flag(
+        parser,
+        "inference_batch_size",
+        "--inference_batch_sizes",
+        nargs="+",
+        default=[1, 10, 100, 1000],
+        help="how many test images each rule predicts at a time",
+    )
 
 
 class BatchStatisticsAtInference(BatchNorm):
@@ -53,10 +65,12 @@ def with_last_batches(model, window_size):
         first = max(0, recorded - window_size)
         kept = recorded - first
         target = copy.norm[name]
-        target.mean_window.assign(np.concatenate(
-            [norm.mean_window.numpy()[first:recorded], target.mean_window.numpy()[kept:]]))
-        target.variance_window.assign(np.concatenate(
-            [norm.variance_window.numpy()[first:recorded], target.variance_window.numpy()[kept:]]))
+        target.mean_window.assign(
+            np.concatenate([norm.mean_window.numpy()[first:recorded], target.mean_window.numpy()[kept:]])
+        )
+        target.variance_window.assign(
+            np.concatenate([norm.variance_window.numpy()[first:recorded], target.variance_window.numpy()[kept:]])
+        )
         target.recorded_batches.assign(kept)
     return copy
 
@@ -89,16 +103,18 @@ def run(config, args):
             rows.append({"series": f"window_size, {rule.split(':')[0]}", "x": size, "test_accuracy": accuracy})
             points.append((size, accuracy))
         label = f"{size}" if size < whole_run else f"{size} (as many as training steps)"
-        print(f"  window {label}: test accuracy {points[-1][1]:.4f} precise, "
-              f"{window_points['moving: the last training steps'][-1][1]:.4f} moving")
+        print(
+            f"  window {label}: test accuracy {points[-1][1]:.4f} precise, "
+            f"{window_points['moving: the last training steps'][-1][1]:.4f} moving"
+        )
 
     window_size = config.window_size
     rules = {
-        f"ours, precise: {window_size} batches through the final weights":
-            with_precise_statistics(model, splits.x_train, settings, window_size),
+        f"ours, precise: {window_size} batches through the final weights": with_precise_statistics(
+            model, splits.x_train, settings, window_size
+        ),
         f"ours, moving: the last {window_size} training batches": with_last_batches(model, window_size),
-        "earlier project: the predicted batch's own statistics": rebuild(
-            model, network_class=EarlierProjectLeNet5),
+        "earlier project: the predicted batch's own statistics": rebuild(model, network_class=EarlierProjectLeNet5),
     }
     batch_points, logits = {rule: [] for rule in rules}, {rule: [] for rule in rules}
     for rule, network in rules.items():
@@ -115,16 +131,21 @@ def run(config, args):
         return {
             "largest_logit_difference": max(float(np.max(np.abs(other - first))) for other in logits[rule]),
             "same_predicted_classes": all(
-                np.array_equal(np.argmax(other, 1), np.argmax(first, 1)) for other in logits[rule]),
+                np.array_equal(np.argmax(other, 1), np.argmax(first, 1)) for other in logits[rule]
+            ),
         }
 
     folder = study_dir(config, "window")
     write_rows(folder / "window.csv", rows)
     visualizations.plot_window_study(window_points, batch_points, folder / "window.png")
     summary = {
-        "epochs": config.epochs, "seed": config.seed, "training_steps": whole_run,
-        "window_size": {rule.split(":")[0]: {str(size): accuracy for size, accuracy in points}
-                        for rule, points in window_points.items()},
+        "epochs": config.epochs,
+        "seed": config.seed,
+        "training_steps": whole_run,
+        "window_size": {
+            rule.split(":")[0]: {str(size): accuracy for size, accuracy in points}
+            for rule, points in window_points.items()
+        },
         "inference_batch_size": {rule: {str(b): a for b, a in points} for rule, points in batch_points.items()},
         "movement_with_batch_size": {rule: spread(rule) for rule in rules},
     }

@@ -24,9 +24,7 @@ def random_inputs(shape, seed):
     """Inputs far from zero mean and unit variance, with a different scale per channel."""
     rng = np.random.default_rng(seed)
     channels = shape[-1]
-    return (rng.normal(size=shape) * rng.uniform(0.5, 3.0, channels) + rng.uniform(-2, 2, channels)).astype(
-        np.float32
-    )
+    return (rng.normal(size=shape) * rng.uniform(0.5, 3.0, channels) + rng.uniform(-2, 2, channels)).astype(np.float32)
 
 
 def ours_and_keras(shape, seed=0):
@@ -261,16 +259,18 @@ def test_mixed_precision_keeps_statistics_and_buffer_in_float32(precision, polic
     assert np.all(np.isfinite(np.asarray(ours, np.float32)))
     assert np.all(np.isfinite(np.asarray(gradient, np.float32)))
     tolerance = OUTPUT_TOLERANCE[precision]
-    np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(reference, np.float32),
-                               atol=tolerance, rtol=tolerance)
+    np.testing.assert_allclose(
+        np.asarray(ours, np.float32), np.asarray(reference, np.float32), atol=tolerance, rtol=tolerance
+    )
     for window in ("mean_window", "variance_window"):
         got, expected = getattr(layer, window), getattr(float32_layer, window)
         assert got.dtype == "float32", window
         np.testing.assert_allclose(got.numpy()[:3], expected.numpy()[:3], rtol=1e-3, atol=1e-6, err_msg=window)
     # Inference from that buffer: finite, and close to the float32 layer's.
     x = batches[2]
-    np.testing.assert_allclose(np.asarray(layer(x), np.float32), float32_layer(x).numpy(),
-                               atol=tolerance, rtol=tolerance)
+    np.testing.assert_allclose(
+        np.asarray(layer(x), np.float32), float32_layer(x).numpy(), atol=tolerance, rtol=tolerance
+    )
     assert layer.epsilon == EPSILON and float(np.float32(layer.epsilon)) > 0
 
 
@@ -298,8 +298,13 @@ def test_a_frozen_layer_keeps_its_window_through_a_compiled_fit():
     before = frozen.mean_window.numpy().copy(), frozen.gamma.numpy().copy()
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True)
     rng = np.random.default_rng(5)
-    model.fit(rng.uniform(size=(64, 32, 32, 1)).astype(np.float32), rng.integers(0, 10, 64),
-              batch_size=16, epochs=1, verbose=0)
+    model.fit(
+        rng.uniform(size=(64, 32, 32, 1)).astype(np.float32),
+        rng.integers(0, 10, 64),
+        batch_size=16,
+        epochs=1,
+        verbose=0,
+    )
     assert int(frozen.recorded_batches) == 3 and int(free.recorded_batches) == 7
     np.testing.assert_array_equal(frozen.mean_window.numpy(), before[0])
     np.testing.assert_array_equal(frozen.gamma.numpy(), before[1])
@@ -325,8 +330,9 @@ def test_a_channel_without_variance_gives_finite_outputs_and_gradients_near_the_
             loss = tf.reduce_sum(y * readout)
         results.append((y.numpy(), *(g.numpy() for g in tape.gradient(loss, [inputs, layer.gamma, layer.beta]))))
     exact = numpy_batch_norm_training(x, ours.gamma.numpy(), ours.beta.numpy(), EPSILON, readout)
-    for name, got, keras_got, expected in zip(("output", "input gradient", "gamma gradient", "beta gradient"),
-                                              *results, exact):
+    for name, got, keras_got, expected in zip(
+        ("output", "input gradient", "gamma gradient", "beta gradient"), *results, exact
+    ):
         assert np.all(np.isfinite(got)) and np.all(np.isfinite(keras_got)), name
         # A rounding of 0.7 (6e-8) in x - mean, times 1e4, is 6e-4.
         np.testing.assert_allclose(got, expected, atol=2e-3 + 1e-3 * np.abs(expected).max(), rtol=0, err_msg=name)

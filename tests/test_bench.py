@@ -16,13 +16,19 @@ def per_model(lenet, fc_bn2, keras_bn):
 FAKE_FIGURES = {
     "train": {"xla": per_model(1000.0, 800.0, 700.0), "tensorflow": per_model(900.0, 850.0, 750.0)},
     "inference": {"xla": per_model(2000.0, 1900.0, 1800.0), "tensorflow": per_model(3000.0, 2900.0, 2800.0)},
-    "inference_at_training_batch": {"xla": per_model(1000.0, 950.0, 900.0),
-                                    "tensorflow": per_model(1500.0, 1450.0, 1400.0)},
-    "refill": {"xla": {"lenet_fc_bn2": 0.05, "lenet_keras_bn": 0.06},
-               "tensorflow": {"lenet_fc_bn2": 0.04, "lenet_keras_bn": 0.05}},
+    "inference_at_training_batch": {
+        "xla": per_model(1000.0, 950.0, 900.0),
+        "tensorflow": per_model(1500.0, 1450.0, 1400.0),
+    },
+    "refill": {
+        "xla": {"lenet_fc_bn2": 0.05, "lenet_keras_bn": 0.06},
+        "tensorflow": {"lenet_fc_bn2": 0.04, "lenet_keras_bn": 0.05},
+    },
 }
-FAKE_CHOICES = {name: JitChoice(name == "lenet", {"xla": 1.0, "tensorflow": 1.0}, {"xla": 0.5, "tensorflow": 0.25}, 2.0)
-                for name in ("lenet", "lenet_fc_bn2", "lenet_keras_bn")}
+FAKE_CHOICES = {
+    name: JitChoice(name == "lenet", {"xla": 1.0, "tensorflow": 1.0}, {"xla": 0.5, "tensorflow": 0.25}, 2.0)
+    for name in ("lenet", "lenet_fc_bn2", "lenet_keras_bn")
+}
 
 
 @pytest.fixture
@@ -36,8 +42,9 @@ def fake_measure(monkeypatch):
 
 
 FAKE_JOBS = ({"1": 90.0, "auto": 50.0}, 2, 0.0)  # wall seconds, jobs auto, largest accuracy gap
-FAKE_STEPS = {path: {"lenet": {"1": 8.0, "8": 6.0}, "lenet_fc_bn2": {"1": 10.0, "8": 8.0}}
-              for path in ("xla", "tensorflow")}
+FAKE_STEPS = {
+    path: {"lenet": {"1": 8.0, "8": 6.0}, "lenet_fc_bn2": {"1": 10.0, "8": 8.0}} for path in ("xla", "tensorflow")
+}
 
 
 def test_a_quick_look_writes_no_file_and_warns_about_short_epochs(fake_measure, tmp_path, monkeypatch, capsys):
@@ -92,16 +99,24 @@ def test_auto_takes_each_models_chosen_path_and_pays_for_choosing(fake_measure, 
     xla_bn = 10 * 51_000 / 800 + (10 * 9_000 + 10_000) / 1900 + 10 * 0.05
     assert sweep["xla"] == pytest.approx(lenet + 4 * xla_bn + 5 * 0.5)
     assert record["ratios"]["auto_sweep_vs_faster_fixed_path"] == pytest.approx(
-        sweep["auto"] / min(sweep["xla"], sweep["tensorflow"]))
+        sweep["auto"] / min(sweep["xla"], sweep["tensorflow"])
+    )
     assert record["ratios"]["inference_batch_1024_vs_64, tensorflow, lenet"] == pytest.approx(2.0)
-    assert record["auto_choices"]["lenet"] == {"xla": True, "ms_per_step": {"xla": 1.0, "tensorflow": 1.0},
-                                               "compile_seconds": {"xla": 0.5, "tensorflow": 0.25}, "seconds": 2.0}
+    assert record["auto_choices"]["lenet"] == {
+        "xla": True,
+        "ms_per_step": {"xla": 1.0, "tensorflow": 1.0},
+        "compile_seconds": {"xla": 0.5, "tensorflow": 0.25},
+        "seconds": 2.0,
+    }
 
 
-@pytest.mark.parametrize("output, message", [
-    ("{tmp}", "name a file such as bench.json, not a folder"),
-    ("/proc/x/bench.json", "--output /proc/x/bench.json: its folder /proc/x: cannot write there"),
-])
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        ("{tmp}", "name a file such as bench.json, not a folder"),
+        ("/proc/x/bench.json", "--output /proc/x/bench.json: its folder /proc/x: cannot write there"),
+    ],
+)
 def test_a_bad_output_is_refused_before_measuring(output, message, fake_measure, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         bench.main(["--output", output.format(tmp=tmp_path)])
@@ -110,11 +125,14 @@ def test_a_bad_output_is_refused_before_measuring(output, message, fake_measure,
     assert not fake_measure
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--images", "2000000", "argument --images: expected an integer from 1 to 1000000"),
-    ("--batch_size", "0", "argument --batch_size: expected an integer from 1 to 65536"),
-    ("--repeats", "100000", "argument --repeats: expected an integer from 1 to 1000"),
-])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--images", "2000000", "argument --images: expected an integer from 1 to 1000000"),
+        ("--batch_size", "0", "argument --batch_size: expected an integer from 1 to 65536"),
+        ("--repeats", "100000", "argument --repeats: expected an integer from 1 to 1000"),
+    ],
+)
 def test_a_flag_out_of_bounds_is_refused_before_measuring(flag, value, message, fake_measure, capsys):
     with pytest.raises(SystemExit) as exit_:
         bench.main([flag, value])

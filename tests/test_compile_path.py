@@ -25,8 +25,9 @@ def faster(monkeypatch):
     not run; the compiling steps still do)."""
 
     def force(xla_is_faster):
-        monkeypatch.setattr(compile_path, "step_seconds",
-                            lambda model, iterator: 1.0 if model.jit_compile == xla_is_faster else 2.0)
+        monkeypatch.setattr(
+            compile_path, "step_seconds", lambda model, iterator: 1.0 if model.jit_compile == xla_is_faster else 2.0
+        )
 
     return force
 
@@ -41,16 +42,19 @@ def test_the_chosen_path_trains_exactly_as_a_run_fixed_to_it(xla_is_faster, fast
     choice = compile_path.choose_jit_compile(model, models_handling.timing_batches(images, labels, 32))
 
     assert choice.jit_compile is xla_is_faster and model.jit_compile is xla_is_faster
-    assert choice.ms_per_step == ({"xla": 1000.0, "tensorflow": 2000.0} if xla_is_faster
-                                  else {"xla": 2000.0, "tensorflow": 1000.0})
+    assert choice.ms_per_step == (
+        {"xla": 1000.0, "tensorflow": 2000.0} if xla_is_faster else {"xla": 2000.0, "tensorflow": 1000.0}
+    )
     assert choice.seconds > sum(choice.compile_seconds.values()) > 0
     for got, expected in zip(model.get_weights(), start):  # the compiling steps are undone, BN windows included
         np.testing.assert_array_equal(got, expected)
     assert int(model.optimizer.iterations.numpy()) == 0
 
     fixed = models_handling.build_and_compile("lenet_bn2", settings(int(xla_is_faster)))
-    histories = [models_handling.fit(network, images, labels, settings(int(xla_is_faster)), epochs=2).history
-                 for network in (model, fixed)]
+    histories = [
+        models_handling.fit(network, images, labels, settings(int(xla_is_faster)), epochs=2).history
+        for network in (model, fixed)
+    ]
     assert set(histories[0]) == set(histories[1])
     for key, values in histories[0].items():  # per key: pytest 9's approx refuses a dict of lists
         np.testing.assert_allclose(values, histories[1][key], rtol=1e-6, atol=1e-7, err_msg=key)

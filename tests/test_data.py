@@ -85,13 +85,25 @@ def test_the_full_mnist_split_matches_the_earlier_projects_validation_size():
         (lambda a: (a[0], a[1].astype(np.float32), *a[2:]), "y_train must hold integer"),
         (lambda a: (a[0].astype(np.int32) - 1, *a[1:]), "pixels outside 0..255"),
         (lambda a: (a[0] / np.float32(255), *a[1:]), "x_train holds floats in 0..1, already scaled"),
-        (lambda a: (*a[:2], np.where(np.arange(a[2].size).reshape(a[2].shape) < 3, np.nan, a[2]), a[3]),
-         "x_test has 3 pixels that are NaN or infinite"),
-        (lambda a: (np.where(np.arange(a[0].size).reshape(a[0].shape) == 7, np.inf, a[0]), *a[1:]),
-         "x_train has 1 pixel that is NaN or infinite"),
+        (
+            lambda a: (*a[:2], np.where(np.arange(a[2].size).reshape(a[2].shape) < 3, np.nan, a[2]), a[3]),
+            "x_test has 3 pixels that are NaN or infinite",
+        ),
+        (
+            lambda a: (np.where(np.arange(a[0].size).reshape(a[0].shape) == 7, np.inf, a[0]), *a[1:]),
+            "x_train has 1 pixel that is NaN or infinite",
+        ),
     ],
-    ids=["image shape", "label count", "label range", "label type", "pixel range", "already scaled",
-         "NaN pixels", "infinite pixel"],
+    ids=[
+        "image shape",
+        "label count",
+        "label range",
+        "label type",
+        "pixel range",
+        "already scaled",
+        "NaN pixels",
+        "infinite pixel",
+    ],
 )
 def test_bad_arrays_are_named(change, message):
     with pytest.raises(DataError, match=message):
@@ -225,7 +237,7 @@ def compressed_member_offsets(content):
         members = archive.infolist()
     offsets = []
     for member in members:
-        name_length, extra_length = np.frombuffer(content[member.header_offset + 26:member.header_offset + 30], "<u2")
+        name_length, extra_length = np.frombuffer(content[member.header_offset + 26 : member.header_offset + 30], "<u2")
         start = member.header_offset + 30 + int(name_length) + int(extra_length)
         offsets.append((start, start + member.compress_size))
     return offsets
@@ -235,7 +247,7 @@ def corrupt_the_compression(content):
     """Scramble the start of the first compressed stream (deflate in a zip,
     the member after the 10-byte header in a gzip)."""
     start = compressed_member_offsets(content)[0][0] if content[:2] == b"PK" else 10
-    return content[:start] + bytes(byte ^ 0x55 for byte in content[start:start + 64]) + content[start + 64:]
+    return content[:start] + bytes(byte ^ 0x55 for byte in content[start : start + 64]) + content[start + 64 :]
 
 
 def npz_promising_more(path, arrays, compressed):
@@ -283,8 +295,12 @@ def damaged_idx_folder(folder, damage, compressed):
     return folder
 
 
-DAMAGES = {"cut short": cut_short, "corrupt compression": corrupt_the_compression,
-           "bytes changed inside": change_bytes_inside, "header promises more": idx_promising_more}
+DAMAGES = {
+    "cut short": cut_short,
+    "corrupt compression": corrupt_the_compression,
+    "bytes changed inside": change_bytes_inside,
+    "header promises more": idx_promising_more,
+}
 DAMAGED_FILES = [
     (kind, damage, compressed)
     for kind in ("npz", "idx")
@@ -294,9 +310,11 @@ DAMAGED_FILES = [
 ]
 
 
-@pytest.mark.parametrize("kind, damage, compressed", DAMAGED_FILES,
-                         ids=[f"{kind} {'compressed' if compressed else 'raw'}, {damage}"
-                              for kind, damage, compressed in DAMAGED_FILES])
+@pytest.mark.parametrize(
+    "kind, damage, compressed",
+    DAMAGED_FILES,
+    ids=[f"{kind} {'compressed' if compressed else 'raw'}, {damage}" for kind, damage, compressed in DAMAGED_FILES],
+)
 def test_every_kind_of_damaged_file_stops_the_run_in_one_line(kind, damage, compressed, tmp_path, capsys):
     import main
 

@@ -25,7 +25,8 @@ def shards(strategy, array):
     """`array` split into equal consecutive shards, one per replica."""
     size = len(array) // strategy.num_replicas_in_sync
     return strategy.experimental_distribute_values_from_function(
-        lambda context: tf.constant(array[context.replica_id_in_sync_group * size:][:size]))
+        lambda context: tf.constant(array[context.replica_id_in_sync_group * size :][:size])
+    )
 
 
 def layer_with(gamma, beta, synchronized=True):
@@ -71,8 +72,10 @@ def test_global_bn_on_two_replicas_equals_one_device_on_the_whole_batch():
     np.testing.assert_allclose(np.sum(dgamma, axis=0), expected[2], atol=1e-4)
     np.testing.assert_allclose(np.sum(dbeta, axis=0), expected[3], atol=1e-4)
     # Every replica recorded the global batch's statistics (unbiased variance, m = 8*4*4).
-    for variable, reference in ((layer.mean_window, single.mean_window), (layer.variance_window,
-                                                                          single.variance_window)):
+    for variable, reference in (
+        (layer.mean_window, single.mean_window),
+        (layer.variance_window, single.variance_window),
+    ):
         for copy in strategy.experimental_local_results(variable.value):
             np.testing.assert_allclose(copy.numpy(), reference.numpy(), atol=1e-5)
 
@@ -110,17 +113,37 @@ def test_one_epoch_on_two_replicas_repeats_one_device():
     # An epoch of training carries the two summation orders' rounding into the
     # windows: up to 1.03e-5 (6e-5 relative) in one C3 mean, measured.
     for name, norm in single.model.norm.items():
-        np.testing.assert_allclose(mirrored.model.norm[name].mean_window.numpy(), norm.mean_window.numpy(),
-                                   atol=1e-5, rtol=1e-4)
-        np.testing.assert_allclose(mirrored.model.norm[name].variance_window.numpy(),
-                                   norm.variance_window.numpy(), atol=1e-5, rtol=1e-4)
+        np.testing.assert_allclose(
+            mirrored.model.norm[name].mean_window.numpy(), norm.mean_window.numpy(), atol=1e-5, rtol=1e-4
+        )
+        np.testing.assert_allclose(
+            mirrored.model.norm[name].variance_window.numpy(), norm.variance_window.numpy(), atol=1e-5, rtol=1e-4
+        )
 
 
 def test_main_on_two_devices_says_xla_is_off_and_records_the_devices(small_npz, tmp_path, capsys):
     results = tmp_path / "results"
-    code, out, err = run_main(["--model", "lenet_bn2", "--devices", 2, "--epochs", 1, "--data", small_npz,
-                               "--results_dir", results, "--verbose", 0, "--flag_visualizations", 0,
-                               "--jit_compile", "auto"], capsys)
+    code, out, err = run_main(
+        [
+            "--model",
+            "lenet_bn2",
+            "--devices",
+            2,
+            "--epochs",
+            1,
+            "--data",
+            small_npz,
+            "--results_dir",
+            results,
+            "--verbose",
+            0,
+            "--flag_visualizations",
+            0,
+            "--jit_compile",
+            "auto",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "2 replicas: XLA off" in out
     settings = json.loads((results / "summary.json").read_text())["lenet_bn2"]["settings"]
@@ -131,8 +154,10 @@ BAD_DISTRIBUTION = {
     "no devices": (["--devices", 0], "argument --devices: expected an integer from 1 to 64"),
     "beyond the bound": (["--devices", 65], "argument --devices: expected an integer from 1 to 64"),
     "more than there are": (["--devices", 4], "--devices 4: TensorFlow already runs on 2 CPU device(s)"),
-    "batch that does not split": (["--devices", 2, "--batch_size", 33],
-                                  "--batch_size 33 does not split evenly over 2 devices; use a multiple of 2"),
+    "batch that does not split": (
+        ["--devices", 2, "--batch_size", 33],
+        "--batch_size 33 does not split evenly over 2 devices; use a multiple of 2",
+    ),
     "unknown sync": (["--bn_sync", "nope"], "argument --bn_sync: invalid choice: 'nope'"),
 }
 
@@ -146,14 +171,20 @@ def test_bad_distribution_input_is_one_line_and_touches_nothing(arguments, messa
     assert not results.exists()
 
 
-@pytest.mark.parametrize("tf_config, message", [
-    ("{nope", "TF_CONFIG is set but is not a cluster description"),
-    ('{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}',
-     "TF_CONFIG names a cluster of 2 worker(s), but training on several machines needs Keras's fit to run under "
-     "MultiWorkerMirroredStrategy"),
-])
-def test_tf_config_is_refused_in_one_line_while_keras_cannot_train_multi_worker(tf_config, message, small_npz,
-                                                                                 tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "tf_config, message",
+    [
+        ("{nope", "TF_CONFIG is set but is not a cluster description"),
+        (
+            '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}',
+            "TF_CONFIG names a cluster of 2 worker(s), but training on several machines needs Keras's fit to run under "
+            "MultiWorkerMirroredStrategy",
+        ),
+    ],
+)
+def test_tf_config_is_refused_in_one_line_while_keras_cannot_train_multi_worker(
+    tf_config, message, small_npz, tmp_path, capsys, monkeypatch
+):
     """Several machines are blocked by Keras: its fit fails under
     MultiWorkerMirroredStrategy (keras-team/keras#20585), so the run refuses
     TF_CONFIG with the reason instead of a traceback from inside Keras."""

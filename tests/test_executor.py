@@ -44,7 +44,10 @@ class LoopbackCluster:
         self.env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
         self.scheduler = subprocess.Popen(
             [DASK, "scheduler", "--host", "127.0.0.1", "--port", self.address.rsplit(":", 1)[1], "--no-dashboard"],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.workers = [self.start_worker() for _ in range(workers)]
         self.wait_for(workers)
 
@@ -52,7 +55,11 @@ class LoopbackCluster:
         # --no-nanny: the process started here is the worker, so killing it kills the worker.
         return subprocess.Popen(
             [DASK, "worker", self.address, "--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd="/",
+        )
 
     def wait_for(self, count):
         import distributed
@@ -96,10 +103,12 @@ def test_the_sweep_on_a_loopback_cluster_equals_jobs_2(cluster, small_npz, tmp_p
     for name in VARIANTS:
         histories = {place: results_folder.read_history(tmp_path / place / f"{name}_history.csv") for place in places}
         for key in results_folder.HISTORY_KEYS:
-            np.testing.assert_allclose(histories["cluster"][key], histories["local"][key], rtol=1e-6, atol=1e-6,
-                                       err_msg=f"{name} {key}")
+            np.testing.assert_allclose(
+                histories["cluster"][key], histories["local"][key], rtol=1e-6, atol=1e-6, err_msg=f"{name} {key}"
+            )
         assert summaries["cluster"][name]["test_accuracy"] == pytest.approx(
-            summaries["local"][name]["test_accuracy"], abs=1e-6)
+            summaries["local"][name]["test_accuracy"], abs=1e-6
+        )
         for place in places:
             assert (tmp_path / place / f"{name}.keras").stat().st_size > 10_000
     where = {place: summaries[place]["lenet_bn2"]["where"] for place in places}
@@ -111,8 +120,10 @@ def test_the_sweep_on_a_loopback_cluster_equals_jobs_2(cluster, small_npz, tmp_p
 
 def test_a_cluster_where_nothing_listens_is_one_line_within_10_s(small_npz, tmp_path, capsys):
     start = time.monotonic()
-    code, out, err = run_main(["--data", small_npz, "--results_dir", tmp_path / "results", "--cluster",
-                               f"tcp://127.0.0.1:{free_port()}"], capsys)
+    code, out, err = run_main(
+        ["--data", small_npz, "--results_dir", tmp_path / "results", "--cluster", f"tcp://127.0.0.1:{free_port()}"],
+        capsys,
+    )
     assert time.monotonic() - start < 10
     assert code == 2
     lines = err.strip().splitlines()
@@ -121,11 +132,11 @@ def test_a_cluster_where_nothing_listens_is_one_line_within_10_s(small_npz, tmp_
     assert not (tmp_path / "results").exists()
 
 
-def test_a_worker_with_other_versions_is_refused_before_any_training(cluster, small_npz, tmp_path, capsys,
-                                                                     monkeypatch):
+def test_a_worker_with_other_versions_is_refused_before_any_training(cluster, small_npz, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(executor, "versions", lambda: {"tensorflow": "2.99.0", "keras": "3.99.0"})
-    code, out, err = run_main(["--data", small_npz, "--results_dir", tmp_path / "results", "--cluster",
-                               cluster.address, *FAST], capsys)
+    code, out, err = run_main(
+        ["--data", small_npz, "--results_dir", tmp_path / "results", "--cluster", cluster.address, *FAST], capsys
+    )
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -138,8 +149,13 @@ def test_two_drivers_on_one_cluster_into_one_folder_keep_both_runs_entries(clust
     data = write_npz(tmp_path / "data.npz", *mnist_like(num_train=200, num_test=40))
     results = tmp_path / "results"
     arguments = ["--data", str(data), "--results_dir", str(results), "--cluster", cluster.address, *FAST]
-    other = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--model", "lenet", *arguments], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    other = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "--model", "lenet", *arguments],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     code, out, err = run_main(["--model", "lenet_bn1", *arguments], capsys)
     other_out, other_err = other.communicate(timeout=200)
     assert code == 0 and other.returncode == 0 and "Traceback" not in err + other_err, other_err
@@ -150,10 +166,29 @@ def test_two_drivers_on_one_cluster_into_one_folder_keep_both_runs_entries(clust
 def test_ctrl_c_cancels_the_trainings_keeps_the_finished_and_resume_trains_the_rest(cluster, tmp_path, capsys):
     data = write_npz(tmp_path / "data.npz", *mnist_like(num_train=400, num_test=40))
     results = tmp_path / "results"
-    arguments = ["--model", "all", "--data", str(data), "--results_dir", str(results), "--epochs", "2", "--verbose",
-                 "0", "--jit_compile", "0", "--flag_visualizations", "0"]
-    driver = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *arguments, "--cluster", cluster.address],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    arguments = [
+        "--model",
+        "all",
+        "--data",
+        str(data),
+        "--results_dir",
+        str(results),
+        "--epochs",
+        "2",
+        "--verbose",
+        "0",
+        "--jit_compile",
+        "0",
+        "--flag_visualizations",
+        "0",
+    ]
+    driver = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), *arguments, "--cluster", cluster.address],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     summary = results / "summary.json"
     out, err = interrupt_once_written(driver, summary, 150)
     assert driver.returncode == 130, err
@@ -163,22 +198,36 @@ def test_ctrl_c_cancels_the_trainings_keeps_the_finished_and_resume_trains_the_r
 
     code, out, err = run_main([*arguments, "--resume", "1", "--jobs", "1"], capsys)
     assert code == 0, err
-    skipped = [name for name in VARIANTS
-               if f"\n{name}: finished earlier with the same settings and data; skipped (--resume)" in out]
+    skipped = [
+        name
+        for name in VARIANTS
+        if f"\n{name}: finished earlier with the same settings and data; skipped (--resume)" in out
+    ]
     trained = [name for name in VARIANTS if f"\n{name}: test accuracy" in out]
     assert sorted(skipped) == sorted(first) and sorted([*skipped, *trained]) == sorted(VARIANTS)
     assert sorted(json.loads(summary.read_text())) == sorted(VARIANTS)
 
 
-def test_a_worker_killed_mid_training_is_replaced_and_the_history_is_unchanged(cluster, tmp_path, capsys,
-                                                                               monkeypatch):
+def test_a_worker_killed_mid_training_is_replaced_and_the_history_is_unchanged(cluster, tmp_path, capsys, monkeypatch):
     """SIGKILL to the worker training lenet_fc_bn2 once its first epoch is
     reported: Dask reruns that training on the other worker, and the history
     equals that of the same training in this process (one TensorFlow thread
     in both: conftest.py gives each test process its share of 2 cores)."""
     data = write_npz(tmp_path / "data.npz", *mnist_like(num_train=600, num_test=40))
-    args = ["--model", "lenet_fc_bn2", "--data", data, "--epochs", "4", "--verbose", "0", "--jit_compile", "0",
-            "--flag_visualizations", "0"]
+    args = [
+        "--model",
+        "lenet_fc_bn2",
+        "--data",
+        data,
+        "--epochs",
+        "4",
+        "--verbose",
+        "0",
+        "--jit_compile",
+        "0",
+        "--flag_visualizations",
+        "0",
+    ]
     code, out, err = run_main([*args, "--results_dir", tmp_path / "here", "--jobs", 1], capsys)
     assert code == 0, err
 
@@ -194,17 +243,21 @@ def test_a_worker_killed_mid_training_is_replaced_and_the_history_is_unchanged(c
             os.kill(victim[0], signal.SIGKILL)
 
     real_subscribe = distributed.Client.subscribe_topic
-    monkeypatch.setattr(distributed.Client, "subscribe_topic", lambda self, topic, handler: real_subscribe(
-        self, topic, lambda event: (handler(event), kill_after_first_epoch(event))))
+    monkeypatch.setattr(
+        distributed.Client,
+        "subscribe_topic",
+        lambda self, topic, handler: real_subscribe(
+            self, topic, lambda event: (handler(event), kill_after_first_epoch(event))
+        ),
+    )
     code, out, err = run_main([*args, "--results_dir", tmp_path / "cluster", "--cluster", cluster.address], capsys)
     assert code == 0, err
     assert victim, "no worker was killed"
-    here, there = (results_folder.read_history(tmp_path / folder / "lenet_fc_bn2_history.csv")
-                   for folder in ("here", "cluster"))
+    here, there = (
+        results_folder.read_history(tmp_path / folder / "lenet_fc_bn2_history.csv") for folder in ("here", "cluster")
+    )
     # At another thread count here (pytest -n 0 on several cores), float rounding differs.
     tolerance = 1e-6 if THREADS == 1 else 1e-3
     for key in results_folder.HISTORY_KEYS:
         np.testing.assert_allclose(there[key], here[key], rtol=tolerance, atol=tolerance)
     assert out.count("lenet_fc_bn2 epoch 1/4") == 2  # once on the killed worker, once on the other
-
-

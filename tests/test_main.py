@@ -91,8 +91,23 @@ def test_single_model_without_plots_keeps_other_models_in_the_summary(small_npz,
 
 def test_mixed_precision_run_trains_and_says_so(small_npz, tmp_path, capsys):
     results = tmp_path / "results"
-    code, out, err = run_main(["--model", "lenet_fc_bn2", "--precision", "mixed_float16", "--epochs", 1,
-                               "--data", small_npz, "--results_dir", results, "--verbose", 0], capsys)
+    code, out, err = run_main(
+        [
+            "--model",
+            "lenet_fc_bn2",
+            "--precision",
+            "mixed_float16",
+            "--epochs",
+            1,
+            "--data",
+            small_npz,
+            "--results_dir",
+            results,
+            "--verbose",
+            0,
+        ],
+        capsys,
+    )
     assert code == 0, err
     entry = json.loads((results / "summary.json").read_text())["lenet_fc_bn2"]
     assert entry["settings"]["precision"] == "mixed_float16"
@@ -119,8 +134,7 @@ def test_each_epoch_visits_every_image_once_in_an_order_set_by_seed_and_epoch_al
 
     def epoch_labels(order, epoch):
         order.on_epoch_begin(epoch)
-        return np.concatenate([batch_labels for _, batch_labels in models_handling.batches(images, labels, 16,
-                                                                                            order)])
+        return np.concatenate([batch_labels for _, batch_labels in models_handling.batches(images, labels, 16, order)])
 
     order = callbacks.EpochOrder(50, seed=3)
     first, second = epoch_labels(order, 0), epoch_labels(order, 1)
@@ -148,27 +162,38 @@ BAD_ARGUMENTS = {
     "huge output": (["--output_size", 10**8], "argument --output_size: expected an integer from 1 to 10000"),
     "endless epochs": (["--epochs", 10**6], "argument --epochs: expected an integer from 1 to 10000"),
     "seed beyond 32 bits": (["--seed", 2**32], "argument --seed: expected an integer from 0 to 4294967295"),
-    "learning rate beyond float32": (["--learning_rate", "1e39"],
-                                     "argument --learning_rate: expected a positive number up to 1e+38"),
+    "learning rate beyond float32": (
+        ["--learning_rate", "1e39"],
+        "argument --learning_rate: expected a positive number up to 1e+38",
+    ),
     "epsilon above one": (["--epsilon", 2], "argument --epsilon: expected a positive number up to 1"),
     "unknown statistics rule": (["--bn_statistics", "nope"], "argument --bn_statistics: invalid choice: 'nope'"),
     "unknown precision": (["--precision", "float8"], "argument --precision: invalid choice: 'float8'"),
     "unknown compile path": (["--jit_compile", "xla"], "argument --jit_compile: expected auto, 0 or 1, got 'xla'"),
-    "zero inference batch": (["--inference_batch_size", 0],
-                             "argument --inference_batch_size: expected an integer from 1 to 65536, got '0'"),
+    "zero inference batch": (
+        ["--inference_batch_size", 0],
+        "argument --inference_batch_size: expected an integer from 1 to 65536, got '0'",
+    ),
     "no jobs": (["--jobs", 0], "argument --jobs: expected an integer from 1 to 256, got '0'"),
     "jobs not a number": (["--jobs", "many"], "argument --jobs: expected an integer from 1 to 256, got 'many'"),
-    "devices in workers": (["--jobs", 2, "--devices", 2], "--devices 2 splits one model's batch over this "
-                           "process's devices, and --jobs 2 trains each model in a worker process of its own"),
-    "tensorboard in workers": (["--jobs", 2, "--tensorboard", 1], "--tensorboard 1 writes its logs from inside "
-                               "the training, and with --jobs 2"),
+    "devices in workers": (
+        ["--jobs", 2, "--devices", 2],
+        "--devices 2 splits one model's batch over this "
+        "process's devices, and --jobs 2 trains each model in a worker process of its own",
+    ),
+    "tensorboard in workers": (
+        ["--jobs", 2, "--tensorboard", 1],
+        "--tensorboard 1 writes its logs from inside the training, and with --jobs 2",
+    ),
     "zero epsilon": (["--epsilon", 0], "argument --epsilon: expected a positive number up to 1, got '0'"),
     "split above one": (["--val_split", 1.5], "argument --val_split: expected a fraction strictly between 0 and 1"),
     "bad optimizer": (["--optimizer", "adamm"], "--optimizer adamm: not a Keras optimizer"),
     "missing data": (["--data", "{tmp}/missing.npz"], "missing.npz: no such file or folder; pass a local copy"),
     "not an npz": (["--data", "{tmp}/notes.txt"], "notes.txt: not a .npz file"),
-    "dataset with data": (["--dataset", "fashion_mnist"], "--dataset fashion_mnist names what Keras downloads, "
-                          "but --data"),
+    "dataset with data": (
+        ["--dataset", "fashion_mnist"],
+        "--dataset fashion_mnist names what Keras downloads, but --data",
+    ),
     "npz without x_test": (["--data", "{tmp}/no_x_test.npz"], "the .npz lacks x_test"),
     "wrong image shape": (["--data", "{tmp}/wide.npz"], r"x_train has shape (200, 28, 30)"),
     "labels outside 0..9": (["--data", "{tmp}/labels.npz"], "y_train has labels from 10 to 19, outside 0..9"),
@@ -190,8 +215,16 @@ def test_bad_input_is_one_line_nonzero_and_leaves_results_alone(arguments, messa
     (results / "lenet_accuracy.png").write_bytes(PNG_SIGNATURE)
     before = {path.name: path.read_bytes() for path in results.iterdir()}
 
-    good_run = ["--data", write_npz(tmp_path / "good.npz", *mnist_like()), "--results_dir", results,
-                "--epochs", 1, "--verbose", 0]
+    good_run = [
+        "--data",
+        write_npz(tmp_path / "good.npz", *mnist_like()),
+        "--results_dir",
+        results,
+        "--epochs",
+        1,
+        "--verbose",
+        0,
+    ]
     bad_arguments = [str(arg).format(tmp=tmp_path) for arg in arguments]
     code, out, err = run_main([*good_run, *bad_arguments], capsys)  # the later flag wins
 
@@ -208,7 +241,12 @@ def run_script(args, env_changes=None, **popen):
     env = {**os.environ, **(env_changes or {})}
     return subprocess.run(
         [sys.executable, str(ROOT / "main.py"), *map(str, args)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, **popen,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **popen,
     )
 
 
@@ -217,8 +255,15 @@ def test_no_network_for_the_downloader_says_how_to_pass_a_local_copy(tmp_path):
     refused = "http://127.0.0.1:9"
     done = run_script(
         ["--model", "lenet", "--results_dir", tmp_path / "results"],
-        {"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": refused, "https_proxy": refused,
-         "HTTP_PROXY": refused, "http_proxy": refused, "NO_PROXY": "", "no_proxy": ""},
+        {
+            "KERAS_HOME": str(tmp_path / "keras"),
+            "HTTPS_PROXY": refused,
+            "https_proxy": refused,
+            "HTTP_PROXY": refused,
+            "http_proxy": refused,
+            "NO_PROXY": "",
+            "no_proxy": "",
+        },
     )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
@@ -263,16 +308,33 @@ def test_real_mnist_sample_lenet_fc_bn2_reaches_93_percent_in_3_epochs(mnist_npz
 
 
 def test_learning_rate_none_is_the_optimizers_default(small_npz, tmp_path, capsys):
-    code, out, err = run_main(["--model", "lenet", "--learning_rate", "None", "--epochs", 1, "--data", small_npz,
-                               "--results_dir", tmp_path, "--verbose", 0], capsys)
+    code, out, err = run_main(
+        [
+            "--model",
+            "lenet",
+            "--learning_rate",
+            "None",
+            "--epochs",
+            1,
+            "--data",
+            small_npz,
+            "--results_dir",
+            tmp_path,
+            "--verbose",
+            0,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "summary.json").read_text())["lenet"]["settings"]["learning_rate"] is None
 
 
 def test_the_saved_model_loads_without_extra_arguments_and_predicts_as_tested(small_npz, tmp_path, capsys):
     results = tmp_path / "results"
-    code, out, err = run_main(["--model", "lenet_fc_bn2", "--epochs", 1, "--data", small_npz,
-                               "--results_dir", results, "--verbose", 0], capsys)
+    code, out, err = run_main(
+        ["--model", "lenet_fc_bn2", "--epochs", 1, "--data", small_npz, "--results_dir", results, "--verbose", 0],
+        capsys,
+    )
     assert code == 0, err
     # A fresh process, as a user would load it: import lenet, then load.
     script = (
@@ -293,9 +355,14 @@ def test_the_saved_model_loads_without_extra_arguments_and_predicts_as_tested(sm
 def test_comparison_plots_always_show_what_the_summary_holds(small_npz, tmp_path, capsys, monkeypatch):
     drawn = []
     real_plot = results_folder.visualizations.plot_comparison
-    monkeypatch.setattr(results_folder.visualizations, "plot_comparison",
-                        lambda histories, metric, path, **kw: (drawn.append(sorted(histories)),
-                                                               real_plot(histories, metric, path, **kw)))
+    monkeypatch.setattr(
+        results_folder.visualizations,
+        "plot_comparison",
+        lambda histories, metric, path, **kw: (
+            drawn.append(sorted(histories)),
+            real_plot(histories, metric, path, **kw),
+        ),
+    )
     results = tmp_path / "results"
     common = ["--epochs", 1, "--data", small_npz, "--results_dir", results, "--verbose", 0]
     assert run_main(["--model", "lenet", *common], capsys)[0] == 0
@@ -309,8 +376,7 @@ def test_comparison_plots_always_show_what_the_summary_holds(small_npz, tmp_path
 
 def test_each_model_plot_shows_its_test_accuracy_on_whole_epochs(tmp_path, monkeypatch):
     figures = []
-    monkeypatch.setattr(results_folder.visualizations, "save_figure",
-                        lambda figure, path: figures.append(figure))
+    monkeypatch.setattr(results_folder.visualizations, "save_figure", lambda figure, path: figures.append(figure))
     history = {"loss": [2.0], "accuracy": [0.3], "val_loss": [1.9], "val_accuracy": [0.35]}
     result = results_folder.ModelResult("lenet", history, 1.5, 0.4321, 1.0, 10)
     results_folder.save_results(result, make_config(batch_size=32, epochs=1, results_dir=str(tmp_path)), {})
@@ -327,8 +393,9 @@ def test_the_closing_table_keeps_its_columns_at_any_magnitude(small_npz, tmp_pat
         return results_folder.ModelResult(name, history, 147264.0, 0.09821717, 12.5, 10)
 
     monkeypatch.setattr(models_handling, "run_model", exploding)
-    code, out, err = run_main(["--model", "lenet", "--data", small_npz, "--results_dir", tmp_path,
-                               "--flag_visualizations", 0], capsys)
+    code, out, err = run_main(
+        ["--model", "lenet", "--data", small_npz, "--results_dir", tmp_path, "--flag_visualizations", 0], capsys
+    )
     assert code == 0, err
     header, row = out.strip().splitlines()[-2:]
     assert header.split() == ["model", "test", "accuracy", "test", "loss", "seconds"]
@@ -339,8 +406,23 @@ def test_tensorboard_logs_hold_the_scalars_and_the_bn_histograms(small_npz, tmp_
     import tensorflow as tf
 
     results = tmp_path / "results"
-    code, out, err = run_main(["--model", "lenet_bn2", "--tensorboard", 1, "--epochs", 2, "--data", small_npz,
-                               "--results_dir", results, "--verbose", 0], capsys)
+    code, out, err = run_main(
+        [
+            "--model",
+            "lenet_bn2",
+            "--tensorboard",
+            1,
+            "--epochs",
+            2,
+            "--data",
+            small_npz,
+            "--results_dir",
+            results,
+            "--verbose",
+            0,
+        ],
+        capsys,
+    )
     assert code == 0, err
     logs = results / "logs" / "lenet_bn2"
 
@@ -359,5 +441,3 @@ def test_tensorboard_logs_hold_the_scalars_and_the_bn_histograms(small_npz, tmp_
 
 
 # ---------------------------------------------------------------- resume
-
-

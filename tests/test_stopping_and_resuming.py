@@ -46,9 +46,28 @@ def test_ctrl_c_in_a_real_run(tmp_path):
     data = write_npz(tmp_path / "data.npz", *mnist_like(num_train=600, num_test=50))
     results = tmp_path / "results"
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"), "--model", "all", "--epochs", "3", "--data", str(data),
-         "--results_dir", str(results), "--verbose", "0", "--jobs", "1", "--jit_compile", "0"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "--model",
+            "all",
+            "--epochs",
+            "3",
+            "--data",
+            str(data),
+            "--results_dir",
+            str(results),
+            "--verbose",
+            "0",
+            "--jobs",
+            "1",
+            "--jit_compile",
+            "0",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     summary = results / "summary.json"
     out, err = interrupt_once_written(process, summary, 240)
@@ -94,8 +113,7 @@ def test_interrupt_before_any_model_finished_does_not_claim_results(small_npz, t
         raise KeyboardInterrupt
 
     monkeypatch.setattr(models_handling, "run_model", interrupt)
-    code, out, err = run_main(["--model", "all", "--data", small_npz, "--results_dir", tmp_path / "results"],
-                              capsys)
+    code, out, err = run_main(["--model", "all", "--data", small_npz, "--results_dir", tmp_path / "results"], capsys)
     assert code == 130
     assert err.strip() == "interrupted before any model finished: no results were written"
 
@@ -103,8 +121,25 @@ def test_interrupt_before_any_model_finished_does_not_claim_results(small_npz, t
 def test_a_diverging_model_stops_at_once_and_the_sweep_goes_on(small_npz, tmp_path, capsys):
     """Adam at 1e38 makes the weights overflow within an epoch: the loss turns NaN."""
     results = tmp_path / "results"
-    code, out, err = run_main(["--model", "all", "--optimizer", "adam", "--learning_rate", "1e38", "--epochs", 3,
-                               "--data", small_npz, "--results_dir", results, "--verbose", 0], capsys)
+    code, out, err = run_main(
+        [
+            "--model",
+            "all",
+            "--optimizer",
+            "adam",
+            "--learning_rate",
+            "1e38",
+            "--epochs",
+            3,
+            "--data",
+            small_npz,
+            "--results_dir",
+            results,
+            "--verbose",
+            0,
+        ],
+        capsys,
+    )
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == len(VARIANTS)  # one line per model, no traceback, no TensorFlow warnings
@@ -139,8 +174,7 @@ def test_runs_writing_into_one_folder_at_once_keep_every_entry(tmp_path):
     assert sorted(summary) == sorted(f"{prefix}{index}" for prefix in "abcd" for index in range(40))
 
 
-def test_an_interrupted_model_resumes_to_the_history_of_an_uninterrupted_run(small_npz, tmp_path, capsys,
-                                                                             monkeypatch):
+def test_an_interrupted_model_resumes_to_the_history_of_an_uninterrupted_run(small_npz, tmp_path, capsys, monkeypatch):
     """Under --jit_compile auto: the resumed run continues on the path chosen
     before the interruption, and ends as an uninterrupted run on that path."""
     common = ["--model", "lenet_bn2", "--epochs", 3, "--data", small_npz, "--verbose", 0, "--flag_visualizations", 0]
@@ -155,9 +189,13 @@ def test_an_interrupted_model_resumes_to_the_history_of_an_uninterrupted_run(sma
     # compiles of the validation and test steps.
     monkeypatch.setattr(compile_path, "step_seconds", lambda model, iterator: 2.0 if model.jit_compile else 1.0)
     real_run_model = models_handling.run_model
-    monkeypatch.setattr(models_handling, "run_model", lambda name, splits, settings, callbacks=(), **options:
-                        real_run_model(name, splits, settings, callbacks=[*callbacks, InterruptAfterEpoch2()],
-                                       **options))
+    monkeypatch.setattr(
+        models_handling,
+        "run_model",
+        lambda name, splits, settings, callbacks=(), **options: real_run_model(
+            name, splits, settings, callbacks=[*callbacks, InterruptAfterEpoch2()], **options
+        ),
+    )
     resumed = tmp_path / "resumed"
     assert run_main([*common, "--results_dir", resumed, "--jit_compile", "auto"], capsys)[0] == 130
     backup = resumed / "backup" / "lenet_bn2"
@@ -171,8 +209,9 @@ def test_an_interrupted_model_resumes_to_the_history_of_an_uninterrupted_run(sma
     assert "lenet_bn2: resuming after epoch 2 from" in out
     assert f"lenet_bn2: {'XLA' if chosen else 'TensorFlow'}" in out and "as chosen before the interruption" in out
     assert (resumed / "lenet_bn2_history.csv").read_text() == (tmp_path / "whole" / "lenet_bn2_history.csv").read_text()
-    whole, again = (json.loads((folder / "summary.json").read_text())["lenet_bn2"] for folder in (tmp_path / "whole",
-                                                                                                   resumed))
+    whole, again = (
+        json.loads((folder / "summary.json").read_text())["lenet_bn2"] for folder in (tmp_path / "whole", resumed)
+    )
     assert again["epochs"] == 3 and again["test_accuracy"] == whole["test_accuracy"]
     assert again["test_loss"] == whole["test_loss"]
     assert not (resumed / "backup").exists()
@@ -212,10 +251,27 @@ def test_a_double_start_waits_for_the_model_the_other_run_trains_and_keeps_every
     data = write_npz(tmp_path / "data.npz", *mnist_like(num_train=400, num_test=40))
     results = tmp_path / "results"
     results_folder.update_summary(results, "lenet", {"test_accuracy": 0.5})  # an earlier run's entry
-    command = [sys.executable, str(ROOT / "main.py"), "--model", "lenet_bn2", "--epochs", "4", "--data", str(data),
-               "--results_dir", str(results), "--verbose", "0", "--jit_compile", "0", "--flag_visualizations", "0"]
-    runs = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]
+    command = [
+        sys.executable,
+        str(ROOT / "main.py"),
+        "--model",
+        "lenet_bn2",
+        "--epochs",
+        "4",
+        "--data",
+        str(data),
+        "--results_dir",
+        str(results),
+        "--verbose",
+        "0",
+        "--jit_compile",
+        "0",
+        "--flag_visualizations",
+        "0",
+    ]
+    runs = [
+        subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outputs = [run.communicate(timeout=240) for run in runs]
 
     for run, (_, err) in zip(runs, outputs):

@@ -64,18 +64,40 @@ def test_keras_check_on_real_mnist_the_two_networks_agree_after_one_epoch(mnist_
 
 
 def test_seeds_gives_mean_and_std_of_every_model_over_the_seeds_under_each_rule(small_npz, tmp_path, capsys):
-    run_study(["seeds", "--data", small_npz, "--results_dir", tmp_path, "--seeds", 0, 1,
-               "--models", "lenet", "lenet_fc_bn2", "--rules", "precise", "moving", *FAST], capsys)
+    run_study(
+        [
+            "seeds",
+            "--data",
+            small_npz,
+            "--results_dir",
+            tmp_path,
+            "--seeds",
+            0,
+            1,
+            "--models",
+            "lenet",
+            "lenet_fc_bn2",
+            "--rules",
+            "precise",
+            "moving",
+            *FAST,
+        ],
+        capsys,
+    )
     folder = tmp_path / "seeds"
     rows = read_csv(folder / "seeds.csv")
     assert sorted((row["model"], row["bn_statistics"], row["seed"]) for row in rows) == [
-        (model, rule, seed) for model in ("lenet", "lenet_fc_bn2") for rule in ("moving", "precise")
-        for seed in ("0", "1")]
+        (model, rule, seed)
+        for model in ("lenet", "lenet_fc_bn2")
+        for rule in ("moving", "precise")
+        for seed in ("0", "1")
+    ]
     summary = read_summary(folder)
     for rule in ("precise", "moving"):
         for name in ("lenet", "lenet_fc_bn2"):
-            accuracies = [float(row["test_accuracy"]) for row in rows
-                          if (row["model"], row["bn_statistics"]) == (name, rule)]
+            accuracies = [
+                float(row["test_accuracy"]) for row in rows if (row["model"], row["bn_statistics"]) == (name, rule)
+            ]
             assert summary["test_accuracy"][rule][name]["mean"] == pytest.approx(np.mean(accuracies))
             assert summary["test_accuracy"][rule][name]["std"] == pytest.approx(np.std(accuracies))
         assert_png(folder / f"seeds_{rule}_accuracy.png")
@@ -86,8 +108,26 @@ def test_seeds_gives_mean_and_std_of_every_model_over_the_seeds_under_each_rule(
 
 def test_figure1_follows_one_f6_sigmoid_input_at_regular_steps(small_npz, tmp_path, capsys):
     # 170 training images, batch 64: 3 steps per epoch, 6 in two epochs.
-    run_study(["figure1", "--data", small_npz, "--results_dir", tmp_path, "--every", 4, "--probe_images", 30,
-               "--epochs", 2, "--jit_compile", 0, "--jobs", 1], capsys)
+    run_study(
+        [
+            "figure1",
+            "--data",
+            small_npz,
+            "--results_dir",
+            tmp_path,
+            "--every",
+            4,
+            "--probe_images",
+            30,
+            "--epochs",
+            2,
+            "--jit_compile",
+            0,
+            "--jobs",
+            1,
+        ],
+        capsys,
+    )
     folder = tmp_path / "figure1"
     rows = read_csv(folder / "figure1.csv")
     for name in ("lenet", "lenet_fc_bn2"):
@@ -108,10 +148,16 @@ def test_lr_runs_sgd_at_each_rate_and_the_default_optimizer(small_npz, tmp_path,
     folder = tmp_path / "lr"
     rows = read_csv(folder / "lr.csv")
     runs = sorted((row["model"], row["optimizer"], float(row["learning_rate"])) for row in rows)
-    assert runs == ([
-        ("lenet", "adam", 0.001), ("lenet", "sgd", 0.1), ("lenet", "sgd", 1e38),
-        ("lenet_fc_bn2", "adam", 0.001), ("lenet_fc_bn2", "sgd", 0.1), ("lenet_fc_bn2", "sgd", 1e38),
-    ])
+    assert runs == (
+        [
+            ("lenet", "adam", 0.001),
+            ("lenet", "sgd", 0.1),
+            ("lenet", "sgd", 1e38),
+            ("lenet_fc_bn2", "adam", 0.001),
+            ("lenet_fc_bn2", "sgd", 0.1),
+            ("lenet_fc_bn2", "sgd", 1e38),
+        ]
+    )
     for row in rows:
         # SGD at 1e38 overflows the weights: the run stops and has no test figures.
         assert row["diverged"] == str(float(row["learning_rate"]) == 1e38)
@@ -128,13 +174,31 @@ def test_lr_runs_sgd_at_each_rate_and_the_default_optimizer(small_npz, tmp_path,
 
 
 def test_window_study_our_rule_does_not_move_with_batch_size_the_earlier_one_does(small_npz, tmp_path, capsys):
-    run_study(["window", "--data", small_npz, "--results_dir", tmp_path, "--windows", 1, 2,
-               "--inference_batch_sizes", 1, 7, 60, *FAST], capsys)
+    run_study(
+        [
+            "window",
+            "--data",
+            small_npz,
+            "--results_dir",
+            tmp_path,
+            "--windows",
+            1,
+            2,
+            "--inference_batch_sizes",
+            1,
+            7,
+            60,
+            *FAST,
+        ],
+        capsys,
+    )
     folder = tmp_path / "window"
     summary = read_summary(folder)
     assert summary["training_steps"] == 3
     assert {rule: list(points) for rule, points in summary["window_size"].items()} == {
-        "moving": ["1", "2", "3"], "precise": ["1", "2", "3"]}
+        "moving": ["1", "2", "3"],
+        "precise": ["1", "2", "3"],
+    }
     precise, moving, earlier = summary["movement_with_batch_size"].values()
     for ours in (precise, moving):
         assert ours["same_predicted_classes"]
@@ -171,25 +235,30 @@ def test_a_window_cut_from_a_longer_one_equals_training_with_that_window(tmp_pat
 STUDY_FLAGS_OUT_OF_BOUNDS = {
     "unit beyond F6": (["figure1", "--unit", "84"], "argument --unit: expected an integer from 0 to 83, got '84'"),
     "target above one": (["figure1", "--target", "1.5"], "argument --target: expected a positive number up to 1"),
-    "endless probe": (["figure1", "--probe_images", "10000000"], "argument --probe_images: expected an integer "
-                      "from 1 to 1000000"),
+    "endless probe": (
+        ["figure1", "--probe_images", "10000000"],
+        "argument --probe_images: expected an integer from 1 to 1000000",
+    ),
     "every zero": (["figure1", "--every", "0"], "argument --every: expected an integer from 1 to 1000000"),
-    "rate beyond float32": (["lr", "--rates", "0.1", "1e39"], "argument --rates: expected a positive number up "
-                            "to 1e+38"),
-    "huge window": (["window", "--windows", "5", "100000"], "argument --windows: expected an integer from 1 to "
-                    "10000"),
-    "huge inference batch": (["window", "--inference_batch_sizes", "1000000"], "argument --inference_batch_sizes: "
-                             "expected an integer from 1 to 65536"),
+    "rate beyond float32": (
+        ["lr", "--rates", "0.1", "1e39"],
+        "argument --rates: expected a positive number up to 1e+38",
+    ),
+    "huge window": (["window", "--windows", "5", "100000"], "argument --windows: expected an integer from 1 to 10000"),
+    "huge inference batch": (
+        ["window", "--inference_batch_sizes", "1000000"],
+        "argument --inference_batch_sizes: expected an integer from 1 to 65536",
+    ),
     "endless epochs": (["seeds", "--epochs", "100000"], "argument --epochs: expected an integer from 1 to 10000"),
     "too many jobs": (["seeds", "--jobs", "257"], "argument --jobs: expected an integer from 1 to 256, got '257'"),
     "no jobs": (["lr", "--jobs", "0"], "argument --jobs: expected an integer from 1 to 256, got '0'"),
 }
 
 
-@pytest.mark.parametrize("arguments, message", STUDY_FLAGS_OUT_OF_BOUNDS.values(),
-                         ids=STUDY_FLAGS_OUT_OF_BOUNDS.keys())
-def test_a_flag_out_of_bounds_is_refused_in_one_line_before_anything_is_built(arguments, message, tmp_path,
-                                                                               capsys, monkeypatch):
+@pytest.mark.parametrize("arguments, message", STUDY_FLAGS_OUT_OF_BOUNDS.values(), ids=STUDY_FLAGS_OUT_OF_BOUNDS.keys())
+def test_a_flag_out_of_bounds_is_refused_in_one_line_before_anything_is_built(
+    arguments, message, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setattr(utils, "load", lambda *args: pytest.fail("data loaded despite a bad flag"))
     with pytest.raises(SystemExit) as exit_:
         studies.main([*arguments, "--results_dir", str(tmp_path)])
@@ -205,8 +274,7 @@ def test_an_unknown_study_is_a_one_line_error(capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-def test_a_study_says_what_it_does_and_keeps_finished_runs_when_interrupted(small_npz, tmp_path, capsys,
-                                                                            monkeypatch):
+def test_a_study_says_what_it_does_and_keeps_finished_runs_when_interrupted(small_npz, tmp_path, capsys, monkeypatch):
     real_run_model = models_handling.run_model
     calls = []
 
@@ -217,8 +285,23 @@ def test_a_study_says_what_it_does_and_keeps_finished_runs_when_interrupted(smal
         return real_run_model(*args, **options)
 
     monkeypatch.setattr(models_handling, "run_model", run_then_interrupt)
-    code = studies.main(["seeds", "--data", str(small_npz), "--results_dir", str(tmp_path), "--seeds", "0",
-                         "--models", "lenet", "lenet_bn1", "--rules", "moving", *FAST])
+    code = studies.main(
+        [
+            "seeds",
+            "--data",
+            str(small_npz),
+            "--results_dir",
+            str(tmp_path),
+            "--seeds",
+            "0",
+            "--models",
+            "lenet",
+            "lenet_bn1",
+            "--rules",
+            "moving",
+            *FAST,
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 130
     assert out.startswith("study seeds: The variants over several seeds")
@@ -237,8 +320,10 @@ def test_figure1_panels_of_both_networks_share_one_y_scale(monkeypatch, tmp_path
     figures = []
     monkeypatch.setattr(visualizations, "save_figure", lambda figure, path: figures.append(figure))
     curve = {"step": [0, 1], "test_accuracy": [0.1, 0.2]}
-    curves = {"lenet": {**curve, "p15": [-0.1, 0.0], "p50": [0.0, 0.1], "p85": [0.1, 0.2]},
-              "lenet_fc_bn2": {**curve, "p15": [-2.0, -1.5], "p50": [0.0, 0.1], "p85": [1.5, 2.0]}}
+    curves = {
+        "lenet": {**curve, "p15": [-0.1, 0.0], "p50": [0.0, 0.1], "p85": [0.1, 0.2]},
+        "lenet_fc_bn2": {**curve, "p15": [-2.0, -1.5], "p50": [0.0, 0.1], "p85": [1.5, 2.0]},
+    }
     visualizations.plot_figure1(curves, tmp_path / "figure1.png")
     _, lenet_axes, bn_axes = figures[0].axes
     assert lenet_axes.get_ylim() == bn_axes.get_ylim()
@@ -252,7 +337,11 @@ def test_replicas_trains_once_per_split_and_rule_and_global_on_two_equals_one(sm
     assert "2 replica(s) of 32 images, --bn_sync replica: training" in out
     rows = read_csv(tmp_path / "replicas" / "replicas.csv")
     assert [(row["replicas"], row["batch_per_replica"], row["bn_sync"]) for row in rows] == [
-        ("1", "64", "global"), ("1", "64", "replica"), ("2", "32", "global"), ("2", "32", "replica")]
+        ("1", "64", "global"),
+        ("1", "64", "replica"),
+        ("2", "32", "global"),
+        ("2", "32", "replica"),
+    ]
     accuracy = {(row["replicas"], row["bn_sync"]): float(row["test_accuracy"]) for row in rows}
     # Synchronized BN makes two replicas one device with the whole batch.
     assert accuracy[("2", "global")] == pytest.approx(accuracy[("1", "global")], abs=1e-3)
