@@ -45,20 +45,23 @@ def plot_history(history, metric, title, path):
     save_figure(figure, path)
 
 
-def plot_comparison(histories, metric, path, spreads=None, title_prefix=""):
+def plot_comparison(histories, metric, path, bands=None, title=None):
     """Several models' `metric` against epoch: training on the left, validation
-    on the right, one line per model. With `spreads` (histories of standard
-    deviations, by model), each line gets a band of +- one standard deviation."""
-    figure, (train_axes, val_axes) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    on the right, one line per model. With `bands` ({model: {key: (low,
+    high)}}, per-epoch lists), each line gets its band (the seeds' interval),
+    and `title` goes above both panels."""
+    figure, (train_axes, val_axes) = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
     for name, history in histories.items():
         for axes, key in ((train_axes, metric), (val_axes, f"val_{metric}")):
             values = np.asarray(history[key])
             (line,) = axes.plot(_epochs(values), values, marker="o", label=name)
-            if spreads is not None:
-                spread = np.asarray(spreads[name][key])
-                axes.fill_between(_epochs(values), values - spread, values + spread, color=line.get_color(), alpha=0.2)
+            if bands is not None:
+                low, high = (np.asarray(bound, dtype=float) for bound in bands[name][key])
+                axes.fill_between(_epochs(values), low, high, color=line.get_color(), alpha=0.2)
+    if title:
+        figure.suptitle(title)
     for axes, part in ((train_axes, "training"), (val_axes, "validation")):
-        axes.set(title=f"{title_prefix}{part} {metric}", xlabel="epoch")
+        axes.set(title=f"{part} {metric}", xlabel="epoch")
         axes.grid(alpha=0.3)
     train_axes.set_ylabel(METRIC_LABELS[metric])
     _whole_epochs(max(len(history[metric]) for history in histories.values()), train_axes, val_axes)

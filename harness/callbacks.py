@@ -2,6 +2,7 @@
 
 - EpochOrder: each epoch's order of images, from the seed and the epoch alone;
 - StopOnDivergence: stop at the first step whose loss is not finite;
+- ValidationCurve: validation accuracy every few training steps (steps to a target);
 - ResumableTraining: back up every finished epoch, and resume from it;
 - BNWindowHistograms (with Keras's TensorBoard in tensorboard_callbacks):
   BN's inference statistics in TensorBoard.
@@ -19,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from harness import precise
 from harness.compile_path import JitChoice
 from harness.files import write_text
 from harness.results_folder import HISTORY_KEYS
@@ -63,6 +65,50 @@ class StopOnDivergence(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             self.at = {"epoch": self.epoch + 1, "step": batch + 1, "loss": str(float(loss))}
             self.model.stop_training = True
+
+
+class ValidationCurve(keras.callbacks.Callback):
+    """Validation accuracy before the first training step and every `every`
+    steps after it (and after the last), as {"step": [...],
+    "val_accuracy": [...]}: what steps to a target accuracy are read from.
+    Each point is the network as it then is, with the statistics its rule
+    gives it (harness.precise.as_the_rule_predicts: under `precise` a
+    refill of its own, undone afterwards), so the run is left exactly as
+    without it. Costs one pass over the validation split per point."""
+
+    def __init__(self, val_images, val_labels, train_images, config, every):
+        super().__init__()
+        self.val_images, self.val_labels, self.train_images = val_images, val_labels, train_images
+        self.config, self.every, self.step = config, every, 0
+        self.curve = {"step": [], "val_accuracy": []}
+
+    def measure(self):
+        with precise.as_the_rule_predicts(self.model, self.train_images, self.config, self.step) as model:
+            logits = model.predict(self.val_images, batch_size=self.config.inference_batch_size, verbose=0)
+        self.curve["step"].append(self.step)
+        self.curve["val_accuracy"].append(float(np.mean(np.argmax(logits, axis=1) == self.val_labels)))
+
+    def on_train_begin(self, logs=None):
+        self.measure()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.step % self.every == 0:
+            self.measure()
+
+    def on_train_end(self, logs=None):
+        if self.curve["step"][-1] != self.step:
+            self.measure()
+
+    def report(self):
+        """What comes back from where it trained (executor.Finished.report)."""
+        return self.curve
+
+
+def first_step_at(curve, target):
+    """The first measured step at which `curve` (ValidationCurve's) reaches
+    `target` accuracy, or None."""
+    return next((step for step, accuracy in zip(curve["step"], curve["val_accuracy"]) if accuracy >= target), None)
 
 
 class ResumableTraining(keras.callbacks.BackupAndRestore):

@@ -13,6 +13,7 @@ studies (with_precise_statistics, figure1's probe through refill) all call
 this module.
 """
 
+import contextlib
 from dataclasses import replace
 
 import keras
@@ -80,6 +81,24 @@ def refill_statistics(model, image_batches):
     for (mean_sum, variance_sum), norm in zip(sums, keras_norms, strict=True):
         norm.moving_mean.assign(mean_sum / len(image_batches))
         norm.moving_variance.assign(variance_sum / len(image_batches))
+
+
+@contextlib.contextmanager
+def as_the_rule_predicts(model, images, config, draw):
+    """Inside the block `model` predicts with the statistics its rule gives
+    it now (under `precise`, refilled from its current weights with draw
+    `draw`); afterwards every BN layer's statistics are as they were, so a
+    measurement taken in the middle of training (figure1's probe, the
+    validation curve) changes nothing the run reports."""
+    saved = [variable.numpy() for norm in model.norm.values() for variable in norm.non_trainable_variables]
+    try:
+        if applies(model, config):
+            refill(model, images, config, draw)
+        yield model
+    finally:
+        variables = [variable for norm in model.norm.values() for variable in norm.non_trainable_variables]
+        for variable, value in zip(variables, saved):
+            variable.assign(value)
 
 
 class PreciseStatistics(keras.callbacks.Callback):

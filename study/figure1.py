@@ -62,15 +62,16 @@ class SigmoidInputProbe(keras.callbacks.Callback):
         self.curve = {key: [] for key in ("step", "test_accuracy", "p15", "p50", "p85")}
 
     def measure(self):
-        if precise.applies(self.model, self.config):
-            # The step numbers the draw, so each measurement has its own batches.
-            precise.refill(self.model, self.train_images, self.config, self.step)
-        received = self.model.layer_outputs(self.probe_images, training=False)["F6"][:, self.unit]
+        # The step numbers the refill's draw, so each measurement has its own
+        # batches; the statistics the run goes on with are left as they were.
+        with precise.as_the_rule_predicts(self.model, self.train_images, self.config, self.step) as model:
+            received = model.layer_outputs(self.probe_images, training=False)["F6"][:, self.unit]
+            accuracy = accuracy_of(model, self.test_images, self.test_labels, 1000)[0]
         percentiles = np.percentile(np.asarray(received), [15, 50, 85])
         for key, value in zip(("p15", "p50", "p85"), percentiles):
             self.curve[key].append(float(value))
         self.curve["step"].append(self.step)
-        self.curve["test_accuracy"].append(accuracy_of(self.model, self.test_images, self.test_labels, 1000)[0])
+        self.curve["test_accuracy"].append(accuracy)
 
     def on_train_begin(self, logs=None):
         self.measure()

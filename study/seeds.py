@@ -1,5 +1,8 @@
-"""seeds: the variants over several seeds, under each statistics rule."""
+"""seeds: the variants over several seeds, under each statistics rule: test
+accuracy and steps to a target validation accuracy, each with its 95 %
+interval, and the paired differences that say which gaps are real."""
 
+import functools
 from dataclasses import replace
 
 import numpy as np
@@ -7,11 +10,17 @@ import numpy as np
 import utils
 import visualizations
 from harness import results_folder
+from harness.callbacks import ValidationCurve, first_step_at
 from harness.config import BN_STATISTICS, VARIANTS
 from harness.executor import Training
+from harness.flags import LIMITS, float_up_to, int_up_to
 from study.common import run_trainings, study_dir, write_rows, write_summary
+from study.intervals import FEWEST_SEEDS_TO_COMPARE, difference_text, paired_difference, spread_text, summary
 
-ABOUT = "The variants over several seeds, under each statistics rule: mean and standard deviation bands."
+ABOUT = (
+    "The variants over several seeds, under each statistics rule: test accuracy and steps to a target, "
+    "with 95 % intervals and paired differences."
+)
 
 
 def add_arguments(parser, flag):
@@ -28,8 +37,9 @@ def add_arguments(parser, flag):
         "seed",
         "--seeds",
         nargs="+",
-        default=[0, 1, 2],
-        help="each fixes the split, the initial weights and the shuffling of one run",
+        default=list(range(FEWEST_SEEDS_TO_COMPARE)),
+        help="each fixes the split, the initial weights and the shuffling of one run (comparisons of variants "
+        f"want at least {FEWEST_SEEDS_TO_COMPARE})",
     )
     parser.add_argument(
         "--models",
@@ -39,20 +49,48 @@ def add_arguments(parser, flag):
         metavar="MODEL",
         help="which of the five variants to train",
     )
+    parser.add_argument(
+        "--every",
+        type=int_up_to(LIMITS["steps"]),
+        default=10,
+        help=f"validate every this many training steps, for steps to the target (1 to {LIMITS['steps']})",
+    )
+    parser.add_argument(
+        "--target",
+        type=float_up_to(1.0),
+        default=None,
+        help="the validation accuracy whose first step is reported; default: the lowest, over "
+        "lenet's seeds, of the best validation accuracy lenet reached (each of its seeds reaches it)",
+    )
+
+
+def make_curve(splits, config, every):
+    """A ValidationCurve on a training's own splits (made where it trains)."""
+    return ValidationCurve(splits.x_val, splits.y_val, splits.x_train, config, every)
 
 
 def run(config, args):
-    """The variants over several seeds (split, initial weights and shuffling),
-    under each statistics rule: mean and standard deviation of every curve and
-    of the test accuracy."""
+    """The variants over several seeds (split, initial weights and
+    shuffling), under each rule: every curve's mean with the interval of
+    the mean as a band, the test accuracy and the steps to a target with
+    their intervals, and the paired differences between neighbouring
+    variants and between the rules."""
+    if len(args.seeds) < FEWEST_SEEDS_TO_COMPARE:
+        print(f"  {len(args.seeds)} seeds: intervals will be wide; comparisons want {FEWEST_SEEDS_TO_COMPARE} or more")
     data = utils.load(config)
+    curve = functools.partial(make_curve, every=args.every)
     plan = [
-        Training(name, replace(config, seed=seed, bn_statistics=rule), label=f"seed {seed}, {rule} statistics: {name}")
+        Training(
+            name,
+            replace(config, seed=seed, bn_statistics=rule),
+            callback=curve,
+            label=f"seed {seed}, {rule} statistics: {name}",
+        )
         for seed in args.seeds
         for rule in args.rules
         for name in args.models
     ]
-    rows = [None] * len(plan)
+    folder, rows = study_dir(config, "seeds"), [None] * len(plan)
 
     def record(index, done):
         training, result = plan[index], done.result
@@ -62,44 +100,105 @@ def run(config, args):
             "seed": training.config.seed,
             "test_accuracy": result.test_accuracy,
             "test_loss": result.test_loss,
+            "best_val_accuracy": max(done.report["val_accuracy"]),
         }
-        # kept if the study is interrupted, in the order of the plan
-        write_rows(study_dir(config, "seeds") / "seeds.csv", [row for row in rows if row])
+        write_rows(folder / "seeds.csv", [row for row in rows if row])  # kept if the study is interrupted
 
     finished = run_trainings(config, plan, data, record)
-    histories = {(rule, name): [] for rule in args.rules for name in args.models}
-    for training, done in zip(plan, finished):
-        histories[training.config.bn_statistics, training.name].append(done.result.history)
-
-    def across_seeds(rule, statistic):
-        return {
-            name: {
-                key: statistic([h[key] for h in histories[rule, name]], axis=0).tolist()
-                for key in results_folder.HISTORY_KEYS
+    curves = [done.report for done in finished]
+    write_rows(
+        folder / "validation_curves.csv",
+        [
+            {
+                "model": row["model"],
+                "bn_statistics": row["bn_statistics"],
+                "seed": row["seed"],
+                "step": step,
+                "val_accuracy": accuracy,
             }
-            for name in args.models
-        }
+            for row, curve_ in zip(rows, curves)
+            for step, accuracy in zip(curve_["step"], curve_["val_accuracy"])
+        ],
+    )
 
-    folder = study_dir(config, "seeds")
-    summary = {"seeds": args.seeds, "epochs": config.epochs, "test_accuracy": {}}
+    def per_seed(rule, name, values):
+        return [value for row, value in zip(rows, values) if (row["model"], row["bn_statistics"]) == (name, rule)]
+
+    summaries = {"seeds": args.seeds, "epochs": config.epochs, "validated_every": args.every, "rules": {}}
     for rule in args.rules:
-        for metric in ("accuracy", "loss"):
-            visualizations.plot_comparison(
-                across_seeds(rule, np.mean),
-                metric,
-                folder / f"seeds_{rule}_{metric}.png",
-                across_seeds(rule, np.std),
-                title_prefix=f"{rule} statistics, mean +- std over {len(args.seeds)} seeds: ",
+        best = per_seed(rule, "lenet", [row["best_val_accuracy"] for row in rows])
+        target = args.target or (min(best) if best else min(row["best_val_accuracy"] for row in rows))
+        steps = {name: per_seed(rule, name, [first_step_at(c, target) for c in curves]) for name in args.models}
+        accuracy = {name: per_seed(rule, name, [row["test_accuracy"] for row in rows]) for name in args.models}
+        plot_rule(rule, args.models, [(t, d) for t, d in zip(plan, finished)], folder)
+        summaries["rules"][rule] = rule_summary(rule, args.models, accuracy, steps, target)
+    if set(args.rules) == set(BN_STATISTICS):
+        summaries["precise_minus_moving"] = {
+            name: paired_difference(
+                summaries["rules"]["precise"]["test_accuracy"][name]["per_seed"],
+                summaries["rules"]["moving"]["test_accuracy"][name]["per_seed"],
             )
-        print(f"\n{'model':<16}test accuracy over seeds {args.seeds}, {rule} statistics")
-        summary["test_accuracy"][rule] = {}
-        for name in args.models:
-            accuracies = [row["test_accuracy"] for row in rows if (row["model"], row["bn_statistics"]) == (name, rule)]
-            summary["test_accuracy"][rule][name] = {
-                "mean": float(np.mean(accuracies)),
-                "std": float(np.std(accuracies)),
-                "per_seed": accuracies,
-            }
-            print(f"{name:<16}{np.mean(accuracies):.4f} +- {np.std(accuracies):.4f}")
-    write_summary(folder, summary)
-    return summary
+            for name in args.models
+            if name != "lenet"
+        }
+        print("\nprecise minus moving, test accuracy, paired by seed:")
+        for name, difference in summaries["precise_minus_moving"].items():
+            print(f"  {name:<14}{describe_difference(difference)}")
+    write_summary(folder, summaries)
+    return summaries
+
+
+def rule_summary(rule, models, accuracy, steps, target):
+    """One rule's table (printed) and its summary.json part."""
+    print(f"\n{rule} statistics, over seeds; steps to validation accuracy {target:.4f}")
+    print(f"{'model':<14} {'test accuracy (95 % interval)':<44} steps to target (95 % interval)")
+    part = {"target_val_accuracy": target, "test_accuracy": {}, "steps_to_target": {}, "differences": {}}
+    for name in models:
+        reached = [step for step in steps[name] if step is not None]
+        part["test_accuracy"][name] = {**summary(accuracy[name]), "per_seed": accuracy[name]}
+        part["steps_to_target"][name] = {
+            **(summary(reached) if reached else {"n": 0}),
+            "per_seed": steps[name],
+            "reached": f"{len(reached)} of {len(steps[name])}",
+        }
+        steps_text = spread_text(reached, digits=0) if reached else "never reached"
+        if reached and len(reached) < len(steps[name]):
+            steps_text += f" ({len(reached)} of {len(steps[name])} seeds reached it)"
+        print(f"{name:<14} {spread_text(accuracy[name]):<44} {steps_text}")
+    for before, after in zip(models, models[1:]):
+        key = f"{after} - {before}"
+        part["differences"][key] = paired_difference(accuracy[after], accuracy[before])
+        print(f"  test accuracy, {key}: {difference_text(accuracy[after], accuracy[before])}")
+    return part
+
+
+def describe_difference(difference):
+    interval = f"{difference['mean']:+.4f} (95 % interval {difference['low']:+.4f} to {difference['high']:+.4f})"
+    return interval if difference["real"] else f"no difference at this precision: {interval}"
+
+
+def plot_rule(rule, models, trainings, folder):
+    """Each model's mean curve over the seeds, the 95 % interval of the mean as a band."""
+    histories = {
+        name: [d.result.history for t, d in trainings if (t.name, t.config.bn_statistics) == (name, rule)]
+        for name in models
+    }
+    means, bands = {}, {}
+    for name, runs in histories.items():
+        means[name], bands[name] = {}, {}
+        for key in results_folder.HISTORY_KEYS:
+            per_epoch = [summary(values) for values in np.array([run[key] for run in runs]).T]
+            means[name][key] = [s["mean"] for s in per_epoch]
+            bands[name][key] = (
+                [s["low"] if s["low"] is not None else s["mean"] for s in per_epoch],
+                [s["high"] if s["high"] is not None else s["mean"] for s in per_epoch],
+            )
+    seeds = len(next(iter(histories.values())))
+    for metric in ("accuracy", "loss"):
+        visualizations.plot_comparison(
+            means,
+            metric,
+            folder / f"seeds_{rule}_{metric}.png",
+            bands,
+            title=f"{rule} statistics: mean over {seeds} seeds, band = 95 % interval of the mean",
+        )

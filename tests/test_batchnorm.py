@@ -336,3 +336,22 @@ def test_a_channel_without_variance_gives_finite_outputs_and_gradients_near_the_
         assert np.all(np.isfinite(got)) and np.all(np.isfinite(keras_got)), name
         # A rounding of 0.7 (6e-8) in x - mean, times 1e4, is 6e-4.
         np.testing.assert_allclose(got, expected, atol=2e-3 + 1e-3 * np.abs(expected).max(), rtol=0, err_msg=name)
+
+
+def test_inference_keeps_its_digits_when_the_mean_is_large_against_the_spread():
+    """Mean 1e4, sd 1: against float64 on the same float32 inputs. Line 11 of
+    Algorithm 2 taken literally (scale * x + (beta - mean * scale)) is about
+    1e-3 off here: two products near 1e4 that cancel."""
+    shape = (64, 8)
+    rng = np.random.default_rng(11)
+    x = (1e4 + rng.normal(size=shape)).astype(np.float32)
+    ours, _ = ours_and_keras(shape)
+    ours(x, training=True)  # the window now holds this batch: mean about 1e4, variance about 1
+    mean = ours.mean_window.numpy()[0].astype(np.float64)
+    variance = ours.variance_window.numpy()[0].astype(np.float64)
+    gamma, beta = ours.gamma.numpy().astype(np.float64), ours.beta.numpy().astype(np.float64)
+    expected = numpy_normalize(x.astype(np.float64), mean, variance, gamma, beta, EPSILON)
+    np.testing.assert_allclose(ours(x, training=False), expected, atol=1e-5, rtol=0)
+    literal = gamma / np.sqrt(variance + EPSILON)
+    literal_y = (x * literal.astype(np.float32) + (beta - mean * literal).astype(np.float32)).astype(np.float32)
+    assert np.abs(literal_y - expected).max() > 1e-4, "the literal form should lose digits here"

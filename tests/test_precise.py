@@ -11,7 +11,7 @@ import pytest
 import models_handling
 import utils
 from conftest import make_config, mnist_like, numpy_population, trained_model
-from harness import precise, results_folder
+from harness import callbacks, precise, results_folder
 from harness.config import KERAS_BN_VARIANT
 from harness.precise import refill_statistics
 from lenet import momentum_matching_window
@@ -157,3 +157,32 @@ def test_moving_reproduces_the_history_from_before_precise_existed():
         np.testing.assert_allclose(result.history[key], MOVING_BEFORE[key], rtol=1e-4, err_msg=key)
     assert result.test_loss == pytest.approx(MOVING_BEFORE["test_loss"], rel=1e-4)
     assert result.test_accuracy == pytest.approx(MOVING_BEFORE["test_accuracy"])
+
+
+def test_a_measurement_under_the_rule_leaves_the_statistics_as_they_were():
+    model = trained_model("lenet_fc_bn2", steps=6)
+    images = np.random.default_rng(3).uniform(size=(64, 32, 32, 1)).astype(np.float32)
+    before = model.predict(images, verbose=0)
+    state = [variable.numpy().copy() for norm in model.norm.values() for variable in norm.non_trainable_variables]
+    config = make_config(batch_size=16)
+    with precise.as_the_rule_predicts(model, images, config, draw=0) as measured:
+        inside = measured.predict(images, verbose=0)
+    assert np.abs(inside - before).max() > 1e-3, "inside, the refilled statistics predict"
+    after = [variable.numpy() for norm in model.norm.values() for variable in norm.non_trainable_variables]
+    for saved, now in zip(state, after):
+        np.testing.assert_array_equal(now, saved)
+    np.testing.assert_array_equal(model.predict(images, verbose=0), before)
+
+
+@pytest.mark.parametrize("rule", ["precise", "moving"])
+def test_a_validation_curve_leaves_the_training_exactly_as_without_it(rule):
+    splits = small_splits()
+    config = make_config(batch_size=32, epochs=2, bn_statistics=rule)
+    plain = models_handling.run_model("lenet_fc_bn2", splits, config)
+    curve = callbacks.ValidationCurve(splits.x_val, splits.y_val, splits.x_train, config, every=2)
+    watched = models_handling.run_model("lenet_fc_bn2", splits, config, callbacks=[curve])
+    assert watched.history == plain.history and watched.test_accuracy == plain.test_accuracy
+    assert curve.curve["step"] == [0, 2, 4, 6, 8, 10]  # 160 images, batch 32: 5 steps an epoch
+    if rule == "moving":  # its last point is the trained network, validated as the last epoch's end validated it
+        assert curve.curve["val_accuracy"][-1] == pytest.approx(plain.history["val_accuracy"][-1])
+    assert callbacks.first_step_at(curve.curve, 0.0) == 0 and callbacks.first_step_at(curve.curve, 1.01) is None

@@ -63,47 +63,42 @@ def test_keras_check_on_real_mnist_the_two_networks_agree_after_one_epoch(mnist_
     assert summary["test_accuracy"]["ours"] > 0.5  # it learned something: the gap is not chance
 
 
-def test_seeds_gives_mean_and_std_of_every_model_over_the_seeds_under_each_rule(small_npz, tmp_path, capsys):
-    run_study(
-        [
-            "seeds",
-            "--data",
-            small_npz,
-            "--results_dir",
-            tmp_path,
-            "--seeds",
-            0,
-            1,
-            "--models",
-            "lenet",
-            "lenet_fc_bn2",
-            "--rules",
-            "precise",
-            "moving",
-            *FAST,
-        ],
-        capsys,
-    )
+def test_seeds_gives_intervals_paired_differences_and_steps_to_the_target(small_npz, tmp_path, capsys):
+    out = run_study(["seeds", "--data", small_npz, "--results_dir", tmp_path, "--seeds", 0, 1, 2, "--models", "lenet",
+                     "lenet_fc_bn2", "--rules", "precise", "moving", "--every", 2, *FAST], capsys)  # fmt: skip
     folder = tmp_path / "seeds"
     rows = read_csv(folder / "seeds.csv")
     assert sorted((row["model"], row["bn_statistics"], row["seed"]) for row in rows) == [
-        (model, rule, seed)
-        for model in ("lenet", "lenet_fc_bn2")
-        for rule in ("moving", "precise")
-        for seed in ("0", "1")
-    ]
+        (model, rule, seed) for model in ("lenet", "lenet_fc_bn2") for rule in ("moving", "precise")
+        for seed in ("0", "1", "2")
+    ]  # fmt: skip
     summary = read_summary(folder)
     for rule in ("precise", "moving"):
+        part = summary["rules"][rule]
         for name in ("lenet", "lenet_fc_bn2"):
-            accuracies = [
-                float(row["test_accuracy"]) for row in rows if (row["model"], row["bn_statistics"]) == (name, rule)
-            ]
-            assert summary["test_accuracy"][rule][name]["mean"] == pytest.approx(np.mean(accuracies))
-            assert summary["test_accuracy"][rule][name]["std"] == pytest.approx(np.std(accuracies))
+            mine = [row for row in rows if (row["model"], row["bn_statistics"]) == (name, rule)]
+            accuracies = [float(row["test_accuracy"]) for row in mine]
+            # The sample standard deviation (ddof=1), and t(0.975, 2 df) = 4.303 for three seeds.
+            mean, sd = np.mean(accuracies), np.std(accuracies, ddof=1)
+            got = part["test_accuracy"][name]
+            assert (got["mean"], got["sd"]) == (pytest.approx(mean), pytest.approx(sd))
+            assert got["high"] - got["mean"] == pytest.approx(4.303 * sd / np.sqrt(3))
+        # lenet's every seed reaches the target, which is the lowest of its bests.
+        curves = read_csv(folder / "validation_curves.csv")
+        lenet_best = [max(float(c["val_accuracy"]) for c in curves if (c["model"], c["bn_statistics"], c["seed"])
+                          == ("lenet", rule, seed)) for seed in ("0", "1", "2")]  # fmt: skip
+        assert part["target_val_accuracy"] == pytest.approx(min(lenet_best))
+        assert None not in part["steps_to_target"]["lenet"]["per_seed"]
+        assert sorted({int(c["step"]) for c in curves}) == [0, 2, 3]  # 170 images, batch 64: 3 steps in the epoch
+        difference = part["differences"]["lenet_fc_bn2 - lenet"]
+        per_seed = {name: part["test_accuracy"][name]["per_seed"] for name in ("lenet", "lenet_fc_bn2")}
+        assert difference["mean"] == pytest.approx(np.mean(per_seed["lenet_fc_bn2"]) - np.mean(per_seed["lenet"]))
         assert_png(folder / f"seeds_{rule}_accuracy.png")
         assert_png(folder / f"seeds_{rule}_loss.png")
     # Without BN the rule has nothing to refill: the same numbers.
-    assert summary["test_accuracy"]["precise"]["lenet"] == summary["test_accuracy"]["moving"]["lenet"]
+    assert summary["rules"]["precise"]["test_accuracy"]["lenet"] == summary["rules"]["moving"]["test_accuracy"]["lenet"]
+    assert "precise minus moving, test accuracy, paired by seed:" in out
+    assert "3 seeds: intervals will be wide" in out
 
 
 def test_figure1_follows_one_f6_sigmoid_input_at_regular_steps(small_npz, tmp_path, capsys):
