@@ -11,6 +11,7 @@ DEFAULTS = {
     "batch_size": 64,
     "output_size": 10,
     "epochs": 10,
+    "patience": 0,  # 0: train all the epochs; N: stop once validation accuracy has not improved for N epochs
     "optimizer": "adam",
     "learning_rate": None,  # None: the optimizer's own default (0.001 for adam)
     "epsilon": 1e-8,
@@ -67,6 +68,11 @@ FLAGS = {
         help=f"number of classes (units of the output layer; 1 to {LIMITS['output_size']})",
     ),
     "epochs": dict(type=int_up_to(LIMITS["epochs"]), help=f"passes over the training split (1 to {LIMITS['epochs']})"),
+    "patience": dict(
+        type=int_up_to(LIMITS["epochs"], low=0),
+        help="0: train all --epochs; N: stop once validation accuracy has not improved for N epochs in a row "
+        "(--epochs is then the most): training to convergence, told apart from a fixed budget",
+    ),
     "optimizer": dict(help="Keras optimizer name (adam, sgd, rmsprop, ...)"),
     "learning_rate": dict(
         type=float_up_to_or_none(LIMITS["learning_rate"]),

@@ -50,7 +50,7 @@ def compile_model(model, config, steps_per_execution=1):
     return model
 
 
-def build_and_compile(name, config):
+def build_and_compile(name, config, build=build_lenet):
     """The named model, seeded, built under the run's precision, compiled.
 
     Keras's dtype policy is global and read when layers are made, so it is set
@@ -60,7 +60,7 @@ def build_and_compile(name, config):
     """
     keras.mixed_precision.set_global_policy(config.precision)
     with seeded(config.seed):
-        model = build_lenet(name, config)
+        model = build(name, config)
     return compile_model(model, config)
 
 
@@ -152,6 +152,8 @@ def train(model, splits, config, callbacks=()):
     """Fit on the training split, validating after every epoch; the history as plain lists."""
     if precise.applies(model, config):
         callbacks = [*callbacks, precise.PreciseStatistics(splits.x_train, config)]
+    if config.patience:  # after the refill: the epoch's validation is what it compares
+        callbacks = [*callbacks, keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.patience)]
     history = fit(model, splits.x_train, splits.y_train, config, config.epochs, (splits.x_val, splits.y_val), callbacks)
     return {key: [float(value) for value in history.history[key]] for key in HISTORY_KEYS}
 

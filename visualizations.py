@@ -91,29 +91,41 @@ def plot_side_by_side(histories, path, title):
     save_figure(figure, path)
 
 
-def plot_figure1(curves, path):
+def plot_figure1(curves, layer, path, title):
     """The BN paper's Figure 1: (a) test accuracy against training step for
-    each model, then per model the 15th, 50th and 85th percentiles of one
-    sigmoid's input against training step, all on one y-scale so that the
-    models' spreads compare at a glance.
+    each network, then per network the 15th, 50th and 85th percentiles of
+    one `layer` sigmoid's input against training step, all on one y-scale
+    so that the networks' spreads compare at a glance.
 
-    `curves[model]` holds lists under "step", "test_accuracy", "p15", "p50", "p85".
-    """
-    figure, all_axes = plt.subplots(1, 1 + len(curves), figsize=(5 * (1 + len(curves)), 4))
+    `curves[network]` holds "step" and, under "test_accuracy", "p15",
+    "p50", "p85", a (mean, low, high) triple of lists: the mean over seeds
+    and its band."""
+    figure, all_axes = plt.subplots(1, 1 + len(curves), figsize=(5 * (1 + len(curves)), 4.4))
     accuracy_axes, *percentile_axes = all_axes
     for axes in percentile_axes[1:]:
         axes.sharey(percentile_axes[0])
+
+    def draw(axes, steps, series, label):
+        mean, low, high = series
+        (line,) = axes.plot(steps, mean, label=label)
+        axes.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+
     for name, curve in curves.items():
-        accuracy_axes.plot(curve["step"], curve["test_accuracy"], label=name)
-    accuracy_axes.set(title="(a) test accuracy", xlabel="training step", ylabel="accuracy")
+        draw(accuracy_axes, curve["step"], curve["test_accuracy"], name)
+    accuracy_axes.set(title="(a) test accuracy", xlabel="training step", ylabel="test accuracy")
     accuracy_axes.legend()
     for axes, (name, curve), letter in zip(percentile_axes, curves.items(), "bcdef"):
         for key, label in (("p85", "85th percentile"), ("p50", "median"), ("p15", "15th percentile")):
-            axes.plot(curve["step"], curve[key], label=label)
-        axes.set(title=f"({letter}) {name}: input of one F6 sigmoid", xlabel="training step")
+            draw(axes, curve["step"], curve[key], label)
+        axes.set(
+            title=f"({letter}) {name}: input of one {layer} sigmoid",
+            xlabel="training step",
+            ylabel=f"{layer} sigmoid input",
+        )
         axes.legend(fontsize=8)
     for axes in all_axes:
         axes.grid(alpha=0.3)
+    figure.suptitle(title)
     save_figure(figure, path)
 
 
@@ -175,10 +187,24 @@ def plot_window_study(window_points, batch_points, path):
     save_figure(figure, path)
 
 
+# A plot of one seed's test accuracies never zooms in further than this: two
+# points closer than a seed-to-seed spread must not look like a collapse.
+NARROWEST_ONE_SEED_SPAN = 0.02
+
+
+def at_least_span(axes, values, span):
+    """Widen the y-range, around the values' middle, to at least `span`."""
+    low, high = min(values), max(values)
+    if high - low < span:
+        middle = (low + high) / 2
+        axes.set_ylim(middle - span / 2, middle + span / 2)
+
+
 def plot_replicas(points, global_batch, path):
     """Test accuracy against the number of replicas the global batch is split
     over (log axis; the batch each replica normalizes in the labels), one
-    line per --bn_sync rule ({rule: [(replicas, accuracy)]})."""
+    line per --bn_sync rule ({rule: [(replicas, accuracy)]}). One seed: the
+    y-range spans at least NARROWEST_ONE_SEED_SPAN."""
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for rule, rule_points in points.items():
         axes.plot(*zip(*rule_points), marker="o", label=f"--bn_sync {rule}")
@@ -186,9 +212,12 @@ def plot_replicas(points, global_batch, path):
     axes.set_xscale("log", base=2)
     axes.set_xticks(replicas, [f"{count}\n({global_batch // count} per replica)" for count in replicas])
     axes.set(
-        title=f"lenet_fc_bn2, global batch {global_batch} split over replicas",
+        title=f"lenet_fc_bn2, global batch {global_batch} split over replicas (one seed)",
         xlabel="replicas",
         ylabel="test accuracy",
+    )
+    at_least_span(
+        axes, [accuracy for rule_points in points.values() for _, accuracy in rule_points], NARROWEST_ONE_SEED_SPAN
     )
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8)

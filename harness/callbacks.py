@@ -10,6 +10,7 @@
 The `precise` rule's callback is in precise.py, with the rest of that rule.
 """
 
+import contextlib
 import json
 import math
 import shutil
@@ -82,8 +83,14 @@ class ValidationCurve(keras.callbacks.Callback):
         self.config, self.every, self.step = config, every, 0
         self.curve = {"step": [], "val_accuracy": []}
 
-    def measure(self):
-        with precise.as_the_rule_predicts(self.model, self.train_images, self.config, self.step) as model:
+    def measure(self, as_trained=False):
+        """One point; `as_trained`: with the statistics the run ends with (no refill of its own)."""
+        measuring = (
+            contextlib.nullcontext(self.model)
+            if as_trained
+            else precise.as_the_rule_predicts(self.model, self.train_images, self.config, self.step)
+        )
+        with measuring as model:
             logits = model.predict(self.val_images, batch_size=self.config.inference_batch_size, verbose=0)
         self.curve["step"].append(self.step)
         self.curve["val_accuracy"].append(float(np.mean(np.argmax(logits, axis=1) == self.val_labels)))
@@ -97,8 +104,11 @@ class ValidationCurve(keras.callbacks.Callback):
             self.measure()
 
     def on_train_end(self, logs=None):
-        if self.curve["step"][-1] != self.step:
-            self.measure()
+        # The last point: the trained network as the run's last validation saw it.
+        if self.curve["step"][-1] == self.step:
+            for values in self.curve.values():
+                values.pop()
+        self.measure(as_trained=True)
 
     def report(self):
         """What comes back from where it trained (executor.Finished.report)."""

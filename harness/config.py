@@ -40,6 +40,7 @@ TRAINING_KEYS = (
     "batch_size",
     "output_size",
     "epochs",
+    "patience",
     "optimizer",
     "learning_rate",
     "epsilon",
@@ -64,6 +65,7 @@ class Config:
     batch_size: int
     output_size: int
     epochs: int
+    patience: int  # 0: all the epochs; N: until validation accuracy has not improved for N epochs
     optimizer: str
     learning_rate: float | None  # None: the optimizer's own default
     epsilon: float

@@ -27,8 +27,8 @@ def write_rows(path, rows):
     files.write_text(path, text.getvalue())
 
 
-def write_summary(folder, summary):
-    files.write_text(Path(folder) / "summary.json", json.dumps(summary, indent=2) + "\n")
+def write_summary(folder, summary, name="summary.json"):
+    files.write_text(Path(folder) / name, json.dumps(summary, indent=2) + "\n")
 
 
 def accuracy_of(model, images, labels, batch_size):

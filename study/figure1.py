@@ -1,41 +1,81 @@
-"""figure1: the BN paper's Figure 1 on LeNet-5, the input of one F6 sigmoid
-during training, without BN and with BN everywhere."""
+"""figure1: the BN paper's Figure 1, the input of one sigmoid during
+training, without BN and with BN everywhere, over seeds; in the paper's own
+setup (a 3 x 100 sigmoid MLP, batch 60, 50,000 steps of SGD) or on LeNet-5."""
 
+import contextlib
 import functools
+import math
+from dataclasses import replace
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+import models_handling
 import utils
 import visualizations
 from harness import precise
 from harness.executor import Training
 from harness.flags import LIMITS, float_up_to, int_up_to
+from lenet import BatchNorm
 from study.common import accuracy_of, run_trainings, study_dir, write_rows, write_summary
+from study.intervals import summary
 
-ABOUT = "The BN paper's Figure 1: percentiles of one F6 sigmoid's input during training."
-F6_UNITS = 84  # the sigmoids of LeNet-5's F6 layer, whose inputs figure1 follows
+ABOUT = "The BN paper's Figure 1: percentiles of one sigmoid's input during training, over seeds."
+# Each setup: the two networks, the layer whose sigmoid input is followed (its
+# width), and what differs from main.py's defaults.
+SETUPS = {
+    # Ioffe and Szegedy (2015), section 4.1: 3 fully connected hidden layers of
+    # 100 sigmoid units, 60 examples a mini-batch, 50,000 steps; the last
+    # hidden layer's sigmoid is followed. The optimizer is not named there:
+    # plain SGD, at a rate where the network without BN learns.
+    "paper": {
+        "models": ("mlp", "mlp_bn"),
+        "layer": "H3",
+        "units": 100,
+        "batch_size": 60,
+        "steps": 50_000,
+        "optimizer": "sgd",
+        "learning_rate": 0.5,
+        "every": 500,
+    },
+    # LeNet-5 as main.py trains it, F6's sigmoid followed.
+    "lenet": {"models": ("lenet", "lenet_fc_bn2"), "layer": "F6", "units": 84, "every": 20},
+}
 
 
 def add_arguments(parser, flag):
     parser.add_argument(
+        "--setup",
+        choices=list(SETUPS),
+        default="paper",
+        help="paper: the BN paper's 3 x 100 sigmoid MLP, batch 60, 50,000 steps of SGD (--steps); "
+        "lenet: LeNet-5 and lenet_fc_bn2 at main.py's settings (--epochs)",
+    )
+    flag(parser, "seed", "--seeds", nargs="+", default=[0, 1, 2], help="one run of each network per seed")
+    parser.add_argument(
+        "--steps",
+        type=int_up_to(LIMITS["steps"]),
+        default=None,
+        help="paper setup: training steps (default 50,000, as the paper; whole epochs are trained)",
+    )
+    parser.add_argument(
         "--every",
         type=int_up_to(LIMITS["steps"]),
-        default=20,
-        help=f"measure every this many training steps (1 to {LIMITS['steps']})",
+        default=None,
+        help="measure every this many training steps (default: 500 paper, 20 lenet)",
     )
     parser.add_argument(
         "--unit",
-        type=int_up_to(F6_UNITS - 1, low=0),
+        type=int_up_to(99, low=0),
         default=0,
-        help=f"which of F6's {F6_UNITS} units to follow (0 to {F6_UNITS - 1})",
+        help="which unit of the followed layer (H3 of 100, F6 of 84) to follow",
     )
     parser.add_argument(
         "--probe_images",
         type=int_up_to(LIMITS["images"]),
         default=1000,
-        help="how many (fixed) validation images the percentiles are taken over "
-        f"(1 to {LIMITS['images']}; the whole validation split at most)",
+        help="how many (fixed) validation images the percentiles are taken over (the whole validation split at most)",
     )
     parser.add_argument(
         "--target",
@@ -46,29 +86,86 @@ def add_arguments(parser, flag):
     flag(parser, "bn_statistics")
 
 
-class SigmoidInputProbe(keras.callbacks.Callback):
-    """Every `every` training steps (and before the first and after the last), the 15th, 50th and
-    85th percentiles of what one F6 sigmoid receives on fixed images, and the
-    test accuracy. Measured in inference mode, as the network would predict;
-    under the `precise` rule with BN statistics refilled from the weights of
-    that step, so that each point describes the network as it then is."""
+@keras.saving.register_keras_serializable(package="lenet_bn")
+class PaperMLP(keras.Model):
+    """The BN paper's MNIST network (section 4.1): flatten -> 3 x (dense 100
+    -> sigmoid) -> dense 10 logits; with `bn`, our BatchNorm between each
+    dense layer (then without bias) and its sigmoid. The 32x32 padded images
+    go in whole: the padding is zeros, so 1,024 inputs carry MNIST's 784."""
 
-    def __init__(self, probe_images, test_images, test_labels, unit, every, train_images, config):
+    def __init__(self, *, bn, epsilon, window_size, **kwargs):
+        super().__init__(**kwargs)
+        self.bn, self.epsilon, self.window_size = bn, epsilon, window_size
+        self.flatten = keras.layers.Flatten()
+        self.hidden = {name: keras.layers.Dense(100, use_bias=not bn, name=name) for name in ("H1", "H2", "H3")}
+        self.norm = (
+            {name: BatchNorm(epsilon=epsilon, window_size=window_size, name=f"{name}_bn") for name in self.hidden}
+            if bn
+            else {}
+        )
+        self.classifier = keras.layers.Dense(10, name="output", dtype="float32")
+
+    def layer_outputs(self, images, training=False):
+        """Each hidden layer's sigmoid input (after BN where there is BN), and the logits."""
+        out, x = {}, self.flatten(images)
+        for name, dense in self.hidden.items():
+            out[name] = dense(x)
+            if name in self.norm:
+                out[name] = self.norm[name](out[name], training=training)
+            x = keras.ops.sigmoid(out[name])
+        out["logits"] = self.classifier(x)
+        return out
+
+    def call(self, images, training=False):
+        return self.layer_outputs(images, training)["logits"]
+
+    @tf.function
+    def record_statistics(self, images):
+        self(images, training=True)
+
+    def get_config(self):
+        return {**super().get_config(), "bn": self.bn, "epsilon": self.epsilon, "window_size": self.window_size}
+
+
+def build_network(name, config):
+    """For models_handling.build_and_compile: a LeNet variant, or the paper's MLP."""
+    if name in ("mlp", "mlp_bn"):
+        model = PaperMLP(bn=name == "mlp_bn", epsilon=config.epsilon, window_size=config.window_size, name=name)
+        model(np.zeros((1, 32, 32, 1), np.float32))
+        return model
+    from lenet import build_lenet
+
+    return build_lenet(name, config)
+
+
+class SigmoidInputProbe(keras.callbacks.Callback):
+    """Every `every` training steps (and before the first and after the
+    last), the 15th, 50th and 85th percentiles of what one sigmoid of
+    `layer` receives on fixed images, and the test accuracy. Measured in
+    inference mode, as the network would predict, with the statistics its
+    rule gives it then (under `precise` a refill from that step's weights),
+    and left as they were afterwards."""
+
+    def __init__(self, probe_images, test_images, test_labels, layer, unit, every, train_images, config):
         super().__init__()
         self.probe_images, self.test_images, self.test_labels = probe_images, test_images, test_labels
-        self.unit, self.every = unit, every
+        self.layer, self.unit, self.every = layer, unit, every
         self.train_images, self.config = train_images, config
         self.step = 0
         self.curve = {key: [] for key in ("step", "test_accuracy", "p15", "p50", "p85")}
 
-    def measure(self):
-        # The step numbers the refill's draw, so each measurement has its own
-        # batches; the statistics the run goes on with are left as they were.
-        with precise.as_the_rule_predicts(self.model, self.train_images, self.config, self.step) as model:
-            received = model.layer_outputs(self.probe_images, training=False)["F6"][:, self.unit]
+    def measure(self, as_trained=False):
+        """One point; `as_trained`: with the statistics the run ends with (no refill of its own)."""
+        # The step numbers the refill's draw, so each measurement has its own batches.
+        measuring = (
+            contextlib.nullcontext(self.model)
+            if as_trained
+            else precise.as_the_rule_predicts(self.model, self.train_images, self.config, self.step)
+        )
+        with measuring as model:
+            received = model.layer_outputs(self.probe_images, training=False)[self.layer][:, self.unit]
             accuracy = accuracy_of(model, self.test_images, self.test_labels, 1000)[0]
-        percentiles = np.percentile(np.asarray(received), [15, 50, 85])
-        for key, value in zip(("p15", "p50", "p85"), percentiles):
+        for key, value in zip(("p15", "p50", "p85"), np.percentile(np.asarray(received), [15, 50, 85])):
             self.curve[key].append(float(value))
         self.curve["step"].append(self.step)
         self.curve["test_accuracy"].append(accuracy)
@@ -82,61 +179,116 @@ class SigmoidInputProbe(keras.callbacks.Callback):
             self.measure()
 
     def on_train_end(self, logs=None):
-        if self.curve["step"][-1] != self.step:  # end on the trained network
-            self.measure()
+        # End on the trained network exactly as the run tests it.
+        if self.curve["step"][-1] == self.step:
+            for values in self.curve.values():
+                values.pop()
+        self.measure(as_trained=True)
 
     def report(self):
         """What comes back from where it trained (executor.Finished.report)."""
         return self.curve
 
 
-def make_probe(splits, config, probe_count, unit, every):
+def make_probe(splits, config, probe_count, layer, unit, every):
     """A SigmoidInputProbe on a training's own splits (made where it trains)."""
     return SigmoidInputProbe(
-        splits.x_val[:probe_count], splits.x_test, splits.y_test, unit, every, splits.x_train, config
+        splits.x_val[:probe_count], splits.x_test, splits.y_test, layer, unit, every, splits.x_train, config
     )
 
 
 def run(config, args):
-    """The BN paper's Figure 1 on LeNet-5, without BN and with BN everywhere."""
+    """Figure 1 in the chosen setup, without BN and with BN everywhere, for each seed."""
+    setup = SETUPS[args.setup]
+    if args.unit >= setup["units"]:
+        raise utils.UsageError(
+            f"--unit {args.unit}: {setup['layer']} has {setup['units']} units (0 to {setup['units'] - 1})"
+        )
     data = utils.load(config)
-    probe = functools.partial(make_probe, probe_count=args.probe_images, unit=args.unit, every=args.every)
-    plan = [Training(name, config, callback=probe) for name in ("lenet", "lenet_fc_bn2")]
-    curves, rows, test_accuracy = {}, [], {}
-    for training, done in zip(plan, run_trainings(config, plan, data), strict=True):
-        name, curve = training.name, done.report
-        curves[name], test_accuracy[name] = curve, done.result.test_accuracy
-        rows += [{"model": name, **dict(zip(curve, values))} for values in zip(*curve.values())]
-    probe_images = min(
-        args.probe_images, len(utils.split_train_val(len(data.y_train), config.val_split, config.seed)[1])
+    train_images = len(utils.split_train_val(len(data.y_train), config.val_split, config.seed)[0])
+    if args.setup == "paper":
+        steps = args.steps or setup["steps"]
+        config = replace(
+            config,
+            batch_size=setup["batch_size"],
+            optimizer=setup["optimizer"],
+            learning_rate=setup["learning_rate"],
+            epochs=max(1, math.ceil(steps / math.ceil(train_images / setup["batch_size"]))),
+        )
+    every = args.every or setup["every"]
+    probe = functools.partial(
+        make_probe, probe_count=args.probe_images, layer=setup["layer"], unit=args.unit, every=every
     )
+    build = functools.partial(models_handling.build_and_compile, build=build_network)
+    plan = [
+        Training(
+            name,
+            replace(config, seed=seed),
+            label=f"seed {seed}: {name}",
+            build=functools.partial(build, name),
+            callback=probe,
+        )
+        for seed in args.seeds
+        for name in setup["models"]
+    ]
+    done = run_trainings(config, plan, data)
+    curves = {name: [d.report for t, d in zip(plan, done) if t.name == name] for name in setup["models"]}
+    rows = [
+        {"model": t.name, "seed": t.config.seed, **dict(zip(d.report, values))}
+        for t, d in zip(plan, done)
+        for values in zip(*d.report.values())
+    ]
 
     folder = study_dir(config, "figure1")
-    write_rows(folder / "figure1.csv", rows)
-    visualizations.plot_figure1(curves, folder / "figure1.png")
-    summary = {
+    write_rows(folder / f"figure1_{args.setup}.csv", rows)
+    steps_per_epoch = math.ceil(train_images / config.batch_size)
+    title = (
+        f"{args.setup} setup: {', '.join(setup['models'])}, batch {config.batch_size}, "
+        f"{config.epochs * steps_per_epoch} steps of {config.optimizer}, {len(args.seeds)} seed(s) "
+        "(band: 95 % interval of the mean)"
+    )
+    visualizations.plot_figure1(band_curves(curves), setup["layer"], folder / f"figure1_{args.setup}.png", title)
+    result = {
+        "setup": args.setup,
+        "layer": setup["layer"],
         "unit": args.unit,
-        "probe_images": probe_images,
-        "every": args.every,
-        "epochs": config.epochs,
-        "seed": config.seed,
+        "seeds": args.seeds,
+        "every": every,
+        "batch_size": config.batch_size,
+        "optimizer": config.optimizer,
+        "learning_rate": config.learning_rate,
+        "steps": config.epochs * steps_per_epoch,
         "bn_statistics": config.bn_statistics,
-        "test_accuracy": test_accuracy,
-        "final": {name: {key: values[-1] for key, values in curve.items()} for name, curve in curves.items()},
-        "spread_p85_minus_p15": {
-            name: {"first": curve["p85"][0] - curve["p15"][0], "last": curve["p85"][-1] - curve["p15"][-1]}
-            for name, curve in curves.items()
-        },
+        "target": args.target,
+        "test_accuracy": {t.name + f" seed {t.config.seed}": d.result.test_accuracy for t, d in zip(plan, done)},
     }
-    for name, curve in curves.items():
-        steps = np.asarray(curve["step"])
-        reached = [int(s) for s, a in zip(steps, curve["test_accuracy"]) if a >= args.target]
-        summary.setdefault("first_step_at_target", {})[name] = reached[0] if reached else None
+    for name, runs in curves.items():
+        reached = [next((s for s, a in zip(c["step"], c["test_accuracy"]) if a >= args.target), None) for c in runs]
+        spread = [c["p85"][-1] - c["p15"][-1] for c in runs]
+        result[name] = {
+            "final_test_accuracy": summary([c["test_accuracy"][-1] for c in runs]),
+            "first_step_at_target": reached,
+            "final_p85_minus_p15": summary(spread),
+            "final_median": summary([c["p50"][-1] for c in runs]),
+        }
         print(
-            f"{name}: median F6 input {curve['p50'][0]:+.2f} -> {curve['p50'][-1]:+.2f}, "
-            f"test accuracy {curve['test_accuracy'][-1]:.4f} at step {curve['step'][-1]}, "
-            f"first at {args.target}: step {summary['first_step_at_target'][name]}"
+            f"{name}: final test accuracy {result[name]['final_test_accuracy']['mean']:.4f}, first step at "
+            f"{args.target}: {reached}, final 85th - 15th percentile of the {setup['layer']} input "
+            f"{result[name]['final_p85_minus_p15']['mean']:.3f}"
         )
-    summary["target"] = args.target
-    write_summary(folder, summary)
-    return summary
+    write_summary(folder, result, f"summary_{args.setup}.json")
+    return result
+
+
+def band_curves(curves):
+    """Per network, each measured series' mean over the seeds and its 95 %
+    interval: {name: {key: (mean, low, high)}}."""
+    banded = {}
+    for name, runs in curves.items():
+        banded[name] = {"step": runs[0]["step"]}
+        for key in ("test_accuracy", "p15", "p50", "p85"):
+            per_step = [summary(values) for values in zip(*(run[key] for run in runs))]
+            banded[name][key] = tuple(
+                [s[part] if s[part] is not None else s["mean"] for s in per_step] for part in ("mean", "low", "high")
+            )
+    return banded

@@ -5,8 +5,6 @@ interval, and the paired differences that say which gaps are real."""
 import functools
 from dataclasses import replace
 
-import numpy as np
-
 import utils
 import visualizations
 from harness import results_folder
@@ -101,6 +99,7 @@ def run(config, args):
             "test_accuracy": result.test_accuracy,
             "test_loss": result.test_loss,
             "best_val_accuracy": max(done.report["val_accuracy"]),
+            "epochs_trained": len(result.history["loss"]),
         }
         write_rows(folder / "seeds.csv", [row for row in rows if row])  # kept if the study is interrupted
 
@@ -178,7 +177,8 @@ def describe_difference(difference):
 
 
 def plot_rule(rule, models, trainings, folder):
-    """Each model's mean curve over the seeds, the 95 % interval of the mean as a band."""
+    """Each model's mean curve over the seeds, the 95 % interval of the mean
+    as a band; with --patience, each epoch over the seeds that trained it."""
     histories = {
         name: [d.result.history for t, d in trainings if (t.name, t.config.bn_statistics) == (name, rule)]
         for name in models
@@ -187,11 +187,12 @@ def plot_rule(rule, models, trainings, folder):
     for name, runs in histories.items():
         means[name], bands[name] = {}, {}
         for key in results_folder.HISTORY_KEYS:
-            per_epoch = [summary(values) for values in np.array([run[key] for run in runs]).T]
+            epochs = max(len(run[key]) for run in runs)
+            per_epoch = [summary([run[key][epoch] for run in runs if len(run[key]) > epoch]) for epoch in range(epochs)]
             means[name][key] = [s["mean"] for s in per_epoch]
             bands[name][key] = (
-                [s["low"] if s["low"] is not None else s["mean"] for s in per_epoch],
-                [s["high"] if s["high"] is not None else s["mean"] for s in per_epoch],
+                [s["mean"] if s["low"] is None else s["low"] for s in per_epoch],
+                [s["mean"] if s["high"] is None else s["high"] for s in per_epoch],
             )
     seeds = len(next(iter(histories.values())))
     for metric in ("accuracy", "loss"):

@@ -441,3 +441,32 @@ def test_tensorboard_logs_hold_the_scalars_and_the_bn_histograms(small_npz, tmp_
 
 
 # ---------------------------------------------------------------- resume
+
+
+def test_patience_stops_once_validation_accuracy_has_not_improved_for_that_many_epochs():
+    splits = utils.prepare(*mnist_like(num_train=200, num_test=20), val_split=0.2, seed=0)
+    history = models_handling.run_model("lenet", splits, make_config(batch_size=32, epochs=30, patience=2)).history
+    accuracy = history["val_accuracy"]
+    assert len(accuracy) < 30, "random labels: validation accuracy stalls long before 30 epochs"
+    best_before = max(accuracy[:-2])
+    assert all(value <= best_before for value in accuracy[-2:]), "it stopped after 2 epochs without improvement"
+    # and not before: every earlier window of 2 epochs held an improvement
+    for end in range(3, len(accuracy) - 1):
+        assert max(accuracy[end - 2 : end]) > max(accuracy[: end - 2]), f"should have stopped after epoch {end}"
+
+
+def test_every_default_has_one_flag_and_one_config_field_of_the_same_name():
+    from harness.config import FIELDS
+
+    assert list(main.DEFAULTS) == list(main.FLAGS) == list(FIELDS)
+
+
+def test_help_and_a_refused_flag_answer_before_tensorflow_is_imported():
+    script = (
+        "import sys, main\n"
+        "try:\n    main.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    for argv in (["--help"], ["--epochs", "0"]):
+        done = subprocess.run([sys.executable, "-c", script, *argv], cwd=ROOT, capture_output=True, text=True)
+        assert done.stdout.strip().splitlines()[-1] == "False False", (argv, done.stdout, done.stderr)

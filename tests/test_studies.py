@@ -64,14 +64,37 @@ def test_keras_check_on_real_mnist_the_two_networks_agree_after_one_epoch(mnist_
 
 
 def test_seeds_gives_intervals_paired_differences_and_steps_to_the_target(small_npz, tmp_path, capsys):
-    out = run_study(["seeds", "--data", small_npz, "--results_dir", tmp_path, "--seeds", 0, 1, 2, "--models", "lenet",
-                     "lenet_fc_bn2", "--rules", "precise", "moving", "--every", 2, *FAST], capsys)  # fmt: skip
+    out = run_study(
+        [
+            "seeds",
+            "--data",
+            small_npz,
+            "--results_dir",
+            tmp_path,
+            "--seeds",
+            0,
+            1,
+            2,
+            "--models",
+            "lenet",
+            "lenet_fc_bn2",
+            "--rules",
+            "precise",
+            "moving",
+            "--every",
+            2,
+            *FAST,
+        ],
+        capsys,
+    )
     folder = tmp_path / "seeds"
     rows = read_csv(folder / "seeds.csv")
     assert sorted((row["model"], row["bn_statistics"], row["seed"]) for row in rows) == [
-        (model, rule, seed) for model in ("lenet", "lenet_fc_bn2") for rule in ("moving", "precise")
+        (model, rule, seed)
+        for model in ("lenet", "lenet_fc_bn2")
+        for rule in ("moving", "precise")
         for seed in ("0", "1", "2")
-    ]  # fmt: skip
+    ]
     summary = read_summary(folder)
     for rule in ("precise", "moving"):
         part = summary["rules"][rule]
@@ -85,8 +108,14 @@ def test_seeds_gives_intervals_paired_differences_and_steps_to_the_target(small_
             assert got["high"] - got["mean"] == pytest.approx(4.303 * sd / np.sqrt(3))
         # lenet's every seed reaches the target, which is the lowest of its bests.
         curves = read_csv(folder / "validation_curves.csv")
-        lenet_best = [max(float(c["val_accuracy"]) for c in curves if (c["model"], c["bn_statistics"], c["seed"])
-                          == ("lenet", rule, seed)) for seed in ("0", "1", "2")]  # fmt: skip
+        lenet_best = [
+            max(
+                float(c["val_accuracy"])
+                for c in curves
+                if (c["model"], c["bn_statistics"], c["seed"]) == ("lenet", rule, seed)
+            )
+            for seed in ("0", "1", "2")
+        ]
         assert part["target_val_accuracy"] == pytest.approx(min(lenet_best))
         assert None not in part["steps_to_target"]["lenet"]["per_seed"]
         assert sorted({int(c["step"]) for c in curves}) == [0, 2, 3]  # 170 images, batch 64: 3 steps in the epoch
@@ -101,11 +130,20 @@ def test_seeds_gives_intervals_paired_differences_and_steps_to_the_target(small_
     assert "3 seeds: intervals will be wide" in out
 
 
-def test_figure1_follows_one_f6_sigmoid_input_at_regular_steps(small_npz, tmp_path, capsys):
-    # 170 training images, batch 64: 3 steps per epoch, 6 in two epochs.
-    run_study(
+@pytest.mark.parametrize(
+    "setup, layer, networks", [("lenet", "F6", ("lenet", "lenet_fc_bn2")), ("paper", "H3", ("mlp", "mlp_bn"))]
+)
+def test_figure1_follows_one_sigmoid_input_at_regular_steps_over_seeds(
+    setup, layer, networks, small_npz, tmp_path, capsys
+):
+    # 170 training images: batch 64 (lenet) 3 steps an epoch, 6 in two epochs;
+    # batch 60 (paper) 3 steps an epoch, --steps 6 is two epochs.
+    length = ["--epochs", 2] if setup == "lenet" else ["--steps", 6]
+    out = run_study(
         [
             "figure1",
+            "--setup",
+            setup,
             "--data",
             small_npz,
             "--results_dir",
@@ -114,8 +152,10 @@ def test_figure1_follows_one_f6_sigmoid_input_at_regular_steps(small_npz, tmp_pa
             4,
             "--probe_images",
             30,
-            "--epochs",
-            2,
+            "--seeds",
+            0,
+            1,
+            *length,
             "--jit_compile",
             0,
             "--jobs",
@@ -124,18 +164,32 @@ def test_figure1_follows_one_f6_sigmoid_input_at_regular_steps(small_npz, tmp_pa
         capsys,
     )
     folder = tmp_path / "figure1"
-    rows = read_csv(folder / "figure1.csv")
-    for name in ("lenet", "lenet_fc_bn2"):
-        mine = [row for row in rows if row["model"] == name]
-        assert [int(row["step"]) for row in mine] == [0, 4, 6]  # and the last step
-        for row in mine:
-            assert float(row["p15"]) <= float(row["p50"]) <= float(row["p85"])
-            assert 0 <= float(row["test_accuracy"]) <= 1
-        assert len({row["p50"] for row in mine}) > 1, "the input distribution never moved"
-        # The last point is the trained network, as evaluated after training.
-        final = read_summary(folder)["test_accuracy"][name]
-        assert float(mine[-1]["test_accuracy"]) == pytest.approx(final, abs=0.02)
-    assert_png(folder / "figure1.png")
+    rows = read_csv(folder / f"figure1_{setup}.csv")
+    summary = json.loads((folder / f"summary_{setup}.json").read_text())
+    assert summary["layer"] == layer and summary["steps"] == 6
+    for name in networks:
+        for seed in ("0", "1"):
+            mine = [row for row in rows if (row["model"], row["seed"]) == (name, seed)]
+            assert [int(row["step"]) for row in mine] == [0, 4, 6]  # and the last step
+            for row in mine:
+                assert float(row["p15"]) <= float(row["p50"]) <= float(row["p85"])
+            assert len({row["p50"] for row in mine}) > 1, "the input distribution never moved"
+            # The last point is the trained network exactly as the run tested it: the probe left its statistics.
+            assert float(mine[-1]["test_accuracy"]) == pytest.approx(summary["test_accuracy"][f"{name} seed {seed}"])
+        assert summary[name]["final_test_accuracy"]["n"] == 2
+    assert_png(folder / f"figure1_{setup}.png")
+    assert "first step at 0.9" in out
+
+
+def test_the_paper_networks_have_three_hidden_layers_of_100_with_bn_in_place_of_their_bias():
+    from study.figure1 import build_network
+
+    plain, with_bn = (build_network(name, make_config()) for name in ("mlp", "mlp_bn"))
+    assert [layer.units for layer in plain.hidden.values()] == [100, 100, 100]
+    assert all(layer.use_bias for layer in plain.hidden.values()) and not plain.norm
+    assert not any(layer.use_bias for layer in with_bn.hidden.values()) and list(with_bn.norm) == ["H1", "H2", "H3"]
+    outputs = with_bn.layer_outputs(np.zeros((2, 32, 32, 1), np.float32))
+    assert outputs["H3"].shape == (2, 100) and outputs["logits"].shape == (2, 10)
 
 
 def test_lr_runs_sgd_at_each_rate_and_the_default_optimizer(small_npz, tmp_path, capsys):
@@ -228,7 +282,7 @@ def test_a_window_cut_from_a_longer_one_equals_training_with_that_window(tmp_pat
 
 
 STUDY_FLAGS_OUT_OF_BOUNDS = {
-    "unit beyond F6": (["figure1", "--unit", "84"], "argument --unit: expected an integer from 0 to 83, got '84'"),
+    "unit beyond H3": (["figure1", "--unit", "100"], "argument --unit: expected an integer from 0 to 99, got '100'"),
     "target above one": (["figure1", "--target", "1.5"], "argument --target: expected a positive number up to 1"),
     "endless probe": (
         ["figure1", "--probe_images", "10000000"],
@@ -314,13 +368,18 @@ def test_figure1_panels_of_both_networks_share_one_y_scale(monkeypatch, tmp_path
 
     figures = []
     monkeypatch.setattr(visualizations, "save_figure", lambda figure, path: figures.append(figure))
-    curve = {"step": [0, 1], "test_accuracy": [0.1, 0.2]}
+
+    def band(values):
+        return values, [v - 0.05 for v in values], [v + 0.05 for v in values]
+
+    curve = {"step": [0, 1], "test_accuracy": band([0.1, 0.2])}
     curves = {
-        "lenet": {**curve, "p15": [-0.1, 0.0], "p50": [0.0, 0.1], "p85": [0.1, 0.2]},
-        "lenet_fc_bn2": {**curve, "p15": [-2.0, -1.5], "p50": [0.0, 0.1], "p85": [1.5, 2.0]},
+        "lenet": {**curve, "p15": band([-0.1, 0.0]), "p50": band([0.0, 0.1]), "p85": band([0.1, 0.2])},
+        "lenet_fc_bn2": {**curve, "p15": band([-2.0, -1.5]), "p50": band([0.0, 0.1]), "p85": band([1.5, 2.0])},
     }
-    visualizations.plot_figure1(curves, tmp_path / "figure1.png")
+    visualizations.plot_figure1(curves, "F6", tmp_path / "figure1.png", "a title")
     _, lenet_axes, bn_axes = figures[0].axes
+    assert all(axes.get_ylabel() for axes in figures[0].axes), "every panel labelled"
     assert lenet_axes.get_ylim() == bn_axes.get_ylim()
     assert lenet_axes.get_ylim()[0] <= -2.0 and lenet_axes.get_ylim()[1] >= 2.0
 
@@ -348,3 +407,14 @@ def test_replicas_that_do_not_divide_the_batch_are_refused(small_npz, tmp_path, 
     code = studies.main(["replicas", "--data", str(small_npz), "--results_dir", str(tmp_path), "--replicas", "3"])
     err = capsys.readouterr().err
     assert code == 2 and "--replicas 3: the global batch of 64 does not split evenly" in err
+
+
+def test_the_replicas_plot_of_one_seed_never_zooms_in_below_its_floor(monkeypatch, tmp_path):
+    import visualizations
+
+    figures = []
+    monkeypatch.setattr(visualizations, "save_figure", lambda figure, path: figures.append(figure))
+    points = {"global": [(1, 0.9681), (2, 0.9681)], "replica": [(1, 0.9681), (2, 0.9663)]}
+    visualizations.plot_replicas(points, 64, tmp_path / "replicas.png")
+    low, high = figures[0].axes[0].get_ylim()
+    assert high - low >= visualizations.NARROWEST_ONE_SEED_SPAN and low <= 0.9663 and high >= 0.9681
