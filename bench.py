@@ -46,7 +46,9 @@ PATHS = {key: jit_compile for jit_compile, key in PATH_KEYS.items()}  # "xla": T
 # The default sweep (python main.py --model all) on the full MNIST.
 SWEEP = {"train": 51_000, "val": 9_000, "test": 10_000, "epochs": DEFAULTS["epochs"]}
 FULL_RUN = {"images": 60_000, "repeats": 5}  # what results/bench.json holds
-PARTS = ("all", "paths", "jobs")
+PARTS = ("all", "paths", "jobs", "data")
+# The data part: a Keras-format .npz of the full MNIST's shapes (random pixels), read DATA_READS times each way.
+DATA_READS = 5
 # The jobs part: the default sweep's five models, each on these images for these epochs.
 JOBS_SWEEP = {"images": 12_800, "epochs": 3}
 STEPS_PER_EXECUTION = {"images": 6_400, "counts": (1, 8), "repeats": 3}
@@ -284,7 +286,8 @@ def main(argv=None):
         choices=PARTS,
         default="all",
         help="paths: the compile paths and auto; jobs: the default sweep at --jobs 1 and auto, and "
-        "Keras's steps_per_execution; all: both. A part alone updates its own figures in --output",
+        "Keras's steps_per_execution; data: reading a full-size .npz with and without the CRC-32 check; all: "
+        "every part. A part alone updates its own figures in --output",
     )
     parser.add_argument(
         "--sweep_images",
@@ -319,6 +322,8 @@ def main(argv=None):
     record = {"settings": vars(args), "machine": machine()}
     if args.part in ("all", "paths"):
         record.update(measure_paths(args))
+    if args.part in ("all", "data"):
+        record.update(measure_data_read(args))
     if args.part in ("all", "jobs"):
         record.update(measure_parallelism(args))
     if args.output is None:
@@ -327,7 +332,11 @@ def main(argv=None):
     if args.part != "all" and Path(args.output).exists():  # a part alone keeps the other part's figures
         earlier = json.loads(Path(args.output).read_text())
         record = {**earlier, **record}
-    files.write_text(args.output, json.dumps(record, indent=2) + "\n")
+    try:
+        files.write_text(args.output, json.dumps(record, indent=2) + "\n")
+    except files.WriteError as error:
+        print(f"bench.py: error: {error}", file=sys.stderr)
+        return 1
     print(f"written to {args.output}")
     return 0
 
@@ -342,6 +351,35 @@ def machine():
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
     }
+
+
+def measure_data_read(args):
+    """The data part: seconds to read a 60,000 + 10,000-image .npz (stored,
+    as numpy.savez writes it) with numpy's np.load, and as utils.load_raw
+    reads it, every member checked against its CRC-32: medians of DATA_READS."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        raw = synthetic_raw(60_000, 10_000)
+        path = Path(folder) / "mnist-shaped.npz"
+        np.savez(path, x_train=raw.x_train, y_train=raw.y_train, x_test=raw.x_test, y_test=raw.y_test)
+
+        def numpy_load():
+            with np.load(path) as archive:
+                return [archive[key] for key in utils.NPZ_KEYS]
+
+        medians = {}
+        for name, read in (("numpy_np_load", numpy_load), ("checked_load_raw", lambda: utils.load_raw(str(path)))):
+            read()  # into the page cache
+            medians[name] = statistics.median(seconds(read) for _ in range(DATA_READS))
+        megabytes = path.stat().st_size / 1e6
+    ratio = medians["checked_load_raw"] / medians["numpy_np_load"]
+    print(
+        f"\nreading a 70,000-image .npz ({megabytes:.0f} MB), median of {DATA_READS}: np.load "
+        f"{medians['numpy_np_load'] * 1000:.0f} ms, with the CRC-32 check {medians['checked_load_raw'] * 1000:.0f} ms "
+        f"({ratio:.2f}x)"
+    )
+    return {"data_read_seconds": medians}
 
 
 def measure_parallelism(args):

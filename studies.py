@@ -21,6 +21,7 @@ import argparse
 import sys
 
 import utils
+from harness import files
 from harness.config import FIELDS, Config
 from harness.flags import OneLineErrorParser
 from main import DEFAULTS, add_flag
@@ -84,6 +85,9 @@ def main(argv=None):
     except utils.UsageError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
+    except files.WriteError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             "\ninterrupted: seeds and lr keep the CSV of every run that finished; the other studies "

@@ -11,6 +11,7 @@ downloader needs only numpy, so the command line can reject bad data quickly.
 import contextlib
 import gzip
 import hashlib
+import io
 import os
 import sys
 import zipfile
@@ -142,17 +143,24 @@ def reading(path):
 
 
 def _load_npz(path):
+    """The four arrays of a Keras-format .npz, each member read whole through
+    zipfile, which checks it against its CRC-32: numpy's own reader stops at
+    an array's last byte, before that check, so bytes changed inside a
+    stored (uncompressed) member went unnoticed."""
     with reading(path):
         if not zipfile.is_zipfile(path):  # numpy would try to unpickle it and talk of allow_pickle
             _not_an_npz(path)
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [key for key in NPZ_KEYS if key not in archive.files]
+        with zipfile.ZipFile(path) as archive:
+            members = {name.removesuffix(".npy"): name for name in archive.namelist()}
+            missing = [key for key in NPZ_KEYS if key not in members]
             if missing:
                 raise DataError(
                     f"--data {path}: the .npz lacks {', '.join(missing)}; it needs the arrays "
                     f"{', '.join(NPZ_KEYS)}, as Keras's mnist.npz has"
                 )
-            return tuple(archive[key] for key in NPZ_KEYS)
+            return tuple(
+                np.lib.format.read_array(io.BytesIO(archive.read(members[key])), allow_pickle=False) for key in NPZ_KEYS
+            )
 
 
 ZIP_MAGIC = b"PK\x03\x04"  # a zip archive's first member starts with it

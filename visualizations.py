@@ -14,9 +14,11 @@ METRIC_LABELS = {"accuracy": "accuracy", "loss": "loss (cross-entropy)"}
 
 def save_figure(figure, path):
     """Write the figure as a PNG without ever leaving a half-written file."""
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=120, bbox_inches="tight")
-    plt.close(figure)
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(figure)
 
 
 def _epochs(values):

@@ -13,18 +13,19 @@ The `precise` rule's callback is in precise.py, with the rest of that rule.
 import contextlib
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
 
+import h5py
 import keras
 import numpy as np
 import tensorflow as tf
 
-from harness import precise
+from harness import files, precise
 from harness.compile_path import JitChoice
-from harness.files import write_text
-from harness.results_folder import HISTORY_KEYS
+from harness.results_folder import HISTORY_KEYS, saved_size
 from lenet import BatchNorm
 
 
@@ -133,28 +134,57 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
     carries the run's identity (harness.results_folder.run_identity): only a run
     with the same settings and data resumes from it, and only with
     `resume`; any other start removes it. It stays when training ends, until
-    the model's results are written (results_folder.remove_backup).
+    the model's results are written (results_folder.remove_backup). A
+    backup that cannot be read is set aside (moved beside it, never deleted)
+    and the model trains from its first epoch.
     """
 
     def __init__(self, backup_dir, identity, resume):
         self.folder = Path(backup_dir)
-        identity_path, self.progress_path = self.folder / "run.json", self.folder / "progress.json"
-        if self.folder.exists():
-            kept = resume and identity_path.exists() and json.loads(identity_path.read_text()) == identity
-            if resume and not kept:
-                print(f"{self.folder} was left by a run with other settings or data: starting afresh")
-            if not kept:
-                shutil.rmtree(self.folder)
-        super().__init__(str(self.folder), double_checkpoint=True, delete_checkpoint=False)
-        self.identity, self.identity_path = identity, identity_path
+        self.identity_path, self.progress_path = self.folder / "run.json", self.folder / "progress.json"
         # What the backed-up epochs recorded, read once: on_train_begin takes
         # the restored epochs' history and seconds from it.
-        self.progress = json.loads(self.progress_path.read_text()) if self.progress_path.exists() else {}
+        self.progress = {}
+        if self.folder.exists() and resume:
+            self.progress = self.read_backup(identity)
+        if self.folder.exists() and not self.progress:
+            with files.writing(self.folder):
+                shutil.rmtree(self.folder)
+        super().__init__(str(self.folder), double_checkpoint=True, delete_checkpoint=False)
+        self.identity = identity
         # With jit_compile "auto", the path the backed-up epochs ran on: a
         # resumed run continues on it, as an uninterrupted run would have.
         choice = self.progress.get("jit_choice")
         self.jit_choice = JitChoice.from_record(choice) if choice else None
         self.history, self.seconds = {key: [] for key in HISTORY_KEYS}, []  # per epoch, since the start
+
+    def read_backup(self, identity):
+        """The backup's progress if it was left by a run of `identity` and
+        every file of it reads whole (the weights too); else {}: a backup of
+        other settings or data is said and left to be removed, one that
+        cannot be read is set aside, and a line says so."""
+        try:
+            if json.loads(self.identity_path.read_text()) != identity:
+                print(f"{self.folder} was left by a run with other settings or data: starting afresh")
+                return {}
+            progress = json.loads(self.progress_path.read_text())
+            if not all(key in progress.get("history", {}) for key in HISTORY_KEYS) or "seconds" not in progress:
+                raise ValueError("progress.json lacks the history")
+            json.loads((self.folder / "training_metadata.json").read_text())
+            with h5py.File(self.folder / "latest.weights.h5", "r") as weights:
+                weights.visititems(lambda name, item: item[()] if isinstance(item, h5py.Dataset) else None)
+        except (OSError, ValueError, KeyError, AttributeError) as error:
+            aside = self.folder.with_name(f"{self.folder.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+            with files.writing(aside):
+                os.replace(self.folder, aside)
+            reason = (str(error).splitlines() or [""])[0] or type(error).__name__
+            print(
+                f"{self.folder.name}: its backup {self.folder}/ cannot be read ({type(error).__name__}: {reason}); "
+                f"set aside as {aside}/; training from epoch 1",
+                flush=True,
+            )
+            return {}
+        return progress
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
@@ -170,17 +200,23 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
         for key in HISTORY_KEYS:
             self.history[key].append(float(logs[key]))
         self.seconds.append(self.earlier_seconds + time.perf_counter() - self.started)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_text(self.identity_path, json.dumps(self.identity) + "\n")
+        with files.writing(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
+        # Keras writes the weights with h5py, which a full disk crashes: not started without room
+        # for them and for the copy of the last ones it keeps (double_checkpoint).
+        latest = self.folder / "latest.weights.h5"
+        files.check_space(self.folder, saved_size(self.model) + (latest.stat().st_size if latest.exists() else 0))
+        files.write_text(self.identity_path, json.dumps(self.identity) + "\n")
         choice = getattr(self.model, "jit_choice", None)
-        write_text(
+        files.write_text(
             self.progress_path,
             json.dumps(
                 {"history": self.history, "seconds": self.seconds, "jit_choice": choice.record() if choice else None}
             )
             + "\n",
         )
-        super().on_epoch_end(epoch, logs)  # then the weights: never ahead of the history
+        with files.writing(self.folder / "latest.weights.h5"):
+            super().on_epoch_end(epoch, logs)  # then the weights: never ahead of the history
 
 
 class BNWindowHistograms(keras.callbacks.Callback):

@@ -29,10 +29,15 @@ import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import utils
+
+# Quietly, before Keras: a worker process imports this module first (to run
+# its tasks), and TensorFlow's C++ start-up lines would reach the terminal.
+utils.import_tensorflow_quietly()
+
 import keras
 
 import models_handling
-import utils
 from harness import callbacks, results_folder
 from harness.config import Config
 
@@ -169,9 +174,14 @@ def run_on_worker(training, data, topic, placement):
     from distributed import get_worker
 
     worker = get_worker()
+    starting = [True]  # run_training's first line says the training starts
 
     def say(line):
-        worker.log_event(topic, {"line": line, "worker": worker.address, "process": os.getpid()})
+        event = {"line": line, "worker": worker.address, "process": os.getpid()}
+        if starting:
+            event["started"] = training.describe()
+            starting.clear()
+        worker.log_event(topic, event)
 
     return run_training(training, data, {**placement, "threads": worker.state.nthreads}, say)
 
@@ -341,7 +351,7 @@ class Executor:
         import distributed
 
         topic = f"lenet-progress-{self.client.id}"  # this driver's lines only
-        self.client.subscribe_topic(topic, lambda event: print(event[1]["line"], flush=True))
+        self.client.subscribe_topic(topic, ProgressLines())
         # The data goes to the workers once, as a task's input rather than
         # scattered: Dask keeps a task's input and recomputes it on another
         # worker when the one holding it dies; scattered data would be lost
@@ -389,6 +399,28 @@ def project_archive():
                 for module in sorted(path.parent.glob("*.py")):
                     archive.write(module, module.relative_to(PROJECT_ROOT).as_posix())
     return buffer.getvalue()
+
+
+class ProgressLines:
+    """The driver's side of its trainings' progress events: each line
+    printed, and a training that starts a second time (Dask reruns it when
+    its worker is lost) says so first, in one line."""
+
+    def __init__(self):
+        self.started = {}  # training label: the worker it started on
+
+    def __call__(self, event):
+        message = event[1]
+        label = message.get("started")
+        if label is not None:
+            if label in self.started:
+                print(
+                    f"{label}: its worker {self.started[label]} was lost; training it again from epoch 1 on "
+                    f"{message['worker']}",
+                    flush=True,
+                )
+            self.started[label] = message["worker"]
+        print(message["line"], flush=True)
 
 
 def the_data(data):

@@ -1,9 +1,12 @@
 """Writing files so that an interrupted run never leaves one half-written,
-and the lock that keeps runs writing into one folder from losing each
-other's work."""
+a failed write (a full disk, any OS error) one line that names the file, and
+the lock that keeps runs writing into one folder from losing each other's
+work."""
 
 import contextlib
+import errno
 import os
+import shutil
 from pathlib import Path
 
 from utils import UsageError
@@ -14,20 +17,54 @@ except ImportError:
     fcntl = None
 
 
+class WriteError(Exception):
+    """A file of the run could not be written; the message names it and the cause."""
+
+    def __init__(self, path, error):
+        reason = getattr(error, "strerror", None) or (str(error).splitlines() or [type(error).__name__])[0]
+        super().__init__(
+            f"cannot write {path}: {reason}; what was complete before is unchanged. Free some space (or fix "
+            "the cause) and run again; --resume 1 skips the models already written"
+        )
+        self.path = path
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Every write of a run happens inside this block: an OS error (a full
+    disk above all) becomes one WriteError naming `path`."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as error:
+        raise WriteError(path, error) from None
+
+
+def check_space(path, nbytes):
+    """Raise WriteError (no space left) unless `path`'s filesystem has
+    `nbytes` free. For writes that must not start on a full disk: h5py (which
+    Keras writes weights with) crashes the interpreter after a failed write."""
+    folder = next(parent for parent in (Path(path), *Path(path).parents) if parent.exists())
+    if shutil.disk_usage(folder).free < nbytes:
+        raise WriteError(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; on success it replaces `path` in one
     step, on failure (or Ctrl-C) it is removed. Readers see the old file or the
-    new one, never a half-written one."""
+    new one, never a half-written one. An OS error is a WriteError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # The suffix stays last: Keras saves a model only to a name ending in .keras.
     temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
-        yield temporary
-        os.replace(temporary, path)
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield temporary
+            os.replace(temporary, path)
     finally:
-        if os.path.exists(temporary):
+        with contextlib.suppress(OSError):
             os.remove(temporary)
 
 
@@ -77,7 +114,7 @@ def make_writable_folder(folder, flag):
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        write_text(folder / ".write_check", "")
+        (folder / ".write_check").write_text("")
         (folder / ".write_check").unlink()
     except OSError as error:
         raise UsageError(

@@ -20,7 +20,7 @@ import keras
 
 import visualizations
 from harness.config import describe
-from harness.files import atomic_path, file_lock, write_text
+from harness.files import atomic_path, check_space, file_lock, write_text
 from utils import UsageError
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -44,6 +44,14 @@ class ModelResult:
     jit_choice: dict | None = None  # with jit_compile "auto": the path chosen and the timings (JitChoice.record)
     model_file: bytes | None = field(default=None, repr=False)  # or the trained model as .keras bytes (a worker's)
     where: dict | None = None  # where it trained: host, process, threads, and jobs or cluster (executor.py)
+
+
+def saved_size(model):
+    """Bytes that saving `model` (weights and optimizer state) may take, with
+    a quarter and 128 KiB to spare for h5py's and zip's own: what a write
+    checks is free before h5py starts on it."""
+    variables = [*model.weights, *(model.optimizer.variables if model.optimizer else [])]
+    return sum(int(variable.numpy().nbytes) for variable in variables) * 5 // 4 + (128 << 10)
 
 
 def outcome(result):
@@ -122,6 +130,8 @@ def save_results(result, config, run_record):
     results_dir, plots = Path(config.results_dir), bool(config.flag_visualizations)
     write_text(results_dir / f"{result.name}_history.csv", history_csv(result.history))
     if result.model is not None or result.model_file is not None:
+        size = saved_size(result.model) if result.model is not None else len(result.model_file)
+        check_space(results_dir / f"{result.name}.keras", size)
         with atomic_path(results_dir / f"{result.name}.keras") as temporary:
             if result.model is not None:
                 result.model.save(temporary)

@@ -73,6 +73,9 @@ def main(config, prog):
         except utils.UsageError as error:
             print(f"{prog}: error: {error}", file=sys.stderr)
             return 2
+        except files.WriteError as error:  # a full disk: the models finished before it keep their files
+            print(f"{prog}: error: {error}", file=sys.stderr)
+            return 1
         except Exception:
             if not ctrl_c.requested:
                 raise

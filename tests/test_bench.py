@@ -38,9 +38,11 @@ def fake_measure(monkeypatch):
     monkeypatch.setattr(bench, "measure_choices", lambda *args: calls.append(args) or FAKE_CHOICES)
     monkeypatch.setattr(bench, "measure_jobs", lambda *args: calls.append(args) or FAKE_JOBS)
     monkeypatch.setattr(bench, "measure_steps_per_execution", lambda *args: calls.append(args) or FAKE_STEPS)
+    monkeypatch.setattr(bench, "measure_data_read", lambda *args: calls.append(args) or FAKE_DATA_READ)
     return calls
 
 
+FAKE_DATA_READ = {"data_read_seconds": {"numpy_np_load": 0.05, "checked_load_raw": 0.07}}
 FAKE_JOBS = ({"1": 90.0, "auto": 50.0}, 2, 0.0)  # wall seconds, jobs auto, largest accuracy gap
 FAKE_STEPS = {
     path: {"lenet": {"1": 8.0, "8": 6.0}, "lenet_fc_bn2": {"1": 10.0, "8": 8.0}} for path in ("xla", "tensorflow")

@@ -250,6 +250,19 @@ def corrupt_the_compression(content):
     return content[:start] + bytes(byte ^ 0x55 for byte in content[start : start + 64]) + content[start + 64 :]
 
 
+def zero_64_bytes_in_x_train(content):
+    """Zero 64 bytes in the middle of x_train's member: in a stored .npz
+    numpy reads them as pixels (it stops before the member's CRC-32)."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        names = archive.namelist()
+    start, stop = compressed_member_offsets(content)[names.index("x_train.npy")]
+    middle = (start + stop) // 2
+    return content[:middle] + bytes(64) + content[middle + 64 :]
+
+
 def npz_promising_more(path, arrays, compressed):
     """A .npz whose x_train header promises more images than its data holds."""
     import zipfile
@@ -296,6 +309,7 @@ def damaged_idx_folder(folder, damage, compressed):
 
 
 DAMAGES = {
+    "64 bytes zeroed in x_train": zero_64_bytes_in_x_train,
     "cut short": cut_short,
     "corrupt compression": corrupt_the_compression,
     "bytes changed inside": change_bytes_inside,
@@ -307,6 +321,7 @@ DAMAGED_FILES = [
     for compressed in (False, True)
     for damage in DAMAGES
     if compressed or damage != "corrupt compression"  # nothing is compressed in a raw file
+    if kind == "npz" or damage != "64 bytes zeroed in x_train"
 ]
 
 

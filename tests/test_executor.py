@@ -261,3 +261,6 @@ def test_a_worker_killed_mid_training_is_replaced_and_the_history_is_unchanged(c
     for key in results_folder.HISTORY_KEYS:
         np.testing.assert_allclose(there[key], here[key], rtol=tolerance, atol=tolerance)
     assert out.count("lenet_fc_bn2 epoch 1/4") == 2  # once on the killed worker, once on the other
+    # The restart said so, once, naming the lost worker.
+    restarts = [line for line in out.splitlines() if "was lost; training it again from epoch 1 on" in line]
+    assert len(restarts) == 1 and restarts[0].startswith("lenet_fc_bn2: its worker tcp://127.0.0.1:"), out
