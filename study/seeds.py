@@ -39,6 +39,7 @@ def add_arguments(parser, flag):
         help="each fixes the split, the initial weights and the shuffling of one run (comparisons of variants "
         f"want at least {FEWEST_SEEDS_TO_COMPARE})",
     )
+    flag(parser, "patience")
     parser.add_argument(
         "--models",
         nargs="+",
@@ -131,6 +132,9 @@ def run(config, args):
         accuracy = {name: per_seed(rule, name, [row["test_accuracy"] for row in rows]) for name in args.models}
         plot_rule(rule, args.models, [(t, d) for t, d in zip(plan, finished)], folder)
         summaries["rules"][rule] = rule_summary(rule, args.models, accuracy, steps, target)
+        summaries["rules"][rule]["epochs_trained"] = {
+            name: summary(per_seed(rule, name, [row["epochs_trained"] for row in rows])) for name in args.models
+        }
     if set(args.rules) == set(BN_STATISTICS):
         summaries["precise_minus_moving"] = {
             name: paired_difference(

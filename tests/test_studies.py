@@ -418,3 +418,39 @@ def test_the_replicas_plot_of_one_seed_never_zooms_in_below_its_floor(monkeypatc
     visualizations.plot_replicas(points, 64, tmp_path / "replicas.png")
     low, high = figures[0].axes[0].get_ylim()
     assert high - low >= visualizations.NARROWEST_ONE_SEED_SPAN and low <= 0.9663 and high >= 0.9681
+
+
+def test_seeds_with_patience_stops_each_run_on_its_own_and_still_plots(small_npz, tmp_path, capsys):
+    run_study(
+        [
+            "seeds",
+            "--data",
+            small_npz,
+            "--results_dir",
+            tmp_path,
+            "--seeds",
+            0,
+            1,
+            "--models",
+            "lenet",
+            "--rules",
+            "moving",
+            "--epochs",
+            6,
+            "--patience",
+            1,
+            "--every",
+            3,
+            "--jit_compile",
+            0,
+            "--jobs",
+            1,
+        ],
+        capsys,
+    )
+    rows = read_csv(tmp_path / "seeds" / "seeds.csv")
+    trained = [int(row["epochs_trained"]) for row in rows]
+    assert all(2 <= epochs <= 6 for epochs in trained)
+    summary = read_summary(tmp_path / "seeds")
+    assert summary["rules"]["moving"]["epochs_trained"]["lenet"]["mean"] == pytest.approx(np.mean(trained))
+    assert_png(tmp_path / "seeds" / "seeds_moving_accuracy.png")
