@@ -46,7 +46,7 @@ PATHS = {key: jit_compile for jit_compile, key in PATH_KEYS.items()}  # "xla": T
 # The default sweep (python main.py --model all) on the full MNIST.
 SWEEP = {"train": 51_000, "val": 9_000, "test": 10_000, "epochs": DEFAULTS["epochs"]}
 FULL_RUN = {"images": 60_000, "repeats": 5}  # what results/bench.json holds
-PARTS = ("all", "paths", "jobs", "data")
+PARTS = ("all", "paths", "jobs", "data", "curve")
 # The data part: a Keras-format .npz of the full MNIST's shapes (random pixels), read DATA_READS times each way.
 DATA_READS = 5
 # The jobs part: the default sweep's five models, each on these images for these epochs.
@@ -286,7 +286,8 @@ def main(argv=None):
         choices=PARTS,
         default="all",
         help="paths: the compile paths and auto; jobs: the default sweep at --jobs 1 and auto, and "
-        "Keras's steps_per_execution; data: reading a full-size .npz with and without the CRC-32 check; all: "
+        "Keras's steps_per_execution; data: reading a full-size .npz with and without the CRC-32 check; curve: "
+        "what validating every 10 steps adds to a training; all: "
         "every part. A part alone updates its own figures in --output",
     )
     parser.add_argument(
@@ -324,6 +325,8 @@ def main(argv=None):
         record.update(measure_paths(args))
     if args.part in ("all", "data"):
         record.update(measure_data_read(args))
+    if args.part in ("all", "curve"):
+        record.update(measure_validation_curve())
     if args.part in ("all", "jobs"):
         record.update(measure_parallelism(args))
     if args.output is None:
@@ -380,6 +383,33 @@ def measure_data_read(args):
         f"({ratio:.2f}x)"
     )
     return {"data_read_seconds": medians}
+
+
+def measure_validation_curve(train=4_250, val=750, every=10, epochs=2):
+    """The curve part: what the seeds study's validation curve (validation
+    accuracy every `every` steps, for steps to a target) adds to training
+    lenet_fc_bn2 on the MNIST sample's sizes: seconds of `epochs` epochs
+    without and with it, after a warm-up run of each."""
+    from harness.callbacks import ValidationCurve
+
+    images, labels = synthetic_mnist(train + val)
+    splits = utils.Splits(images[:train], labels[:train], images[train:], labels[train:], images[:10], labels[:10])
+    config = Config.of(DEFAULTS, epochs=epochs, verbose=0, jit_compile=False)
+
+    def train_once(with_curve):
+        extra = [ValidationCurve(splits.x_val, splits.y_val, splits.x_train, config, every)] if with_curve else []
+        return models_handling.run_model("lenet_fc_bn2", splits, config, callbacks=extra).train_seconds
+
+    figures = {}
+    for with_curve in (False, True):
+        train_once(with_curve)  # warm-up: tracing
+        figures["with_curve" if with_curve else "without"] = train_once(with_curve)
+    share = figures["with_curve"] / figures["without"] - 1
+    print(
+        f"\nlenet_fc_bn2, {epochs} epochs on {train} images: {figures['without']:.1f} s, with validation on {val} "
+        f"images every {every} steps {figures['with_curve']:.1f} s (+{share:.0%})"
+    )
+    return {"validation_curve_seconds": {**figures, "every": every, "train": train, "val": val, "epochs": epochs}}
 
 
 def measure_parallelism(args):

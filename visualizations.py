@@ -107,13 +107,13 @@ def plot_figure1(curves, layer, path, title):
     for axes in percentile_axes[1:]:
         axes.sharey(percentile_axes[0])
 
-    def draw(axes, steps, series, label):
+    def draw(axes, steps, series, label, bounds=(-np.inf, np.inf)):
         mean, low, high = series
         (line,) = axes.plot(steps, mean, label=label)
-        axes.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+        axes.fill_between(steps, np.clip(low, *bounds), np.clip(high, *bounds), color=line.get_color(), alpha=0.2)
 
     for name, curve in curves.items():
-        draw(accuracy_axes, curve["step"], curve["test_accuracy"], name)
+        draw(accuracy_axes, curve["step"], curve["test_accuracy"], name, bounds=(0, 1))  # an accuracy's range
     accuracy_axes.set(title="(a) test accuracy", xlabel="training step", ylabel="test accuracy")
     accuracy_axes.legend()
     for axes, (name, curve), letter in zip(percentile_axes, curves.items(), "bcdef"):

@@ -39,6 +39,7 @@ def fake_measure(monkeypatch):
     monkeypatch.setattr(bench, "measure_jobs", lambda *args: calls.append(args) or FAKE_JOBS)
     monkeypatch.setattr(bench, "measure_steps_per_execution", lambda *args: calls.append(args) or FAKE_STEPS)
     monkeypatch.setattr(bench, "measure_data_read", lambda *args: calls.append(args) or FAKE_DATA_READ)
+    monkeypatch.setattr(bench, "measure_validation_curve", lambda *args: calls.append(args) or {})
     return calls
 
 
