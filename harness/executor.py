@@ -260,6 +260,8 @@ class Executor:
 
     def __init__(self, jobs, cluster, count):
         self.address = cluster_address(cluster)
+        if self.address:
+            check_address(self.address)
         self.jobs = jobs_for(jobs, count) if not self.address else None
         self.client = self.local_cluster = None
 
@@ -434,6 +436,37 @@ def threads_now():
     return tf.config.threading.get_intra_op_parallelism_threads() or cores()
 
 
+# What a client of a tls:// scheduler needs in Dask's configuration, with the
+# environment variable that sets each.
+TLS_SETTINGS = {
+    "distributed.comm.tls.ca-file": "DASK_DISTRIBUTED__COMM__TLS__CA_FILE",
+    "distributed.comm.tls.client.cert": "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT",
+}
+
+
+def check_address(address):
+    """Refuse, in one line before anything is loaded, a scheduler address
+    whose scheme Dask does not know, and a tls:// one without this client's
+    certificates in Dask's configuration (docs/devices_and_clusters.md)."""
+    import dask
+    from distributed.comm.registry import backends
+
+    scheme = address.split("://", 1)[0] if "://" in address else "tcp"
+    if scheme not in backends:
+        raise utils.UsageError(
+            f"--cluster {address}: Dask knows no {scheme}:// scheme ({', '.join(sorted(backends))}); use "
+            "tcp://HOST:8786, or tls://HOST:8786 with certificates"
+        )
+    missing = [setting for setting in TLS_SETTINGS if not dask.config.get(setting, None)]
+    if scheme == "tls" and missing:
+        raise utils.UsageError(
+            f"--cluster {address}: a TLS scheduler admits only clients with a certificate, and Dask's configuration "
+            f"lacks {' and '.join(missing)}: set them (the environment variables "
+            f"{' and '.join(TLS_SETTINGS[setting] for setting in missing)}, and "
+            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY where the key is a file of its own)"
+        )
+
+
 def connect(address):
     """A Client of the scheduler at `address`, with at least one worker, or a
     one-line UsageError within CONNECT_SECONDS."""
@@ -443,6 +476,11 @@ def connect(address):
         client = distributed.Client(address, timeout=CONNECT_SECONDS)
     except (OSError, TimeoutError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if address.startswith("tls://") and any(word in reason for word in ("SSL", "certificate", "TLS")):
+            raise utils.UsageError(
+                f"--cluster {address}: the TLS handshake failed ({reason}): the scheduler does not accept this "
+                "client's certificate, or this client does not trust the scheduler's (distributed.comm.tls.*)"
+            ) from None
         raise utils.UsageError(
             f"--cluster {address}: no Dask scheduler answers there ({reason}); start one with "
             "`dask scheduler` and a worker with `dask worker ADDRESS`, or drop --cluster to train on this machine"

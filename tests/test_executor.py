@@ -36,14 +36,25 @@ def free_port():
 
 
 class LoopbackCluster:
-    """`dask scheduler` and `dask worker` processes on 127.0.0.1."""
+    """`dask scheduler` and `dask worker` processes on 127.0.0.1; with
+    `certificates` (a folder made by make_certificates), over TLS."""
 
-    def __init__(self, workers=2):
-        self.address = f"tcp://127.0.0.1:{free_port()}"
+    def __init__(self, workers=2, certificates=None):
+        self.certificates = certificates
+        self.address = f"{'tls' if certificates else 'tcp'}://127.0.0.1:{free_port()}"
         # Workers start outside the project, without it on their path: the driver sends them its code.
         self.env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
         self.scheduler = subprocess.Popen(
-            [DASK, "scheduler", "--host", "127.0.0.1", "--port", self.address.rsplit(":", 1)[1], "--no-dashboard"],
+            [
+                DASK,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                self.address.rsplit(":", 1)[1],
+                "--no-dashboard",
+                *self.tls("scheduler"),
+            ],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -54,17 +65,48 @@ class LoopbackCluster:
     def start_worker(self):
         # --no-nanny: the process started here is the worker, so killing it kills the worker.
         return subprocess.Popen(
-            [DASK, "worker", self.address, "--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"],
+            [
+                DASK,
+                "worker",
+                self.address,
+                "--nthreads",
+                "1",
+                "--no-nanny",
+                "--no-dashboard",
+                "--host",
+                "127.0.0.1",
+                *self.tls("worker"),
+            ],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             cwd="/",
         )
 
+    def tls(self, role):
+        if not self.certificates:
+            return []
+        folder = self.certificates
+        return [
+            "--tls-ca-file",
+            str(folder / "ca.pem"),
+            "--tls-cert",
+            str(folder / f"{role}.pem"),
+            "--tls-key",
+            str(folder / f"{role}.key"),
+        ]
+
     def wait_for(self, count):
         import distributed
 
-        with distributed.Client(self.address, timeout=30) as client:
+        security = None
+        if self.certificates:
+            security = distributed.Security(
+                tls_ca_file=str(self.certificates / "ca.pem"),
+                tls_client_cert=str(self.certificates / "client.pem"),
+                tls_client_key=str(self.certificates / "client.key"),
+            )
+        with distributed.Client(self.address, timeout=30, security=security) as client:
             client.wait_for_workers(count, timeout=60)
 
     def close(self):
@@ -264,3 +306,141 @@ def test_a_worker_killed_mid_training_is_replaced_and_the_history_is_unchanged(c
     # The restart said so, once, naming the lost worker.
     restarts = [line for line in out.splitlines() if "was lost; training it again from epoch 1 on" in line]
     assert len(restarts) == 1 and restarts[0].startswith("lenet_fc_bn2: its worker tcp://127.0.0.1:"), out
+
+
+# ---------------------------------------------------------------- TLS
+
+
+def make_certificates(folder, prefix=""):
+    """A throwaway certificate authority and, signed by it, a certificate and
+    key for the scheduler, the worker and the client (elliptic-curve keys,
+    made by the openssl command), for 127.0.0.1."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*arguments):
+        subprocess.run(["openssl", *arguments], cwd=folder, check=True, capture_output=True)
+
+    curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl(
+        "req",
+        "-x509",
+        *curve,
+        "-keyout",
+        f"{prefix}ca.key",
+        "-out",
+        f"{prefix}ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={prefix}test CA",
+    )
+    (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    for role in ("scheduler", "worker", "client"):
+        name = f"{prefix}{role}"
+        openssl("req", *curve, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", "/CN=127.0.0.1")
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            f"{prefix}ca.pem",
+            "-CAkey",
+            f"{prefix}ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.cnf",
+        )
+    return folder
+
+
+TLS_ENVIRONMENT = (
+    "DASK_DISTRIBUTED__COMM__TLS__CA_FILE",
+    "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT",
+    "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY",
+)
+
+
+def client_certificates(monkeypatch, folder, ca="ca.pem", client="client"):
+    """Dask's configuration for this process's client, as its users set it: environment variables."""
+    import dask
+
+    for name, path in zip(TLS_ENVIRONMENT, (folder / ca, folder / f"{client}.pem", folder / f"{client}.key")):
+        monkeypatch.setenv(name, str(path))
+    dask.config.refresh()
+
+
+@pytest.mark.xdist_group("tls_cluster")
+def test_a_tls_cluster_trains_as_jobs_1_and_refuses_a_client_without_a_valid_certificate(
+    small_npz, tmp_path, capsys, monkeypatch
+):
+    import dask
+
+    if DASK is None or shutil.which("openssl") is None:
+        pytest.skip("needs the dask and openssl commands")
+    certificates = make_certificates(tmp_path / "certificates")
+    make_certificates(certificates, prefix="rogue_")  # another authority's, which the cluster does not trust
+    common = ["--model", "lenet_bn2", "--data", small_npz, *FAST]
+    code, out, err = run_main([*common, "--results_dir", tmp_path / "here", "--jobs", 1], capsys)
+    assert code == 0, err
+    cluster = LoopbackCluster(workers=1, certificates=certificates)
+    try:
+        # No certificate configured: refused here, in one line, before anything is loaded or trained.
+        monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+        dask.config.refresh()
+        code, out, err = run_main([*common, "--results_dir", tmp_path / "none", "--cluster", cluster.address], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "distributed.comm.tls.ca-file and distributed.comm.tls.client.cert" in err
+        assert not (tmp_path / "none").exists()
+        # A certificate of another authority: the scheduler refuses the handshake.
+        client_certificates(monkeypatch, certificates, client="rogue_client")
+        code, out, err = run_main([*common, "--results_dir", tmp_path / "rogue", "--cluster", cluster.address], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "the TLS handshake failed" in err and "UNKNOWN_CA" in err
+        # The cluster's own: trained there, written here, as in this process.
+        client_certificates(monkeypatch, certificates)
+        code, out, err = run_main([*common, "--results_dir", tmp_path / "tls", "--cluster", cluster.address], capsys)
+        assert code == 0, err
+    finally:
+        cluster.close()
+        for name in TLS_ENVIRONMENT:  # Dask's configuration as it was, for the tests after this one
+            monkeypatch.delenv(name, raising=False)
+        dask.config.refresh()
+    here, there = (
+        json.loads((tmp_path / place / "summary.json").read_text())["lenet_bn2"] for place in ("here", "tls")
+    )
+    assert there["where"]["cluster"] == cluster.address
+    assert there["test_accuracy"] == pytest.approx(here["test_accuracy"], abs=1e-6)
+    for key in results_folder.HISTORY_KEYS:
+        np.testing.assert_allclose(
+            results_folder.read_history(tmp_path / "tls" / "lenet_bn2_history.csv")[key],
+            results_folder.read_history(tmp_path / "here" / "lenet_bn2_history.csv")[key],
+            rtol=1e-6,
+            atol=1e-6,
+        )
+
+
+@pytest.mark.parametrize(
+    "address, message",
+    [
+        ("tls://127.0.0.1:9", "lacks distributed.comm.tls.ca-file"),
+        ("foo://127.0.0.1:9", "Dask knows no foo:// scheme"),
+    ],
+)
+def test_an_address_a_client_cannot_use_is_one_line_before_anything_is_loaded(
+    address, message, small_npz, tmp_path, capsys, monkeypatch
+):
+    import dask
+
+    for name in TLS_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    dask.config.refresh()
+    code, out, err = run_main(
+        ["--data", small_npz, "--results_dir", tmp_path / "results", "--cluster", address, *FAST], capsys
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "results").exists()
