@@ -1,11 +1,12 @@
-"""What batch normalization does here: six studies, each one command.
+"""What batch normalization does here: seven studies, each one command.
 
     python studies.py keras_check --data mnist.npz   # ours against keras.layers.BatchNormalization
     python studies.py seeds --data mnist.npz         # the five variants over seeds, both statistics rules
-    python studies.py figure1 --data mnist.npz       # the BN paper's Figure 1 on LeNet-5
+    python studies.py figure1 --data mnist.npz       # the BN paper's Figure 1, its own MLP (--setup lenet: LeNet-5)
     python studies.py lr --data mnist.npz            # plain SGD at learning rates 0.01 to 10
     python studies.py window --data mnist.npz        # inference statistics: rule, window and batch size
     python studies.py replicas --data mnist.npz      # the batch split over 1 to 8 devices, BN synchronized or not
+    python studies.py grid --vary batch_size=8,64 --data mnist.npz   # any knob over its values, models x seeds
 
 Each writes PNGs, a CSV of its numbers and a summary.json into
 <results_dir>/<study>/ (default results/studies/<study>/). Every setting not
@@ -28,7 +29,7 @@ from main import DEFAULTS, add_flag
 
 utils.import_tensorflow_quietly()  # before the study modules import it
 
-from study import figure1, keras_check, lr, replicas, seeds, window
+from study import figure1, grid, keras_check, lr, replicas, seeds, window
 from study.common import study_dir
 
 STUDIES = {
@@ -38,6 +39,7 @@ STUDIES = {
     "lr": lr,
     "window": window,
     "replicas": replicas,
+    "grid": grid,
 }
 # main.py's flags that every study takes (seed but in seeds, which takes several).
 SHARED_FLAGS = ("data", "dataset", "epochs", "results_dir", "verbose", "jit_compile", "jobs", "cluster", "seed")

@@ -224,3 +224,32 @@ def plot_replicas(points, global_batch, path):
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8)
     save_figure(figure, path)
+
+
+def plot_grid(knob, values, cells, path, note):
+    """Test error (1 - accuracy) against the knob's values, one line per
+    model ({model: [a summary per value]}), the 95 % interval as a band; a
+    log axis for positive numbers spanning a factor of 10, else the values
+    side by side."""
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    numeric = all(isinstance(value, int | float) and not isinstance(value, bool) for value in values)
+    logarithmic = numeric and min(values) > 0 and max(values) / min(values) >= 10
+    positions = values if numeric else list(range(len(values)))
+    for name, per_value in cells.items():
+        shown = [(x, cell) for x, cell in zip(positions, per_value) if cell["n"]]
+        if not shown:
+            continue
+        xs = [x for x, _ in shown]
+        error = [1 - cell["mean"] for _, cell in shown]
+        (line,) = axes.plot(xs, error, marker="o", label=name)
+        low = [1 - (cell["high"] if cell["high"] is not None else cell["mean"]) for _, cell in shown]
+        high = [1 - (cell["low"] if cell["low"] is not None else cell["mean"]) for _, cell in shown]
+        axes.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
+    if logarithmic:
+        axes.set_xscale("log")
+    if not numeric or logarithmic:
+        axes.set_xticks(positions, [str(value) for value in values])
+    axes.set(title=f"test error against {knob} ({note})", xlabel=knob, ylabel="test error (1 - accuracy)")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    save_figure(figure, path)

@@ -454,3 +454,63 @@ def test_seeds_with_patience_stops_each_run_on_its_own_and_still_plots(small_npz
     summary = read_summary(tmp_path / "seeds")
     assert summary["rules"]["moving"]["epochs_trained"]["lenet"]["mean"] == pytest.approx(np.mean(trained))
     assert_png(tmp_path / "seeds" / "seeds_moving_accuracy.png")
+
+
+def test_grid_trains_every_model_at_every_value_for_every_seed(small_npz, tmp_path, capsys):
+    out = run_study(
+        [
+            "grid",
+            "--vary",
+            "batch_size=32,64",
+            "--models",
+            "lenet",
+            "lenet_bn1",
+            "--seeds",
+            0,
+            1,
+            "--data",
+            small_npz,
+            "--results_dir",
+            tmp_path,
+            *FAST,
+        ],
+        capsys,
+    )
+    folder = tmp_path / "grid" / "batch_size"
+    rows = read_csv(folder / "grid.csv")
+    assert sorted((row["model"], row["batch_size"], row["seed"]) for row in rows) == sorted(
+        (model, size, seed) for model in ("lenet", "lenet_bn1") for size in ("32", "64") for seed in ("0", "1")
+    )
+    summary = read_summary(folder)
+    for model in ("lenet", "lenet_bn1"):
+        for size in ("32", "64"):
+            accuracies = [
+                float(row["test_accuracy"]) for row in rows if (row["model"], row["batch_size"]) == (model, size)
+            ]
+            assert summary["models"][model][size]["mean"] == pytest.approx(np.mean(accuracies))
+            assert summary["models"][model][size]["sd"] == pytest.approx(np.std(accuracies, ddof=1))
+    mine = {(row["model"], row["seed"]): float(row["test_accuracy"]) for row in rows if row["batch_size"] == "32"}
+    expected = np.mean([mine["lenet_bn1", seed] - mine["lenet", seed] for seed in ("0", "1")])
+    assert summary["minus_lenet"]["lenet_bn1"]["32"]["mean"] == pytest.approx(expected)
+    # The batch size reached the training: 170 images at batch 32 is 6 steps an epoch, at 64 3.
+    assert "batch_size 32, seed 0: lenet: training 1 epochs" in out
+    assert_png(folder / "grid.png")
+
+
+@pytest.mark.parametrize(
+    "vary, message",
+    [
+        ("batch_size=0,4", "argument --vary: batch_size: expected an integer from 1 to 65536, got '0'"),
+        ("seed=1,2", "argument --vary: expected KNOB=V1,V2,... with KNOB one of"),
+        ("bn_statistics=precise,nope", "argument --vary: bn_statistics: 'nope' is not one of precise, moving"),
+        ("optimizer=adam,nonesuch", "--optimizer nonesuch: not a Keras optimizer"),
+    ],
+)
+def test_grid_refuses_a_value_main_py_would_refuse_in_one_line(vary, message, small_npz, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(utils, "load", lambda *args: pytest.fail("data loaded despite a bad value"))
+    try:
+        code = studies.main(["grid", "--vary", vary, "--data", str(small_npz), "--results_dir", str(tmp_path)])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
