@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from harness.config import KERAS_BN_VARIANT, MODEL_NAMES, VARIANTS
+from harness.config import MODEL_NAMES, REFERENCES, VARIANTS
 
 # --------------------------------------------------------------------------
 # The BN math: pure functions of tensors, no Keras state.
@@ -349,12 +349,19 @@ class LeNet5(keras.Model):
 
     `bn_after` names the affine layers (C1, C3, C5, F6) that are followed by batch
     normalization, placed between the affine map and its sigmoid as in the BN
-    paper, section 3.2; such a layer drops its bias, which BN's beta replaces.
-    `bn_layer` is "ours" (the hand-written `BatchNorm`) or "keras"
-    (`keras.layers.BatchNormalization`, the reference). `synchronized`: under
-    a tf.distribute strategy, BN normalizes with the global batch's
-    statistics (True) or each replica's own (False).
+    paper, section 3.2 (`bn_position` "before"; such a layer drops its bias,
+    which BN's beta replaces), or after the sigmoid ("after"; the bias stays).
+    `bn_layer` is "ours" (the hand-written `BatchNorm`), or a reference:
+    "keras" (`keras.layers.BatchNormalization`), "group" (GroupNorm) or
+    "layer" (LayerNorm). `synchronized`: under a tf.distribute strategy, BN
+    normalizes with the global batch's statistics (True) or each replica's
+    own (False). `init_std`: None for Keras's initializers, else the affine
+    weights drawn from N(0, init_std^2).
     """
+
+    # GroupNorm's groups at each place: 2 to 4 channels a group in the
+    # convolutions (6 and 16 channels), 15 and 21 units in C5 and F6.
+    GROUPS = {"C1": 2, "C3": 4, "C5": 8, "F6": 4}
 
     def __init__(
         self,
@@ -366,14 +373,18 @@ class LeNet5(keras.Model):
         bn_layer="ours",
         keras_momentum=0.99,
         synchronized=True,
+        init_std=None,
+        bn_position="before",
         **kwargs,
     ):
         super().__init__(**kwargs)
         unknown = set(bn_after) - {"C1", "C3", "C5", "F6"}
         if unknown:
             raise ValueError(f"bn_after may name C1, C3, C5, F6; got {sorted(unknown)}")
-        if bn_layer not in ("ours", "keras"):
-            raise ValueError(f"bn_layer must be 'ours' or 'keras', got {bn_layer!r}")
+        if bn_layer not in ("ours", "keras", "group", "layer"):
+            raise ValueError(f"bn_layer must be 'ours', 'keras', 'group' or 'layer', got {bn_layer!r}")
+        if bn_position not in ("before", "after"):
+            raise ValueError(f"bn_position must be 'before' or 'after', got {bn_position!r}")
         self.bn_after = tuple(bn_after)
         self.bn_layer = bn_layer
         self.output_size = output_size
@@ -381,9 +392,12 @@ class LeNet5(keras.Model):
         self.window_size = window_size
         self.keras_momentum = keras_momentum
         self.synchronized = synchronized
+        self.init_std, self.bn_position = init_std, bn_position
+        weights = "glorot_uniform" if init_std is None else keras.initializers.RandomNormal(stddev=init_std)
 
         def affine(name, layer, **options):
-            return layer(name=name, use_bias=name not in self.bn_after, **options)
+            bias = name not in self.bn_after or bn_position == "after"  # before the sigmoid, BN's beta replaces it
+            return layer(name=name, use_bias=bias, kernel_initializer=weights, **options)
 
         self.affine = {
             "C1": affine("C1", keras.layers.Conv2D, filters=6, kernel_size=5),
@@ -399,6 +413,13 @@ class LeNet5(keras.Model):
         self.classifier = keras.layers.Dense(output_size, name="output", dtype="float32")
 
     def _make_norm(self, name):
+        place = name.removesuffix("_bn")
+        if self.bn_layer == "group":
+            return keras.layers.GroupNormalization(groups=self.GROUPS[place], epsilon=self.epsilon, name=name)
+        if self.bn_layer == "layer":  # over every value of one example: channels and positions alike
+            return keras.layers.LayerNormalization(
+                axis=[1, 2, 3] if place in ("C1", "C3") else -1, epsilon=self.epsilon, name=name
+            )
         if self.bn_layer == "keras":
             # Keras's synchronized path computes E[x^2] - E[x]^2 even on one
             # device, so it is asked for only under a strategy, where it matters.
@@ -410,24 +431,29 @@ class LeNet5(keras.Model):
             )
         return BatchNorm(epsilon=self.epsilon, window_size=self.window_size, synchronized=self.synchronized, name=name)
 
-    def _affine_bn(self, name, x, training):
-        """What the layer's sigmoid receives: the affine map, then BN where there is BN."""
-        x = self.affine[name](x)
-        if name in self.norm:
-            x = self.norm[name](x, training=training)
-        return x
+    def _stage(self, name, x, training):
+        """One affine layer and its sigmoid, with BN (where there is BN) before
+        the sigmoid or after it: (what the sigmoid receives, what goes on)."""
+        z = self.affine[name](x)
+        norm = self.norm.get(name)
+        if norm is not None and self.bn_position == "before":
+            z = norm(z, training=training)
+        a = ops.sigmoid(z)
+        if norm is not None and self.bn_position == "after":
+            a = norm(a, training=training)
+        return z, a
 
     def layer_outputs(self, images, training=False):
         """Every stage's output, by name. C1, C3, C5 and F6 are the sigmoids'
-        inputs (after BN where there is BN); S2 and S4 the pooled maps."""
+        inputs (after BN where BN comes before them); S2 and S4 the pooled maps."""
         out = {}
-        out["C1"] = self._affine_bn("C1", images, training)
-        out["S2"] = self.pool(ops.sigmoid(out["C1"]))
-        out["C3"] = self._affine_bn("C3", out["S2"], training)
-        out["S4"] = self.pool(ops.sigmoid(out["C3"]))
-        out["C5"] = self._affine_bn("C5", self.flatten(out["S4"]), training)
-        out["F6"] = self._affine_bn("F6", ops.sigmoid(out["C5"]), training)
-        out["logits"] = self.classifier(ops.sigmoid(out["F6"]))
+        out["C1"], a = self._stage("C1", images, training)
+        out["S2"] = self.pool(a)
+        out["C3"], a = self._stage("C3", out["S2"], training)
+        out["S4"] = self.pool(a)
+        out["C5"], a = self._stage("C5", self.flatten(out["S4"]), training)
+        out["F6"], a = self._stage("F6", a, training)
+        out["logits"] = self.classifier(a)
         return out
 
     def call(self, images, training=False):
@@ -450,6 +476,8 @@ class LeNet5(keras.Model):
             "window_size": self.window_size,
             "keras_momentum": self.keras_momentum,
             "synchronized": self.synchronized,
+            "init_std": self.init_std,
+            "bn_position": self.bn_position,
         }
 
 
@@ -465,7 +493,8 @@ def momentum_matching_window(window_size):
 
 def build_lenet(name, config):
     """The named variant, built for 32x32x1 inputs, with `config`'s
-    output_size, epsilon, window_size and bn_sync (a harness.config.Config)."""
+    output_size, epsilon, window_size, bn_sync, init_std and bn_position (a
+    harness.config.Config)."""
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
     options = {
@@ -473,15 +502,13 @@ def build_lenet(name, config):
         "epsilon": config.epsilon,
         "window_size": config.window_size,
         "synchronized": config.bn_sync == "global",
+        "init_std": config.init_std,
+        "bn_position": config.bn_position,
         "name": name,
     }
-    if name == KERAS_BN_VARIANT:
-        model = LeNet5(
-            bn_after=VARIANTS["lenet_fc_bn2"],
-            bn_layer="keras",
-            keras_momentum=momentum_matching_window(config.window_size),
-            **options,
-        )
+    if name in REFERENCES:  # in lenet_fc_bn2's places
+        momentum = momentum_matching_window(config.window_size)
+        model = LeNet5(bn_after=VARIANTS["lenet_fc_bn2"], bn_layer=REFERENCES[name], keras_momentum=momentum, **options)
     else:
         model = LeNet5(bn_after=VARIANTS[name], **options)
     model(ops.zeros((1, *INPUT_SHAPE)))  # creates the weights; inference leaves BN state alone
@@ -506,7 +533,7 @@ def rebuild(model, window_size=None, network_class=LeNet5):
     config = {
         key: value
         for key, value in model.get_config().items()
-        if key in ("bn_after", "output_size", "epsilon", "window_size")
+        if key in ("bn_after", "output_size", "epsilon", "window_size", "init_std", "bn_position")
     }
     if window_size is not None:
         config["window_size"] = window_size

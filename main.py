@@ -16,6 +16,8 @@ DEFAULTS = {
     "learning_rate": None,  # None: the optimizer's own default (0.001 for adam)
     "epsilon": 1e-8,
     "window_size": 5,
+    "init_std": None,  # None: Keras's initializers (Glorot); X: the affine layers' weights drawn from N(0, X^2)
+    "bn_position": "before",  # BN between the affine map and its sigmoid (the paper); "after": after the sigmoid
     "bn_statistics": "precise",  # precise: window refilled with the trained weights each epoch; moving: last steps
     "precision": "float32",  # or mixed_float16 (GPUs with tensor cores), mixed_bfloat16
     "devices": 1,  # N: the global batch split across N GPUs (or N logical CPU devices)
@@ -40,7 +42,7 @@ import os
 import signal
 import sys
 
-from harness.config import BN_STATISTICS, BN_SYNC, DATASETS, MODEL_NAMES, PRECISIONS, Config, describe
+from harness.config import BN_POSITIONS, BN_STATISTICS, BN_SYNC, DATASETS, MODEL_NAMES, PRECISIONS, Config, describe
 from harness.flags import (
     LIMITS,
     OneLineErrorParser,
@@ -88,6 +90,17 @@ FLAGS = {
         type=int_up_to(LIMITS["window_size"]),
         help="BN at inference normalizes with the average mean and variance of this many "
         f"training mini-batches (which ones: --bn_statistics; 1 to {LIMITS['window_size']})",
+    ),
+    "init_std": dict(
+        type=float_up_to_or_none(LIMITS["init_std"]),
+        help="None: Keras's own initializers (Glorot uniform); X: every affine layer's weights drawn from a normal "
+        f"distribution of standard deviation X, up to {LIMITS['init_std']:g} (how the initial scale matters with "
+        "and without BN)",
+    ),
+    "bn_position": dict(
+        choices=BN_POSITIONS,
+        help="before: BN between each affine map and its sigmoid, the affine map without bias (the BN paper, "
+        "section 3.2); after: BN after the sigmoid, the affine map with its bias",
     ),
     "bn_statistics": dict(
         choices=BN_STATISTICS,

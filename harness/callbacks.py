@@ -231,6 +231,8 @@ class BNWindowHistograms(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         with self.writer.as_default():
             for name, norm in self.model.norm.items():
+                if not isinstance(norm, BatchNorm | keras.layers.BatchNormalization):
+                    continue  # GroupNorm and LayerNorm keep no statistics
                 if isinstance(norm, BatchNorm):
                     rows = int(norm.filled_rows())
                     means, variances = norm.mean_window[:rows], norm.variance_window[:rows]

@@ -18,9 +18,14 @@ VARIANTS = {
     "lenet_fc_bn1": ("C1", "C3", "C5"),
     "lenet_fc_bn2": ("C1", "C3", "C5", "F6"),
 }
-# The reference: lenet_fc_bn2's places, with keras.layers.BatchNormalization.
+# References in lenet_fc_bn2's places, by the layer that normalizes there:
+# Keras's own BatchNormalization, GroupNorm and LayerNorm (Wu and He, 2018).
 KERAS_BN_VARIANT = "lenet_keras_bn"
-MODEL_NAMES = (*VARIANTS, KERAS_BN_VARIANT)
+REFERENCES = {KERAS_BN_VARIANT: "keras", "lenet_gn": "group", "lenet_ln": "layer"}
+MODEL_NAMES = (*VARIANTS, *REFERENCES)
+# Where BN goes: between the affine map and its sigmoid (the paper, section
+# 3.2), or after the sigmoid (what many practitioners do).
+BN_POSITIONS = ("before", "after")
 
 # What fills BN's inference window: "precise" refills it at every epoch's end
 # from training batches passed through the trained weights (Algorithm 2);
@@ -45,6 +50,8 @@ TRAINING_KEYS = (
     "learning_rate",
     "epsilon",
     "window_size",
+    "init_std",
+    "bn_position",
     "verbose",
     "seed",
     "jit_compile",
@@ -70,6 +77,8 @@ class Config:
     learning_rate: float | None  # None: the optimizer's own default
     epsilon: float
     window_size: int
+    init_std: float | None  # None: Keras's initializers; else the affine weights drawn from N(0, init_std^2)
+    bn_position: str  # one of BN_POSITIONS
     bn_statistics: str  # one of BN_STATISTICS
     precision: str  # one of PRECISIONS
     devices: int
@@ -109,7 +118,10 @@ FIELDS = tuple(field.name for field in fields(Config))
 
 def describe(name):
     """A variant's name with where it puts batch normalization."""
-    if name == KERAS_BN_VARIANT:
-        return f"{name} (keras.layers.BatchNormalization after C1, C3, C5, F6)"
+    if name in REFERENCES:
+        layer = {"keras": "keras.layers.BatchNormalization", "group": "GroupNorm", "layer": "LayerNorm"}[
+            REFERENCES[name]
+        ]
+        return f"{name} ({layer} after C1, C3, C5, F6)"
     places = VARIANTS[name]
     return f"{name} (BN after {', '.join(places)})" if places else f"{name} (no BN)"

@@ -476,7 +476,7 @@ def connect(address):
         client = distributed.Client(address, timeout=CONNECT_SECONDS)
     except (OSError, TimeoutError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if address.startswith("tls://") and any(word in reason for word in ("SSL", "certificate", "TLS")):
+        if address.startswith("tls://") and any(word in reason for word in ("SSL", "certificate", "handshake")):
             raise utils.UsageError(
                 f"--cluster {address}: the TLS handshake failed ({reason}): the scheduler does not accept this "
                 "client's certificate, or this client does not trust the scheduler's (distributed.comm.tls.*)"

@@ -22,9 +22,15 @@ import numpy as np
 from lenet import BatchNorm, rebuild
 
 
+def batch_norms(model):
+    """`model`'s batch-normalization layers, ours and Keras's (not GroupNorm
+    or LayerNorm, which keep no statistics)."""
+    return [norm for norm in model.norm.values() if isinstance(norm, BatchNorm | keras.layers.BatchNormalization)]
+
+
 def applies(model, config):
     """Whether the rule refills `model`: under `precise`, and only where there is BN."""
-    return config.bn_statistics == "precise" and bool(model.norm)
+    return config.bn_statistics == "precise" and bool(batch_norms(model))
 
 
 def refill_batches(images, batch_size, count, seed, draw):
@@ -58,7 +64,7 @@ def refill_statistics(model, image_batches):
     `window_size` of them, if more are given); Keras's layers' moving averages
     become these batches' plain average.
     """
-    refilled = [norm for norm in model.norm.values() if norm.trainable]  # a frozen layer keeps its own
+    refilled = [norm for norm in batch_norms(model) if norm.trainable]  # a frozen layer keeps its own
     ours = [norm for norm in refilled if isinstance(norm, BatchNorm)]
     keras_norms = [norm for norm in refilled if not isinstance(norm, BatchNorm)]
     for norm in ours:

@@ -13,7 +13,7 @@ from conftest import (
     numpy_population,
     trained_model,
 )
-from harness.config import KERAS_BN_VARIANT, MODEL_NAMES, VARIANTS
+from harness.config import KERAS_BN_VARIANT, MODEL_NAMES, REFERENCES, VARIANTS
 from lenet import BatchNorm, batch_norm_training, batch_statistics, build_lenet, normalize
 
 EPSILON = 1e-8
@@ -145,11 +145,11 @@ def test_every_variant_config_is_truthful(name):
     config = model.get_config()
     assert config["bn_after"] == list(VARIANTS.get(name, VARIANTS["lenet_fc_bn2"]))
     assert (config["output_size"], config["epsilon"], config["window_size"]) == (5, 1e-4, 9)
-    assert config["bn_layer"] == ("keras" if name == KERAS_BN_VARIANT else "ours")
+    assert config["bn_layer"] == REFERENCES.get(name, "ours")
     for norm in model.norm.values():
         if name == KERAS_BN_VARIANT:
             assert norm.momentum == pytest.approx(0.8) == config["keras_momentum"]
-        else:
+        elif name not in REFERENCES:
             assert norm.window_size == 9 and norm.mean_window.shape == (9, norm.gamma.shape[0])
         assert norm.epsilon == 1e-4
 

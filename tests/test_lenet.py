@@ -92,3 +92,53 @@ def test_the_loss_applies_exactly_one_softmax_to_the_outputs():
 def test_unknown_name_is_rejected():
     with pytest.raises(ValueError, match="unknown model"):
         build_lenet("lenet_bn3", make_config())
+
+
+@pytest.mark.parametrize(
+    "name, layer", [("lenet_gn", keras.layers.GroupNormalization), ("lenet_ln", keras.layers.LayerNormalization)]
+)
+def test_groupnorm_and_layernorm_stand_in_bns_four_places_and_train(name, layer, tmp_path):
+    """Wu and He's references: the same places, no batch statistics, so a
+    prediction alone equals it in a batch even before any refill."""
+    import models_handling
+    import utils
+    from conftest import mnist_like
+
+    model = build_lenet(name, make_config())
+    assert sorted(model.norm) == ["C1", "C3", "C5", "F6"] and all(isinstance(n, layer) for n in model.norm.values())
+    assert not any(affine.use_bias for affine in model.affine.values())
+    splits = utils.prepare(*mnist_like(num_train=120, num_test=20), val_split=0.2, seed=0)
+    result = models_handling.run_model(
+        name, splits, make_config(batch_size=32, epochs=1)
+    )  # `precise` has nothing to refill
+    assert np.isfinite(result.test_loss)
+    images = splits.x_test[:8]
+    np.testing.assert_allclose(
+        result.model.predict(images[:1], verbose=0), result.model.predict(images, verbose=0)[:1], atol=1e-5
+    )
+
+
+def test_init_std_sets_the_affine_weights_scale():
+    for std in (0.05, 2.0):
+        model = build_lenet("lenet", make_config(init_std=std))
+        kernel = model.affine["C5"].kernel.numpy()  # 400 x 120 draws
+        assert np.std(kernel) == pytest.approx(std, rel=0.05)
+    glorot = build_lenet("lenet", make_config()).affine["C5"].kernel.numpy()
+    assert np.abs(glorot).max() <= np.sqrt(6 / (400 + 120)) + 1e-6  # Keras's Glorot uniform, the default
+
+
+def test_bn_after_the_sigmoid_normalizes_values_in_0_1_and_keeps_the_bias():
+    before = build_lenet("lenet_fc_bn2", make_config())
+    after = build_lenet("lenet_fc_bn2", make_config(bn_position="after"))
+    assert all(affine.use_bias for affine in after.affine.values())
+    images = np.random.default_rng(0).uniform(size=(16, 32, 32, 1)).astype(np.float32)
+    for model in (before, after):
+        model(images, training=True)  # one training batch recorded
+    means = {place: norm.mean_window.numpy()[0] for place, norm in after.norm.items()}
+    assert all(np.all((mean > 0) & (mean < 1)) for mean in means.values()), "after: BN sees sigmoid outputs"
+    before_c5 = before.norm["C5"].mean_window.numpy()[0]
+    assert np.any((before_c5 <= 0) | (before_c5 >= 1)), "before: BN sees the affine map's values, of any sign"
+    # And the window study's copies keep the placement.
+    from lenet import rebuild
+
+    assert rebuild(after).bn_position == "after"
