@@ -249,6 +249,7 @@ def plot_grid(knob, values, cells, path, note):
         axes.set_xscale("log")
     if not numeric or logarithmic:
         axes.set_xticks(positions, [str(value) for value in values])
+        axes.minorticks_off()  # the log axis's own labels would overprint the values
     axes.set(title=f"test error against {knob} ({note})", xlabel=knob, ylabel="test error (1 - accuracy)")
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8)
