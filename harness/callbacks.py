@@ -69,20 +69,23 @@ class StopOnDivergence(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-class ValidationCurve(keras.callbacks.Callback):
-    """Validation accuracy before the first training step and every `every`
-    steps after it (and after the last), as {"step": [...],
-    "val_accuracy": [...]}: what steps to a target accuracy are read from.
-    Each point is the network as it then is, with the statistics its rule
-    gives it (harness.precise.as_the_rule_predicts: under `precise` a
-    refill of its own, undone afterwards), so the run is left exactly as
-    without it. Costs one pass over the validation split per point."""
+class StepProbe(keras.callbacks.Callback):
+    """A measurement of the network before the first training step, every
+    `every` steps after it, and after the last, as lists under the keys of
+    `point`'s dict and "step" (`curve`). Each point is the network as it then
+    is, with the statistics its rule gives it (harness.precise.
+    as_the_rule_predicts: under `precise` a refill from that step's weights,
+    numbered by the step, and undone afterwards); the last point is the
+    trained network exactly as the run tests it. So the run is left exactly
+    as without the probe. Subclasses say what a point is (`point(model)`)."""
 
-    def __init__(self, val_images, val_labels, train_images, config, every):
+    def __init__(self, train_images, config, every):
         super().__init__()
-        self.val_images, self.val_labels, self.train_images = val_images, val_labels, train_images
-        self.config, self.every, self.step = config, every, 0
-        self.curve = {"step": [], "val_accuracy": []}
+        self.train_images, self.config, self.every, self.step = train_images, config, every, 0
+        self.curve = {"step": []}
+
+    def point(self, model):
+        raise NotImplementedError
 
     def measure(self, as_trained=False):
         """One point; `as_trained`: with the statistics the run ends with (no refill of its own)."""
@@ -92,9 +95,10 @@ class ValidationCurve(keras.callbacks.Callback):
             else precise.as_the_rule_predicts(self.model, self.train_images, self.config, self.step)
         )
         with measuring as model:
-            logits = model.predict(self.val_images, batch_size=self.config.inference_batch_size, verbose=0)
+            values = self.point(model)
         self.curve["step"].append(self.step)
-        self.curve["val_accuracy"].append(float(np.mean(np.argmax(logits, axis=1) == self.val_labels)))
+        for key, value in values.items():
+            self.curve.setdefault(key, []).append(value)
 
     def on_train_begin(self, logs=None):
         self.measure()
@@ -105,8 +109,7 @@ class ValidationCurve(keras.callbacks.Callback):
             self.measure()
 
     def on_train_end(self, logs=None):
-        # The last point: the trained network as the run's last validation saw it.
-        if self.curve["step"][-1] == self.step:
+        if self.curve["step"][-1] == self.step:  # measured with a refill of its own: measured again as tested
             for values in self.curve.values():
                 values.pop()
         self.measure(as_trained=True)
@@ -114,6 +117,20 @@ class ValidationCurve(keras.callbacks.Callback):
     def report(self):
         """What comes back from where it trained (executor.Finished.report)."""
         return self.curve
+
+
+class ValidationCurve(StepProbe):
+    """Validation accuracy every few training steps, as {"step": [...],
+    "val_accuracy": [...]}: what steps to a target accuracy are read from.
+    Costs one pass over the validation split per point."""
+
+    def __init__(self, val_images, val_labels, train_images, config, every):
+        super().__init__(train_images, config, every)
+        self.val_images, self.val_labels = val_images, val_labels
+
+    def point(self, model):
+        logits = model.predict(self.val_images, batch_size=self.config.inference_batch_size, verbose=0)
+        return {"val_accuracy": float(np.mean(np.argmax(logits, axis=1) == self.val_labels))}
 
 
 def first_step_at(curve, target):

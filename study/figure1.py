@@ -2,7 +2,6 @@
 training, without BN and with BN everywhere, over seeds; in the paper's own
 setup (a 3 x 100 sigmoid MLP, batch 60, 50,000 steps of SGD) or on LeNet-5."""
 
-import contextlib
 import functools
 import math
 from dataclasses import replace
@@ -14,7 +13,7 @@ import tensorflow as tf
 import models_handling
 import utils
 import visualizations
-from harness import precise
+from harness.callbacks import StepProbe
 from harness.executor import Training
 from harness.flags import LIMITS, float_up_to, int_up_to
 from lenet import BatchNorm
@@ -138,56 +137,23 @@ def build_network(name, config):
     return build_lenet(name, config)
 
 
-class SigmoidInputProbe(keras.callbacks.Callback):
-    """Every `every` training steps (and before the first and after the
-    last), the 15th, 50th and 85th percentiles of what one sigmoid of
-    `layer` receives on fixed images, and the test accuracy. Measured in
-    inference mode, as the network would predict, with the statistics its
-    rule gives it then (under `precise` a refill from that step's weights),
-    and left as they were afterwards."""
+class SigmoidInputProbe(StepProbe):
+    """The 15th, 50th and 85th percentiles of what one sigmoid of `layer`
+    receives on fixed images, and the test accuracy, every few training steps
+    (harness.callbacks.StepProbe: inference mode, the rule's statistics)."""
 
     def __init__(self, probe_images, test_images, test_labels, layer, unit, every, train_images, config):
-        super().__init__()
+        super().__init__(train_images, config, every)
         self.probe_images, self.test_images, self.test_labels = probe_images, test_images, test_labels
-        self.layer, self.unit, self.every = layer, unit, every
-        self.train_images, self.config = train_images, config
-        self.step = 0
-        self.curve = {key: [] for key in ("step", "test_accuracy", "p15", "p50", "p85")}
+        self.layer, self.unit = layer, unit
 
-    def measure(self, as_trained=False):
-        """One point; `as_trained`: with the statistics the run ends with (no refill of its own)."""
-        # The step numbers the refill's draw, so each measurement has its own batches.
-        measuring = (
-            contextlib.nullcontext(self.model)
-            if as_trained
-            else precise.as_the_rule_predicts(self.model, self.train_images, self.config, self.step)
-        )
-        with measuring as model:
-            received = model.layer_outputs(self.probe_images, training=False)[self.layer][:, self.unit]
-            accuracy = accuracy_of(model, self.test_images, self.test_labels, 1000)[0]
-        for key, value in zip(("p15", "p50", "p85"), np.percentile(np.asarray(received), [15, 50, 85])):
-            self.curve[key].append(float(value))
-        self.curve["step"].append(self.step)
-        self.curve["test_accuracy"].append(accuracy)
-
-    def on_train_begin(self, logs=None):
-        self.measure()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
-        if self.step % self.every == 0:
-            self.measure()
-
-    def on_train_end(self, logs=None):
-        # End on the trained network exactly as the run tests it.
-        if self.curve["step"][-1] == self.step:
-            for values in self.curve.values():
-                values.pop()
-        self.measure(as_trained=True)
-
-    def report(self):
-        """What comes back from where it trained (executor.Finished.report)."""
-        return self.curve
+    def point(self, model):
+        received = model.layer_outputs(self.probe_images, training=False)[self.layer][:, self.unit]
+        percentiles = np.percentile(np.asarray(received), [15, 50, 85])
+        return {
+            "test_accuracy": accuracy_of(model, self.test_images, self.test_labels, 1000)[0],
+            **{key: float(value) for key, value in zip(("p15", "p50", "p85"), percentiles)},
+        }
 
 
 def make_probe(splits, config, probe_count, layer, unit, every):
