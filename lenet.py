@@ -349,7 +349,7 @@ class LeNet5(keras.Model):
 
     `bn_after` names the affine layers (C1, C3, C5, F6) that are followed by batch
     normalization, placed between the affine map and its sigmoid as in the BN
-    paper, section 3.2 (`bn_position` "before"; such a layer drops its bias,
+    paper, section 3.2 (`bn_placement` "before"; such a layer drops its bias,
     which BN's beta replaces), or after the sigmoid ("after"; the bias stays).
     `bn_layer` is "ours" (the hand-written `BatchNorm`), or a reference:
     "keras" (`keras.layers.BatchNormalization`), "group" (GroupNorm) or
@@ -374,7 +374,7 @@ class LeNet5(keras.Model):
         keras_momentum=0.99,
         synchronized=True,
         init_std=None,
-        bn_position="before",
+        bn_placement="before",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -383,8 +383,8 @@ class LeNet5(keras.Model):
             raise ValueError(f"bn_after may name C1, C3, C5, F6; got {sorted(unknown)}")
         if bn_layer not in ("ours", "keras", "group", "layer"):
             raise ValueError(f"bn_layer must be 'ours', 'keras', 'group' or 'layer', got {bn_layer!r}")
-        if bn_position not in ("before", "after"):
-            raise ValueError(f"bn_position must be 'before' or 'after', got {bn_position!r}")
+        if bn_placement not in ("before", "after"):
+            raise ValueError(f"bn_placement must be 'before' or 'after', got {bn_placement!r}")
         self.bn_after = tuple(bn_after)
         self.bn_layer = bn_layer
         self.output_size = output_size
@@ -392,11 +392,11 @@ class LeNet5(keras.Model):
         self.window_size = window_size
         self.keras_momentum = keras_momentum
         self.synchronized = synchronized
-        self.init_std, self.bn_position = init_std, bn_position
+        self.init_std, self.bn_placement = init_std, bn_placement
         weights = "glorot_uniform" if init_std is None else keras.initializers.RandomNormal(stddev=init_std)
 
         def affine(name, layer, **options):
-            bias = name not in self.bn_after or bn_position == "after"  # before the sigmoid, BN's beta replaces it
+            bias = name not in self.bn_after or bn_placement == "after"  # before the sigmoid, BN's beta replaces it
             return layer(name=name, use_bias=bias, kernel_initializer=weights, **options)
 
         self.affine = {
@@ -436,10 +436,10 @@ class LeNet5(keras.Model):
         the sigmoid or after it: (what the sigmoid receives, what goes on)."""
         z = self.affine[name](x)
         norm = self.norm.get(name)
-        if norm is not None and self.bn_position == "before":
+        if norm is not None and self.bn_placement == "before":
             z = norm(z, training=training)
         a = ops.sigmoid(z)
-        if norm is not None and self.bn_position == "after":
+        if norm is not None and self.bn_placement == "after":
             a = norm(a, training=training)
         return z, a
 
@@ -477,7 +477,7 @@ class LeNet5(keras.Model):
             "keras_momentum": self.keras_momentum,
             "synchronized": self.synchronized,
             "init_std": self.init_std,
-            "bn_position": self.bn_position,
+            "bn_placement": self.bn_placement,
         }
 
 
@@ -493,7 +493,7 @@ def momentum_matching_window(window_size):
 
 def build_lenet(name, config):
     """The named variant, built for 32x32x1 inputs, with `config`'s
-    output_size, epsilon, window_size, bn_sync, init_std and bn_position (a
+    output_size, epsilon, window_size, bn_sync, init_std and bn_placement (a
     harness.config.Config)."""
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
@@ -503,7 +503,7 @@ def build_lenet(name, config):
         "window_size": config.window_size,
         "synchronized": config.bn_sync == "global",
         "init_std": config.init_std,
-        "bn_position": config.bn_position,
+        "bn_placement": config.bn_placement,
         "name": name,
     }
     if name in REFERENCES:  # in lenet_fc_bn2's places
@@ -533,7 +533,7 @@ def rebuild(model, window_size=None, network_class=LeNet5):
     config = {
         key: value
         for key, value in model.get_config().items()
-        if key in ("bn_after", "output_size", "epsilon", "window_size", "init_std", "bn_position")
+        if key in ("bn_after", "output_size", "epsilon", "window_size", "init_std", "bn_placement")
     }
     if window_size is not None:
         config["window_size"] = window_size

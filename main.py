@@ -17,7 +17,7 @@ DEFAULTS = {
     "epsilon": 1e-8,
     "window_size": 5,
     "init_std": None,  # None: Keras's initializers (Glorot); X: the affine layers' weights drawn from N(0, X^2)
-    "bn_position": "before",  # BN between the affine map and its sigmoid (the paper); "after": after the sigmoid
+    "bn_placement": "before",  # BN between the affine map and its sigmoid (the paper); "after": after the sigmoid
     "bn_statistics": "precise",  # precise: window refilled with the trained weights each epoch; moving: last steps
     "precision": "float32",  # or mixed_float16 (GPUs with tensor cores), mixed_bfloat16
     "devices": 1,  # N: the global batch split across N GPUs (or N logical CPU devices)
@@ -42,7 +42,7 @@ import os
 import signal
 import sys
 
-from harness.config import BN_POSITIONS, BN_STATISTICS, BN_SYNC, DATASETS, MODEL_NAMES, PRECISIONS, Config, describe
+from harness.config import BN_PLACEMENTS, BN_STATISTICS, BN_SYNC, DATASETS, MODEL_NAMES, PRECISIONS, Config, describe
 from harness.flags import (
     LIMITS,
     OneLineErrorParser,
@@ -97,8 +97,8 @@ FLAGS = {
         f"distribution of standard deviation X, up to {LIMITS['init_std']:g} (how the initial scale matters with "
         "and without BN)",
     ),
-    "bn_position": dict(
-        choices=BN_POSITIONS,
+    "bn_placement": dict(
+        choices=BN_PLACEMENTS,
         help="before: BN between each affine map and its sigmoid, the affine map without bias (the BN paper, "
         "section 3.2); after: BN after the sigmoid, the affine map with its bias",
     ),

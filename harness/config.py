@@ -25,7 +25,7 @@ REFERENCES = {KERAS_BN_VARIANT: "keras", "lenet_gn": "group", "lenet_ln": "layer
 MODEL_NAMES = (*VARIANTS, *REFERENCES)
 # Where BN goes: between the affine map and its sigmoid (the paper, section
 # 3.2), or after the sigmoid (what many practitioners do).
-BN_POSITIONS = ("before", "after")
+BN_PLACEMENTS = ("before", "after")
 
 # What fills BN's inference window: "precise" refills it at every epoch's end
 # from training batches passed through the trained weights (Algorithm 2);
@@ -51,7 +51,7 @@ TRAINING_KEYS = (
     "epsilon",
     "window_size",
     "init_std",
-    "bn_position",
+    "bn_placement",
     "verbose",
     "seed",
     "jit_compile",
@@ -78,7 +78,7 @@ class Config:
     epsilon: float
     window_size: int
     init_std: float | None  # None: Keras's initializers; else the affine weights drawn from N(0, init_std^2)
-    bn_position: str  # one of BN_POSITIONS
+    bn_placement: str  # one of BN_PLACEMENTS
     bn_statistics: str  # one of BN_STATISTICS
     precision: str  # one of PRECISIONS
     devices: int

@@ -129,7 +129,7 @@ def test_init_std_sets_the_affine_weights_scale():
 
 def test_bn_after_the_sigmoid_normalizes_values_in_0_1_and_keeps_the_bias():
     before = build_lenet("lenet_fc_bn2", make_config())
-    after = build_lenet("lenet_fc_bn2", make_config(bn_position="after"))
+    after = build_lenet("lenet_fc_bn2", make_config(bn_placement="after"))
     assert all(affine.use_bias for affine in after.affine.values())
     images = np.random.default_rng(0).uniform(size=(16, 32, 32, 1)).astype(np.float32)
     for model in (before, after):
@@ -141,4 +141,4 @@ def test_bn_after_the_sigmoid_normalizes_values_in_0_1_and_keeps_the_bias():
     # And the window study's copies keep the placement.
     from lenet import rebuild
 
-    assert rebuild(after).bn_position == "after"
+    assert rebuild(after).bn_placement == "after"
