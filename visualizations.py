@@ -229,22 +229,34 @@ def plot_replicas(points, global_batch, path):
 def plot_grid(knob, values, cells, path, note):
     """Test error (1 - accuracy) against the knob's values, one line per
     model ({model: [a summary per value]}), the 95 % interval as a band; a
-    log axis for positive numbers spanning a factor of 10, else the values
-    side by side."""
+    diverged training marked with an x at error 1 (its seeds counted beside
+    it); a log axis for positive numbers spanning more than a factor of 20,
+    else the values as they come."""
     figure, axes = plt.subplots(figsize=(7, 4.5))
     numeric = all(isinstance(value, int | float) and not isinstance(value, bool) for value in values)
-    logarithmic = numeric and min(values) > 0 and max(values) / min(values) >= 10
+    logarithmic = numeric and min(values) > 0 and max(values) / min(values) > 20
     positions = values if numeric else list(range(len(values)))
     for name, per_value in cells.items():
         shown = [(x, cell) for x, cell in zip(positions, per_value) if cell["n"]]
-        if not shown:
-            continue
-        xs = [x for x, _ in shown]
-        error = [1 - cell["mean"] for _, cell in shown]
-        (line,) = axes.plot(xs, error, marker="o", label=name)
-        low = [1 - (cell["high"] if cell["high"] is not None else cell["mean"]) for _, cell in shown]
-        high = [1 - (cell["low"] if cell["low"] is not None else cell["mean"]) for _, cell in shown]
-        axes.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
+        color = None
+        if shown:
+            xs = [x for x, _ in shown]
+            (line,) = axes.plot(xs, [1 - cell["mean"] for _, cell in shown], marker="o", label=name)
+            low = [1 - (cell["high"] if cell["high"] is not None else cell["mean"]) for _, cell in shown]
+            high = [1 - (cell["low"] if cell["low"] is not None else cell["mean"]) for _, cell in shown]
+            axes.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
+            color = line.get_color()
+        for x, cell in zip(positions, per_value):
+            if cell.get("diverged"):
+                axes.plot([x], [1.0], "x", color=color, markersize=9)
+                axes.annotate(
+                    f"{cell['diverged']} diverged",
+                    (x, 1.0),
+                    textcoords="offset points",
+                    xytext=(4, -12),
+                    fontsize=7,
+                    color=color,
+                )
     if logarithmic:
         axes.set_xscale("log")
     if not numeric or logarithmic:

@@ -514,3 +514,17 @@ def test_grid_refuses_a_value_main_py_would_refuse_in_one_line(vary, message, sm
         code = exit_.code
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_the_grid_plot_marks_diverged_trainings_and_uses_a_log_axis_past_a_factor_of_20(monkeypatch, tmp_path):
+    import visualizations
+
+    figures = []
+    monkeypatch.setattr(visualizations, "save_figure", lambda figure, path: figures.append(figure))
+    ok = {"n": 2, "mean": 0.9, "sd": 0.01, "low": 0.85, "high": 0.95, "diverged": 0}
+    gone = {"n": 0, "diverged": 2}
+    visualizations.plot_grid("learning_rate", [0.01, 1.0], {"lenet": [ok, gone]}, tmp_path / "grid.png", "note")
+    visualizations.plot_grid("batch_size", [4, 64], {"lenet": [ok, ok]}, tmp_path / "grid.png", "note")
+    wide, narrow = (figure.axes[0] for figure in figures)
+    assert wide.get_xscale() == "log" and narrow.get_xscale() == "linear"  # 100x against 16x
+    assert [text.get_text() for text in wide.texts] == ["2 diverged"]
