@@ -133,10 +133,10 @@ class ValidationCurve(StepProbe):
         return {"val_accuracy": float(np.mean(np.argmax(logits, axis=1) == self.val_labels))}
 
 
-def first_step_at(curve, target):
-    """The first measured step at which `curve` (ValidationCurve's) reaches
-    `target` accuracy, or None."""
-    return next((step for step, accuracy in zip(curve["step"], curve["val_accuracy"]) if accuracy >= target), None)
+def first_step_at(curve, target, key="val_accuracy"):
+    """The first measured step at which a StepProbe's `curve` reaches `target`
+    under `key` (ValidationCurve's validation accuracy by default), or None."""
+    return next((step for step, accuracy in zip(curve["step"], curve[key]) if accuracy >= target), None)
 
 
 class ResumableTraining(keras.callbacks.BackupAndRestore):

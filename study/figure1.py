@@ -13,7 +13,7 @@ import tensorflow as tf
 import models_handling
 import utils
 import visualizations
-from harness.callbacks import StepProbe
+from harness.callbacks import StepProbe, first_step_at
 from harness.executor import Training
 from harness.flags import LIMITS, float_up_to, int_up_to
 from lenet import BatchNorm
@@ -229,7 +229,7 @@ def run(config, args):
         "test_accuracy": {t.name + f" seed {t.config.seed}": d.result.test_accuracy for t, d in zip(plan, done)},
     }
     for name, runs in curves.items():
-        reached = [next((s for s, a in zip(c["step"], c["test_accuracy"]) if a >= args.target), None) for c in runs]
+        reached = [first_step_at(c, args.target, key="test_accuracy") for c in runs]
         spread = [c["p85"][-1] - c["p15"][-1] for c in runs]
         result[name] = {
             "final_test_accuracy": summary([c["test_accuracy"][-1] for c in runs]),

@@ -83,7 +83,11 @@ def spread_text(values, digits=4):
 
 def difference_text(a, b, digits=4):
     """The paired difference a - b in words: real, or no difference at this precision."""
-    d = paired_difference(a, b)
+    return difference_words(paired_difference(a, b), digits)
+
+
+def difference_words(d, digits=4):
+    """A paired_difference in words: real, or no difference at this precision."""
     if d["low"] is None:
         return f"{d['mean']:+.{digits}f} from one seed: not enough to tell"
     interval = f"{d['mean']:+.{digits}f} (95 % interval {d['low']:+.{digits}f} to {d['high']:+.{digits}f}, n={d['n']})"

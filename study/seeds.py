@@ -13,7 +13,7 @@ from harness.config import BN_STATISTICS, VARIANTS
 from harness.executor import Training
 from harness.flags import LIMITS, float_up_to, int_up_to
 from study.common import run_trainings, study_dir, write_rows, write_summary
-from study.intervals import FEWEST_SEEDS_TO_COMPARE, difference_text, paired_difference, spread_text, summary
+from study.intervals import FEWEST_SEEDS_TO_COMPARE, difference_words, paired_difference, spread_text, summary
 
 ABOUT = (
     "The variants over several seeds, under each statistics rule: test accuracy and steps to a target, "
@@ -146,7 +146,7 @@ def run(config, args):
         }
         print("\nprecise minus moving, test accuracy, paired by seed:")
         for name, difference in summaries["precise_minus_moving"].items():
-            print(f"  {name:<14}{describe_difference(difference)}")
+            print(f"  {name:<14}{difference_words(difference)}")
     write_summary(folder, summaries)
     return summaries
 
@@ -171,13 +171,8 @@ def rule_summary(rule, models, accuracy, steps, target):
     for before, after in zip(models, models[1:]):
         key = f"{after} - {before}"
         part["differences"][key] = paired_difference(accuracy[after], accuracy[before])
-        print(f"  test accuracy, {key}: {difference_text(accuracy[after], accuracy[before])}")
+        print(f"  test accuracy, {key}: {difference_words(part['differences'][key])}")
     return part
-
-
-def describe_difference(difference):
-    interval = f"{difference['mean']:+.4f} (95 % interval {difference['low']:+.4f} to {difference['high']:+.4f})"
-    return interval if difference["real"] else f"no difference at this precision: {interval}"
 
 
 def plot_rule(rule, models, trainings, folder):
