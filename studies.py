@@ -1,4 +1,4 @@
-"""What batch normalization does here: seven studies, each one command.
+"""What batch normalization does here: nine studies, each one command.
 
     python studies.py keras_check --data mnist.npz   # ours against keras.layers.BatchNormalization
     python studies.py seeds --data mnist.npz         # the five variants over seeds, both statistics rules
@@ -7,6 +7,8 @@
     python studies.py window --data mnist.npz        # inference statistics: rule, window and batch size
     python studies.py replicas --data mnist.npz      # the batch split over 1 to 8 devices, BN synchronized or not
     python studies.py grid --vary batch_size=8,64 --data mnist.npz   # any knob over its values, models x seeds
+    python studies.py batch_size --data mnist.npz    # BN, GroupNorm, LayerNorm at batch sizes 2 to 256 (a grid)
+    python studies.py init --data mnist.npz          # the initial weights' scale, 1 to 1e-4, with and without BN
 
 Each writes PNGs, a CSV of its numbers and a summary.json into
 <results_dir>/<study>/ (default results/studies/<study>/). Every setting not
@@ -29,7 +31,7 @@ from main import DEFAULTS, add_flag
 
 utils.import_tensorflow_quietly()  # before the study modules import it
 
-from study import figure1, grid, keras_check, lr, replicas, seeds, window
+from study import batch_size, figure1, grid, init, keras_check, lr, replicas, seeds, window
 from study.common import study_dir
 
 STUDIES = {
@@ -40,8 +42,11 @@ STUDIES = {
     "window": window,
     "replicas": replicas,
     "grid": grid,
+    "batch_size": batch_size,
+    "init": init,
 }
-# main.py's flags that every study takes (seed but in seeds, which takes several).
+# main.py's flags that every study takes (seed but in those that take several).
+SEVERAL_SEEDS = ("seeds", "grid", "batch_size", "init")
 SHARED_FLAGS = ("data", "dataset", "epochs", "results_dir", "verbose", "jit_compile", "jobs", "cluster", "seed")
 
 
@@ -57,7 +62,7 @@ def build_parser():
             name, help=study.ABOUT, description=study.ABOUT, formatter_class=argparse.ArgumentDefaultsHelpFormatter
         )
         for flag in SHARED_FLAGS:
-            if flag == "seed" and name == "seeds":
+            if flag == "seed" and name in SEVERAL_SEEDS:
                 continue
             if flag == "results_dir":
                 add_flag(sub, flag, default="results/studies", help="the study writes into RESULTS_DIR/NAME/")

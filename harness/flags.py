@@ -19,6 +19,7 @@ LIMITS = {
     "epsilon": 1.0,
     "images": 1_000_000,  # synthetic 32x32 float32 images: 4 GB
     "repeats": 1_000,
+    "seeds": 1_000,  # a study's seeds: each one more training of every cell
     "steps": 1_000_000,
     "devices": 64,  # logical CPU devices share the cores; beyond a few dozen they only add overhead
     "jobs": 256,  # trainings side by side: each worker process holds its own TensorFlow (about 400 MB)

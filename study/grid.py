@@ -1,15 +1,23 @@
 """grid: any knob of main.py over several values, for several models and
 seeds: test accuracy against the knob's values, each with its 95 % interval
-over the seeds, and the paired difference of each model from the first."""
+over the seeds, and the paired difference of each model from the first.
+
+The other studies that are grids (lr, seeds, batch_size, init) are built on
+the same three steps: `plan` every line at every point for every seed,
+`train` the plan through the executor (one CSV row per training, kept as
+each one ends; --resume 1 reuses the rows of trainings already finished with
+the same settings and data), and `sweep`'s table, plot and summary.json."""
 
 import argparse
-from dataclasses import replace
+import json
+from dataclasses import dataclass, field, replace
 
 import utils
 import visualizations
+from harness import files, results_folder
 from harness.config import MODEL_NAMES, TRAINING_KEYS
 from harness.executor import Training
-from harness.flags import OneLineErrorParser
+from harness.flags import LIMITS, OneLineErrorParser, int_up_to
 from models_handling import make_optimizer
 from study.common import run_trainings, study_dir, write_rows, write_summary
 from study.intervals import FEWEST_SEEDS_TO_COMPARE, paired_difference, summary
@@ -20,6 +28,139 @@ ABOUT = "Any knob of main.py over several values, several models and seeds: test
 KNOBS = (*(key for key in TRAINING_KEYS if key not in ("verbose", "seed", "devices")), "val_split")
 
 
+@dataclass(frozen=True)
+class Line:
+    """One line of a grid's plot: a model, trained under some settings of its own."""
+
+    name: str  # a MODEL_NAMES name
+    changes: dict = field(default_factory=dict)  # e.g. {"bn_statistics": "moving"}
+    label: str = ""  # the model's name by default
+
+    def describe(self):
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training of the grid: a line at a point (its settings) for a seed."""
+
+    line: Line
+    point: dict
+    seed: int
+    training: Training
+
+
+def plan(config, lines, points, seeds, callback=None):
+    """Every line at every point (a dict of settings) for every seed."""
+    cells = []
+    for point in points:
+        for seed in seeds:
+            for line in lines:
+                settings = replace(config, seed=seed, **{**line.changes, **point})
+                where = ", ".join(f"{key} {value}" for key, value in point.items())
+                label = f"{where + ', ' if where else ''}seed {seed}: {line.describe()}"
+                cells.append(Cell(line, point, seed, Training(line.name, settings, label=label, callback=callback)))
+    return cells
+
+
+def train(config, cells, data, csv_path, row_of, resume=None):
+    """Every cell's training through the executor; `row_of(cell, done)` its
+    CSV row. Returns the rows and the Finished in the order of `cells` (None
+    for a training kept from earlier). The rows go to `csv_path` as each
+    training ends. Unless `resume` is None (a study that cannot resume), they
+    also go with their trainings' identities to a JSON beside it, and a true
+    `resume` (--resume 1) keeps the rows there of the same trainings on the
+    same data instead of training them again."""
+    record = {**data.record, "val_split": config.val_split}
+    keys = [identity_key(cell.training, record) for cell in cells]
+    earlier_path = csv_path.with_suffix(".trainings.json")
+    earlier = read_earlier(earlier_path) if resume is not None else {}
+    rows = [earlier.get(key) if resume else None for key in keys]
+    finished = [None] * len(cells)
+    todo = [index for index, row in enumerate(rows) if row is None]
+    if len(todo) < len(cells):
+        print(f"  {len(cells) - len(todo)} training(s) finished earlier with these settings and data: kept (--resume)")
+
+    def record_one(index, done):
+        rows[todo[index]], finished[todo[index]] = row_of(cells[todo[index]], done), done
+        done_rows = {key: row for key, row in zip(keys, rows) if row is not None}
+        write_rows(csv_path, list(done_rows.values()))  # kept if the study is interrupted
+        if resume is not None:  # earlier trainings outside this plan stay in the file
+            files.write_text(earlier_path, json.dumps({**earlier, **done_rows}, indent=1) + "\n")
+
+    if todo:
+        run_trainings(config, [cells[index].training for index in todo], data, record_one)
+    elif rows:
+        write_rows(csv_path, rows)
+    return rows, finished
+
+
+def identity_key(training, record):
+    identity = results_folder.run_identity(training.config.training_settings(), record)
+    return json.dumps({"model": training.name, **identity}, sort_keys=True)
+
+
+def read_earlier(path):
+    """The rows of an earlier run of the same grid; a damaged file counts as none."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return earlier if isinstance(earlier, dict) else {}
+
+
+def sweep(config, knob, values, lines, seeds, data, folder):
+    """Every line at every value of `knob` for every seed: grid.csv, grid.png
+    and summary.json in `folder`, and a table of the means printed."""
+    cells = plan(config, lines, [{knob: value} for value in values], seeds)
+
+    def row_of(cell, done):
+        result = done.result
+        return {
+            "model": cell.line.describe(),
+            knob: cell.point[knob],
+            "seed": cell.seed,
+            "test_accuracy": result.test_accuracy,
+            "test_loss": result.test_loss,
+            "diverged": result.diverged is not None,
+            "seconds": round(result.train_seconds, 1),
+        }
+
+    rows, _ = train(config, cells, data, folder / "grid.csv", row_of, config.resume)
+    labels = [line.describe() for line in lines]
+    result = {"knob": knob, "values": values, "seeds": seeds, "epochs": config.epochs, "models": {}}
+    for label in labels:
+        result["models"][label] = {}
+        for value in values:
+            mine = [row for row in rows if (row["model"], row[knob]) == (label, value)]
+            finished = [row["test_accuracy"] for row in mine if not row["diverged"]]
+            result["models"][label][str(value)] = {
+                **(summary(finished) if finished else {"n": 0}),
+                "diverged": sum(row["diverged"] for row in mine),
+            }
+    reference = labels[0]
+    result["minus_" + reference] = {
+        label: {str(value): difference(rows, knob, value, label, reference) for value in values} for label in labels[1:]
+    }
+    print(f"\ntest accuracy over seeds {seeds}, mean (95 % interval)")
+    print(f"{knob:>14}  " + "  ".join(f"{label:>30}" for label in labels))
+    for value in values:
+        cells_text = [cell_text(result["models"][label][str(value)]) for label in labels]
+        print(f"{value!s:>14}  " + "  ".join(f"{text:>30}" for text in cells_text))
+    visualizations.plot_grid(
+        knob,
+        values,
+        {label: [result["models"][label][str(value)] for value in values] for label in labels},
+        folder / "grid.png",
+        f"{len(seeds)} seeds, {config.epochs} epochs; band: 95 % interval of the mean",
+    )
+    write_summary(folder, result)
+    return result
+
+
+# ---------------------------------------------------------------- the grid command
+
+
 def add_arguments(parser, flag):
     def knob_and_values(text):
         """KNOB=V1,V2,...: each value parsed and bounded exactly as main.py's --KNOB parses it."""
@@ -28,21 +169,7 @@ def add_arguments(parser, flag):
             raise argparse.ArgumentTypeError(
                 f"expected KNOB=V1,V2,... with KNOB one of {', '.join(KNOBS)}; got {text!r}"
             )
-        one_flag = OneLineErrorParser(add_help=False)
-        flag(one_flag, knob)
-        action = one_flag._actions[-1]  # main.py's --KNOB: its type and choices
-        parsed = []
-        for value in values.split(","):
-            try:
-                value = action.type(value) if action.type else value
-            except argparse.ArgumentTypeError as error:
-                raise argparse.ArgumentTypeError(f"{knob}: {error}") from None
-            if action.choices is not None and value not in action.choices:
-                raise argparse.ArgumentTypeError(
-                    f"{knob}: {value!r} is not one of {', '.join(map(str, action.choices))}"
-                )
-            parsed.append(value)
-        return knob, parsed
+        return knob, [parse_like_main(flag, knob, value) for value in values.split(",")]
 
     parser.add_argument(
         "--vary",
@@ -51,21 +178,60 @@ def add_arguments(parser, flag):
         metavar="KNOB=V1,V2,...",
         help=f"the knob and its values, each as main.py's flag of that name takes it; KNOB one of {', '.join(KNOBS)}",
     )
+    add_models(parser, default=["lenet", "lenet_fc_bn2"])
+    add_seed_count(parser, FEWEST_SEEDS_TO_COMPARE)
+    add_resume(parser, flag)
+
+
+def parse_like_main(flag, knob, value):
+    """One value of a knob, parsed and bounded as main.py's --KNOB parses it."""
+    one_flag = OneLineErrorParser(add_help=False)
+    flag(one_flag, knob)
+    action = one_flag._actions[-1]  # main.py's --KNOB: its type and choices
+    try:
+        value = action.type(value) if action.type else value
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{knob}: {error}") from None
+    if action.choices is not None and value not in action.choices:
+        raise argparse.ArgumentTypeError(f"{knob}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+    return value
+
+
+def add_models(parser, default):
+    def models(text):
+        names = text.split(",")
+        for name in names:
+            if name not in MODEL_NAMES:
+                raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(MODEL_NAMES)}")
+        return names
+
     parser.add_argument(
         "--models",
-        nargs="+",
-        choices=MODEL_NAMES,
-        default=["lenet", "lenet_fc_bn2"],
-        metavar="MODEL",
-        help="the models to train at every value (the first is the reference of the paired differences)",
+        type=models,
+        default=default,
+        metavar="M1,M2,...",
+        help="the models to train at every value, comma-separated (the first is the reference of the paired "
+        f"differences); of {', '.join(MODEL_NAMES)}",
     )
+
+
+def add_seed_count(parser, default):
+    parser.add_argument(
+        "--seeds",
+        type=int_up_to(LIMITS["seeds"]),
+        default=default,
+        metavar="N",
+        help="how many seeds (0 to N-1): one training of every model at every value per seed; each seed fixes "
+        f"the split, the initial weights and the shuffling (comparisons want {FEWEST_SEEDS_TO_COMPARE} or more)",
+    )
+
+
+def add_resume(parser, flag):
     flag(
         parser,
-        "seed",
-        "--seeds",
-        nargs="+",
-        default=list(range(FEWEST_SEEDS_TO_COMPARE)),
-        help="one training of every model at every value per seed",
+        "resume",
+        help="1: keep the trainings an earlier run of this study finished with the same settings and data "
+        "(recorded beside its CSV, in .trainings.json) and train only the others; 0: train them all",
     )
 
 
@@ -76,67 +242,19 @@ def run(config, args):
         for value in values:
             changed = replace(config, **{knob: value})
             make_optimizer(changed.optimizer, changed.learning_rate)
-    data = utils.load(config)
-    plan = [
-        Training(name, replace(config, seed=seed, **{knob: value}), label=f"{knob} {value}, seed {seed}: {name}")
-        for value in values
-        for seed in args.seeds
-        for name in args.models
-    ]
-    folder, rows = study_dir(config, "grid") / knob, [None] * len(plan)
-
-    def record(index, done):
-        training, result = plan[index], done.result
-        rows[index] = {
-            "model": training.name,
-            knob: getattr(training.config, knob),
-            "seed": training.config.seed,
-            "test_accuracy": result.test_accuracy,
-            "test_loss": result.test_loss,
-            "diverged": result.diverged is not None,
-            "seconds": round(result.train_seconds, 1),
-        }
-        write_rows(folder / "grid.csv", [row for row in rows if row])  # kept if the study is interrupted
-
-    run_trainings(config, plan, data, record)
-    result = {"knob": knob, "values": values, "seeds": args.seeds, "epochs": config.epochs, "models": {}}
-    for name in args.models:
-        result["models"][name] = {}
-        for value in values:
-            mine = [row for row in rows if (row["model"], row[knob]) == (name, value)]
-            finished = [row["test_accuracy"] for row in mine if not row["diverged"]]
-            result["models"][name][str(value)] = {
-                **(summary(finished) if finished else {"n": 0}),
-                "diverged": sum(row["diverged"] for row in mine),
-            }
-    reference = args.models[0]
-    result["minus_" + reference] = {
-        name: {str(value): difference(rows, knob, value, name, reference) for value in values}
-        for name in args.models[1:]
-    }
-    print(f"\ntest accuracy over seeds {args.seeds}, mean (95 % interval)")
-    print(f"{knob:>14}  " + "  ".join(f"{name:>30}" for name in args.models))
-    for value in values:
-        cells = [result["models"][name][str(value)] for name in args.models]
-        print(f"{value!s:>14}  " + "  ".join(f"{cell_text(cell):>30}" for cell in cells))
-    visualizations.plot_grid(
-        knob,
-        values,
-        {name: [result["models"][name][str(value)] for value in values] for name in args.models},
-        folder / "grid.png",
-        f"{len(args.seeds)} seeds, {config.epochs} epochs; band: 95 % interval of the mean",
+    lines = [Line(name) for name in args.models]
+    return sweep(
+        config, knob, values, lines, list(range(args.seeds)), utils.load(config), study_dir(config, "grid") / knob
     )
-    write_summary(folder, result)
-    return result
 
 
-def difference(rows, knob, value, name, reference):
-    """name minus reference at one value, paired by seed (seeds where either diverged left out)."""
+def difference(rows, knob, value, label, reference):
+    """label minus reference at one value, paired by seed (seeds where either diverged left out)."""
     by_seed = {}
     for row in rows:
-        if row[knob] == value and row["model"] in (name, reference) and not row["diverged"]:
+        if row[knob] == value and row["model"] in (label, reference) and not row["diverged"]:
             by_seed.setdefault(row["seed"], {})[row["model"]] = row["test_accuracy"]
-    pairs = [(both[name], both[reference]) for both in by_seed.values() if len(both) == 2]
+    pairs = [(both[label], both[reference]) for both in by_seed.values() if len(both) == 2]
     return paired_difference(*zip(*pairs)) if len(pairs) >= 2 else {"n": len(pairs)}
 
 

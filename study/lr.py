@@ -1,15 +1,13 @@
 """lr: lenet and lenet_fc_bn2 with plain SGD at several learning rates."""
 
-from dataclasses import replace
-
 import keras
 
 import models_handling
 import utils
 import visualizations
-from harness.executor import Training
 from harness.precise import with_precise_statistics
-from study.common import accuracy_of, run_trainings, study_dir, write_rows, write_summary
+from study.common import accuracy_of, study_dir, write_summary
+from study.grid import Line, add_resume, plan, train
 
 ABOUT = "lenet and lenet_fc_bn2 with plain SGD at several learning rates, test accuracy under both statistics rules."
 
@@ -23,31 +21,26 @@ def add_arguments(parser, flag):
         default=[0.01, 0.1, 1.0, 10.0],
         help="SGD learning rates; the default optimizer at its own rate is always added",
     )
+    add_resume(parser, flag)
 
 
 def run(config, args):
     """lenet and lenet_fc_bn2 with plain SGD at several learning rates, and with
-    the default optimizer for reference, all for the same number of epochs."""
+    the default optimizer for reference, all for the same number of epochs:
+    a grid over (optimizer, rate) points with one seed."""
     data = utils.load(config)
     splits = data.splits(config.val_split, config.seed)
-    runs = [("sgd", rate) for rate in args.rates] + [(config.optimizer, None)]
     # Training does not depend on the rule, so one run under `moving` gives
     # both: its own test accuracy, and the `precise` one after the refill
     # that rule would have made after the last epoch.
-    plan = [
-        Training(
-            name,
-            replace(config, optimizer=optimizer, learning_rate=rate, bn_statistics="moving"),
-            label=f"{name}, {optimizer} at {rate if rate else 'its default rate'}",
-        )
-        for name in ("lenet", "lenet_fc_bn2")
-        for optimizer, rate in runs
-    ]
-    rows = [None] * len(plan)
+    lines = [Line(name, {"bn_statistics": "moving"}) for name in ("lenet", "lenet_fc_bn2")]
+    points = [{"optimizer": "sgd", "learning_rate": rate} for rate in args.rates]
+    points.append({"optimizer": config.optimizer, "learning_rate": None})
+    cells = sorted(plan(config, lines, points, [config.seed]), key=lambda cell: lines.index(cell.line))
+    folder = study_dir(config, "lr")
 
-    def record(index, done):
-        training, result = plan[index], done.result
-        config, has_norm = training.config, training.name != "lenet"
+    def row_of(cell, done):
+        config, result, has_norm = cell.training.config, done.result, cell.line.name != "lenet"
         # A diverged run (run_model stops it at its first non-finite loss)
         # has no test figures.
         diverged = result.diverged is not None
@@ -60,8 +53,10 @@ def run(config, args):
                 with_precise_statistics(done.load_model(), splits.x_train, config), splits.x_test, splits.y_test, 1000
             )[0]
         )
-        rows[index] = {
-            "model": training.name,
+        if has_norm and not diverged:  # the line above it gave the moving statistics' figures
+            print(f"  {cell.training.describe()}: with precise statistics, test accuracy {precise:.4f}", flush=True)
+        return {
+            "model": cell.line.name,
             "optimizer": config.optimizer,
             "learning_rate": rate_used,
             "test_accuracy": precise,
@@ -69,13 +64,8 @@ def run(config, args):
             "test_loss_moving": result.test_loss,
             "diverged": diverged,
         }
-        if has_norm and not diverged:  # the line above it gave the moving statistics' figures
-            print(f"  {training.describe()}: with precise statistics, test accuracy {precise:.4f}", flush=True)
-        write_rows(study_dir(config, "lr") / "lr.csv", [row for row in rows if row])  # kept if interrupted
 
-    run_trainings(config, plan, data, record)
-
-    folder = study_dir(config, "lr")
+    rows, _ = train(config, cells, data, folder / "lr.csv", row_of, config.resume)
     sgd_rows = [row for row in rows if row["optimizer"] == "sgd"]
     references = {
         f"{row['model']}, {row['optimizer']} at its default rate {row['learning_rate']:g}": row["test_accuracy"]

@@ -3,16 +3,15 @@ accuracy and steps to a target validation accuracy, each with its 95 %
 interval, and the paired differences that say which gaps are real."""
 
 import functools
-from dataclasses import replace
 
 import utils
 import visualizations
 from harness import results_folder
 from harness.callbacks import ValidationCurve, first_step_at
 from harness.config import BN_STATISTICS, VARIANTS
-from harness.executor import Training
 from harness.flags import LIMITS, float_up_to, int_up_to
-from study.common import run_trainings, study_dir, write_rows, write_summary
+from study.common import study_dir, write_rows, write_summary
+from study.grid import Line, plan, train
 from study.intervals import FEWEST_SEEDS_TO_COMPARE, difference_words, paired_difference, spread_text, summary
 
 ABOUT = (
@@ -78,33 +77,26 @@ def run(config, args):
         print(f"  {len(args.seeds)} seeds: intervals will be wide; comparisons want {FEWEST_SEEDS_TO_COMPARE} or more")
     data = utils.load(config)
     curve = functools.partial(make_curve, every=args.every)
-    plan = [
-        Training(
-            name,
-            replace(config, seed=seed, bn_statistics=rule),
-            callback=curve,
-            label=f"seed {seed}, {rule} statistics: {name}",
-        )
-        for seed in args.seeds
-        for rule in args.rules
-        for name in args.models
+    lines = [
+        Line(name, {"bn_statistics": rule}, f"{rule} statistics: {name}") for rule in args.rules for name in args.models
     ]
-    folder, rows = study_dir(config, "seeds"), [None] * len(plan)
+    cells = plan(config, lines, [{}], args.seeds, callback=curve)
+    folder = study_dir(config, "seeds")
 
-    def record(index, done):
-        training, result = plan[index], done.result
-        rows[index] = {
-            "model": training.name,
-            "bn_statistics": training.config.bn_statistics,
-            "seed": training.config.seed,
+    def row_of(cell, done):
+        result = done.result
+        return {
+            "model": cell.line.name,
+            "bn_statistics": cell.training.config.bn_statistics,
+            "seed": cell.seed,
             "test_accuracy": result.test_accuracy,
             "test_loss": result.test_loss,
             "best_val_accuracy": max(done.report["val_accuracy"]),
             "epochs_trained": len(result.history["loss"]),
         }
-        write_rows(folder / "seeds.csv", [row for row in rows if row])  # kept if the study is interrupted
 
-    finished = run_trainings(config, plan, data, record)
+    # No --resume: the plots want every training's curve and history.
+    rows, finished = train(config, cells, data, folder / "seeds.csv", row_of, resume=None)
     curves = [done.report for done in finished]
     write_rows(
         folder / "validation_curves.csv",
@@ -130,7 +122,7 @@ def run(config, args):
         target = args.target or (min(best) if best else min(row["best_val_accuracy"] for row in rows))
         steps = {name: per_seed(rule, name, [first_step_at(c, target) for c in curves]) for name in args.models}
         accuracy = {name: per_seed(rule, name, [row["test_accuracy"] for row in rows]) for name in args.models}
-        plot_rule(rule, args.models, [(t, d) for t, d in zip(plan, finished)], folder)
+        plot_rule(rule, args.models, [(cell.training, done) for cell, done in zip(cells, finished)], folder)
         summaries["rules"][rule] = rule_summary(rule, args.models, accuracy, steps, target)
         summaries["rules"][rule]["epochs_trained"] = {
             name: summary(per_seed(rule, name, [row["epochs_trained"] for row in rows])) for name in args.models

@@ -463,11 +463,9 @@ def test_grid_trains_every_model_at_every_value_for_every_seed(small_npz, tmp_pa
             "--vary",
             "batch_size=32,64",
             "--models",
-            "lenet",
-            "lenet_bn1",
+            "lenet,lenet_bn1",
             "--seeds",
-            0,
-            1,
+            2,
             "--data",
             small_npz,
             "--results_dir",
@@ -502,6 +500,8 @@ def test_grid_trains_every_model_at_every_value_for_every_seed(small_npz, tmp_pa
     [
         ("batch_size=0,4", "argument --vary: batch_size: expected an integer from 1 to 65536, got '0'"),
         ("seed=1,2", "argument --vary: expected KNOB=V1,V2,... with KNOB one of"),
+        ("batch_size=4 --models lenet,lenet_bx", "argument --models: 'lenet_bx' is not one of lenet, lenet_bn1"),
+        ("batch_size=4 --seeds 0", "argument --seeds: expected an integer from 1 to 1000, got '0'"),
         ("bn_statistics=precise,nope", "argument --vary: bn_statistics: 'nope' is not one of precise, moving"),
         ("optimizer=adam,nonesuch", "--optimizer nonesuch: not a Keras optimizer"),
     ],
@@ -509,7 +509,8 @@ def test_grid_trains_every_model_at_every_value_for_every_seed(small_npz, tmp_pa
 def test_grid_refuses_a_value_main_py_would_refuse_in_one_line(vary, message, small_npz, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(utils, "load", lambda *args: pytest.fail("data loaded despite a bad value"))
     try:
-        code = studies.main(["grid", "--vary", vary, "--data", str(small_npz), "--results_dir", str(tmp_path)])
+        argv = ["grid", "--vary", *vary.split(" "), "--data", str(small_npz), "--results_dir", str(tmp_path)]
+        code = studies.main(argv)
     except SystemExit as exit_:
         code = exit_.code
     err = capsys.readouterr().err
@@ -528,3 +529,67 @@ def test_the_grid_plot_marks_diverged_trainings_and_uses_a_log_axis_past_a_facto
     wide, narrow = (figure.axes[0] for figure in figures)
     assert wide.get_xscale() == "log" and narrow.get_xscale() == "linear"  # 100x against 16x
     assert [text.get_text() for text in wide.texts] == ["2 diverged"]
+
+
+def test_grid_resume_trains_only_what_an_earlier_run_did_not_finish(small_npz, tmp_path, capsys, monkeypatch):
+    from study import grid
+
+    trained = []
+    real = grid.run_trainings
+
+    def counting(config, plan, data, on_finished):
+        trained.append([training.describe() for training in plan])
+        return real(config, plan, data, on_finished)
+
+    monkeypatch.setattr(grid, "run_trainings", counting)
+    common = ["grid", "--models", "lenet", "--seeds", 2, "--data", small_npz, "--results_dir", tmp_path, *FAST]
+    run_study([*common, "--vary", "window_size=3"], capsys)
+    first = read_csv(tmp_path / "grid" / "window_size" / "grid.csv")
+    run_study([*common, "--vary", "window_size=3,4", "--resume", 1], capsys)
+    assert trained[1] == ["window_size 4, seed 0: lenet", "window_size 4, seed 1: lenet"]  # 3 kept
+    rows = read_csv(tmp_path / "grid" / "window_size" / "grid.csv")
+    assert [row for row in rows if row["window_size"] == "3"] == first  # the kept rows, as they were
+    assert sorted(row["window_size"] for row in rows) == ["3", "3", "4", "4"]
+    # Other settings are other trainings: two epochs train all four again.
+    run_study([*common, "--vary", "window_size=3,4", "--resume", 1, "--epochs", 2], capsys)
+    assert len(trained[2]) == 4
+    # A damaged record is no record: everything trains again, and it is rewritten.
+    (tmp_path / "grid" / "window_size" / "grid.trainings.json").write_text("{not json")
+    run_study([*common, "--vary", "window_size=3", "--resume", 1], capsys)
+    assert len(trained[3]) == 2
+    run_study([*common, "--vary", "window_size=3", "--resume", 1], capsys)
+    assert len(trained) == 4  # all kept: nothing handed to the executor
+
+
+def test_the_batch_size_and_init_presets_are_grids_of_the_issues_settings(monkeypatch, small_npz, tmp_path, capsys):
+    from study import batch_size, init
+
+    calls = []
+
+    def sweep(config, knob, values, lines, seeds, data, folder):
+        calls.append((knob, values, [line.describe() for line in lines], seeds, config.epochs, folder.name))
+        # A made-up peak at s = 0.01, 0.025 lower per decade away from it.
+        per_value = {str(value): {"n": 3, "mean": 0.9 - 0.025 * abs(np.log10(value) + 2)} for value in values}
+        return {"models": {line.name: per_value for line in lines}}
+
+    monkeypatch.setattr(batch_size, "sweep", sweep)
+    monkeypatch.setattr(init, "sweep", sweep)
+    run_study(["batch_size", "--data", small_npz, "--results_dir", tmp_path], capsys)
+    run_study(["init", "--data", small_npz, "--results_dir", tmp_path], capsys)
+    (knob, sizes, lines, seeds, epochs, folder), init_call = calls
+    assert (knob, sizes, seeds, epochs, folder) == (
+        "batch_size",
+        [2, 4, 8, 16, 32, 64, 128, 256],
+        [0, 1, 2],
+        3,
+        "batch_size",
+    )
+    assert lines == ["lenet", "lenet_fc_bn2 precise", "lenet_fc_bn2 moving", "lenet_gn", "lenet_ln"]
+    assert init_call[0] == "init_std" and init_call[2] == ["lenet", "lenet_fc_bn2"]
+    scales = init_call[1]
+    assert len(scales) >= 12 and scales[0] == 1.0 and scales[-1] == 1e-4
+    assert np.allclose(np.diff(np.log10(scales)), -1 / 3, atol=0.01)  # three per decade
+    # Within 0.02 of the best (0.9 at s = 0.01): 0.8 of a decade each way: 0.00215 to 0.0464 of the grid.
+    near = read_summary(tmp_path / "init")["near_best"]["lenet"]
+    assert (near["best_at"], near["lowest"], near["highest"], near["count"]) == (0.01, 0.00215, 0.0464, 5)
+    assert near["factor"] == pytest.approx(21.6, abs=0.1)
