@@ -435,13 +435,17 @@ class LeNet5(keras.Model):
         """One affine layer and its sigmoid, with BN (where there is BN) before
         the sigmoid or after it: (what the sigmoid receives, what goes on)."""
         z = self.affine[name](x)
-        norm = self.norm.get(name)
-        if norm is not None and self.bn_placement == "before":
-            z = norm(z, training=training)
+        normalized = name in self.norm
+        if normalized and self.bn_placement == "before":
+            z = self.normalize(name, z, training)
         a = ops.sigmoid(z)
-        if norm is not None and self.bn_placement == "after":
-            a = norm(a, training=training)
+        if normalized and self.bn_placement == "after":
+            a = self.normalize(name, a, training)
         return z, a
+
+    def normalize(self, name, x, training):
+        """The normalization at `name` (a subclass may add to it: study/noisy_bn.py)."""
+        return self.norm[name](x, training=training)
 
     def layer_outputs(self, images, training=False):
         """Every stage's output, by name. C1, C3, C5 and F6 are the sigmoids'

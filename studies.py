@@ -1,4 +1,4 @@
-"""What batch normalization does here: nine studies, each one command.
+"""What batch normalization does here: eleven studies, each one command.
 
     python studies.py keras_check --data mnist.npz   # ours against keras.layers.BatchNormalization
     python studies.py seeds --data mnist.npz         # the five variants over seeds, both statistics rules
@@ -9,6 +9,8 @@
     python studies.py grid --vary batch_size=8,64 --data mnist.npz   # any knob over its values, models x seeds
     python studies.py batch_size --data mnist.npz    # BN, GroupNorm, LayerNorm at batch sizes 2 to 256 (a grid)
     python studies.py init --data mnist.npz          # the initial weights' scale, 1 to 1e-4, with and without BN
+    python studies.py landscape --data mnist.npz     # why BN helps: the loss landscape along the gradient
+    python studies.py noisy_bn --data mnist.npz      # why BN helps: noise after BN, more shift, still trains
 
 Each writes PNGs, a CSV of its numbers and a summary.json into
 <results_dir>/<study>/ (default results/studies/<study>/). Every setting not
@@ -31,7 +33,7 @@ from main import DEFAULTS, add_flag
 
 utils.import_tensorflow_quietly()  # before the study modules import it
 
-from study import batch_size, figure1, grid, init, keras_check, lr, replicas, seeds, window
+from study import batch_size, figure1, grid, init, keras_check, landscape, lr, noisy_bn, replicas, seeds, window
 from study.common import study_dir
 
 STUDIES = {
@@ -44,9 +46,11 @@ STUDIES = {
     "grid": grid,
     "batch_size": batch_size,
     "init": init,
+    "landscape": landscape,
+    "noisy_bn": noisy_bn,
 }
 # main.py's flags that every study takes (seed but in those that take several).
-SEVERAL_SEEDS = ("seeds", "grid", "batch_size", "init")
+SEVERAL_SEEDS = ("seeds", "grid", "batch_size", "init", "landscape", "noisy_bn")
 SHARED_FLAGS = ("data", "dataset", "epochs", "results_dir", "verbose", "jit_compile", "jobs", "cluster", "seed")
 
 

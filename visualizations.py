@@ -93,7 +93,7 @@ def plot_side_by_side(histories, path, title):
     save_figure(figure, path)
 
 
-def plot_figure1(curves, layer, path, title):
+def plot_figure1(curves, layer, path, title, accuracy_label="test accuracy"):
     """The BN paper's Figure 1: (a) test accuracy against training step for
     each network, then per network the 15th, 50th and 85th percentiles of
     one `layer` sigmoid's input against training step, all on one y-scale
@@ -114,7 +114,7 @@ def plot_figure1(curves, layer, path, title):
 
     for name, curve in curves.items():
         draw(accuracy_axes, curve["step"], curve["test_accuracy"], name, bounds=(0, 1))  # an accuracy's range
-    accuracy_axes.set(title="(a) test accuracy", xlabel="training step", ylabel="test accuracy")
+    accuracy_axes.set(title=f"(a) {accuracy_label}", xlabel="training step", ylabel=accuracy_label)
     accuracy_axes.legend()
     for axes, (name, curve), letter in zip(percentile_axes, curves.items(), "bcdef"):
         for key, label in (("p85", "85th percentile"), ("p50", "median"), ("p15", "15th percentile")):
@@ -265,4 +265,24 @@ def plot_grid(knob, values, cells, path, note):
     axes.set(title=f"test error against {knob} ({note})", xlabel=knob, ylabel="test error (1 - accuracy)")
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8)
+    save_figure(figure, path)
+
+
+def plot_panels(banded, panels, path, title, log_scale=()):
+    """One panel per (key, panel title, y label) of `panels`, one line per
+    network of `banded` ({name: {"step": [...], key: (mean, low, high)}}, as
+    study.intervals.band_curves gives it) against training step, its band
+    shaded; a log y-axis for the keys in `log_scale`."""
+    figure, all_axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    for axes, (key, panel_title, ylabel) in zip(all_axes[0], panels):
+        for name, curve in banded.items():
+            mean, low, high = curve[key]
+            (line,) = axes.plot(curve["step"], mean, label=name)
+            axes.fill_between(curve["step"], low, high, color=line.get_color(), alpha=0.2)
+        if key in log_scale:
+            axes.set_yscale("log")
+        axes.set(title=panel_title, xlabel="training step", ylabel=ylabel)
+        axes.grid(alpha=0.3, which="both")
+        axes.legend(fontsize=8)
+    figure.suptitle(title)
     save_figure(figure, path)

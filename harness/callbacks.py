@@ -51,6 +51,18 @@ class EpochOrder(keras.callbacks.Callback):
         return self.orders[self.epoch]
 
 
+@contextlib.contextmanager
+def restored_afterwards(model):
+    """Whatever the block does to `model`'s variables (weights, BN's windows
+    and counters) undone when it ends: a probe leaves the run as it was."""
+    saved = [variable.numpy() for variable in model.variables]
+    try:
+        yield model
+    finally:
+        for variable, value in zip(model.variables, saved):
+            variable.assign(value)
+
+
 class StopOnDivergence(keras.callbacks.Callback):
     """Stop training at the first step whose loss is not finite, and remember
     where (Keras's TerminateOnNaN stops too, but only prints the place)."""

@@ -18,7 +18,7 @@ from harness.executor import Training
 from harness.flags import LIMITS, float_up_to, int_up_to
 from lenet import BatchNorm
 from study.common import accuracy_of, run_trainings, study_dir, write_rows, write_summary
-from study.intervals import summary
+from study.intervals import band_curves, summary
 
 ABOUT = "The BN paper's Figure 1: percentiles of one sigmoid's input during training, over seeds."
 # Each setup: the two networks, the layer whose sigmoid input is followed (its
@@ -213,7 +213,12 @@ def run(config, args):
         f"{config.epochs * steps_per_epoch} steps of {config.optimizer}, {len(args.seeds)} seed(s) "
         "(band: 95 % interval of the mean)"
     )
-    visualizations.plot_figure1(band_curves(curves), setup["layer"], folder / f"figure1_{args.setup}.png", title)
+    visualizations.plot_figure1(
+        band_curves(curves, ("test_accuracy", "p15", "p50", "p85")),
+        setup["layer"],
+        folder / f"figure1_{args.setup}.png",
+        title,
+    )
     result = {
         "setup": args.setup,
         "layer": setup["layer"],
@@ -244,17 +249,3 @@ def run(config, args):
         )
     write_summary(folder, result, f"summary_{args.setup}.json")
     return result
-
-
-def band_curves(curves):
-    """Per network, each measured series' mean over the seeds and its 95 %
-    interval: {name: {key: (mean, low, high)}}."""
-    banded = {}
-    for name, runs in curves.items():
-        banded[name] = {"step": runs[0]["step"]}
-        for key in ("test_accuracy", "p15", "p50", "p85"):
-            per_step = [summary(values) for values in zip(*(run[key] for run in runs))]
-            banded[name][key] = tuple(
-                [s[part] if s[part] is not None else s["mean"] for s in per_step] for part in ("mean", "low", "high")
-            )
-    return banded

@@ -35,6 +35,7 @@ class Line:
     name: str  # a MODEL_NAMES name
     changes: dict = field(default_factory=dict)  # e.g. {"bn_statistics": "moving"}
     label: str = ""  # the model's name by default
+    build: object = None  # a picklable callable config -> compiled model (executor.Training.build)
 
     def describe(self):
         return self.label or self.name
@@ -59,7 +60,8 @@ def plan(config, lines, points, seeds, callback=None):
                 settings = replace(config, seed=seed, **{**line.changes, **point})
                 where = ", ".join(f"{key} {value}" for key, value in point.items())
                 label = f"{where + ', ' if where else ''}seed {seed}: {line.describe()}"
-                cells.append(Cell(line, point, seed, Training(line.name, settings, label=label, callback=callback)))
+                training = Training(line.name, settings, label=label, build=line.build, callback=callback)
+                cells.append(Cell(line, point, seed, training))
     return cells
 
 
@@ -72,7 +74,7 @@ def train(config, cells, data, csv_path, row_of, resume=None):
     `resume` (--resume 1) keeps the rows there of the same trainings on the
     same data instead of training them again."""
     record = {**data.record, "val_split": config.val_split}
-    keys = [identity_key(cell.training, record) for cell in cells]
+    keys = [identity_key(cell, record) for cell in cells]
     earlier_path = csv_path.with_suffix(".trainings.json")
     earlier = read_earlier(earlier_path) if resume is not None else {}
     rows = [earlier.get(key) if resume else None for key in keys]
@@ -95,9 +97,10 @@ def train(config, cells, data, csv_path, row_of, resume=None):
     return rows, finished
 
 
-def identity_key(training, record):
-    identity = results_folder.run_identity(training.config.training_settings(), record)
-    return json.dumps({"model": training.name, **identity}, sort_keys=True)
+def identity_key(cell, record):
+    """A training's identity: its line (the model, and how it was built), settings and data."""
+    identity = results_folder.run_identity(cell.training.config.training_settings(), record)
+    return json.dumps({"line": cell.line.describe(), "model": cell.line.name, **identity}, sort_keys=True)
 
 
 def read_earlier(path):

@@ -92,3 +92,19 @@ def difference_words(d, digits=4):
         return f"{d['mean']:+.{digits}f} from one seed: not enough to tell"
     interval = f"{d['mean']:+.{digits}f} (95 % interval {d['low']:+.{digits}f} to {d['high']:+.{digits}f}, n={d['n']})"
     return interval if d["real"] else f"no difference at this precision: {interval}"
+
+
+def band_curves(curves, keys):
+    """Per network, each of `keys`' series' mean over the seeds and its 95 %
+    interval (the mean where one seed gives no interval), step by step:
+    {name: {"step": steps, key: (mean, low, high)}} from {name: [one dict of
+    lists per seed, "step" among them]}."""
+    banded = {}
+    for name, runs in curves.items():
+        banded[name] = {"step": runs[0]["step"]}
+        for key in keys:
+            per_step = [summary(values) for values in zip(*(run[key] for run in runs))]
+            banded[name][key] = tuple(
+                [s[part] if s[part] is not None else s["mean"] for s in per_step] for part in ("mean", "low", "high")
+            )
+    return banded
