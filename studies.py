@@ -101,8 +101,8 @@ def main(argv=None):
         return 1
     except KeyboardInterrupt:
         print(
-            "\ninterrupted: seeds and lr keep the CSV of every run that finished; the other studies "
-            "write their files only when they end",
+            "\ninterrupted: the studies built on the grid keep the CSV of every run that finished (lr, grid, "
+            "batch_size and init: --resume 1 trains only the rest); the others write their files only when they end",
             file=sys.stderr,
         )
         return 130

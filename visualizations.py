@@ -244,7 +244,8 @@ def plot_grid(knob, values, cells, path, note):
             (line,) = axes.plot(xs, [1 - cell["mean"] for _, cell in shown], marker="o", label=name)
             low = [1 - (cell["high"] if cell["high"] is not None else cell["mean"]) for _, cell in shown]
             high = [1 - (cell["low"] if cell["low"] is not None else cell["mean"]) for _, cell in shown]
-            axes.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
+            # An error rate lies in [0, 1]; three seeds' interval can reach past it.
+            axes.fill_between(xs, np.clip(low, 0, 1), np.clip(high, 0, 1), color=line.get_color(), alpha=0.2)
             color = line.get_color()
         for x, cell in zip(positions, per_value):
             if cell.get("diverged"):
@@ -259,9 +260,11 @@ def plot_grid(knob, values, cells, path, note):
                 )
     if logarithmic:
         axes.set_xscale("log")
-    if not numeric or logarithmic:
+    if not numeric or (logarithmic and len(values) <= 8):
         axes.set_xticks(positions, [str(value) for value in values])
         axes.minorticks_off()  # the log axis's own labels would overprint the values
+    elif logarithmic:  # more values than fit as labels: the log axis's own decades
+        axes.minorticks_off()
     axes.set(title=f"test error against {knob} ({note})", xlabel=knob, ylabel="test error (1 - accuracy)")
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8)

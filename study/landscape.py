@@ -176,27 +176,32 @@ def run(config, args):
             "  test accuracy   "
             + "  ".join(f"{line.name} {spread_text(part['test_accuracy'][line.name])}" for line in lines)
         )
-        curves = {
-            line.name: [
-                {
-                    key: [
-                        p[key] for p in probes if (p["model"], p["learning_rate"], p["seed"]) == (line.name, rate, seed)
-                    ]
-                    for key in ("step", *MEASURES)
-                }
-                for seed in seeds
-            ]
-            for line in lines
-        }
-        visualizations.plot_panels(
-            band_curves(curves, MEASURES),
-            PANELS,
-            folder / f"landscape_{rate:g}.png",
-            f"{config.optimizer} at {rate:g}, {len(seeds)} seeds; band: 95 % interval of the mean",
-            log_scale=MEASURES,
-        )
+        plot_rate(probes, rate, lines, seeds, folder, f"{config.optimizer} at {rate:g}")
     write_summary(folder, result)
     return result
+
+
+def plot_rate(probes, rate, lines, seeds, folder, setting):
+    """Figure 4's three panels at one rate. The measures are positive and
+    span decades, so each band is the 95 % interval of the mean of their
+    logarithms over the seeds (a geometric mean and its interval), drawn on
+    log axes; an arithmetic interval of three seeds reaches below zero."""
+
+    def log_curve(name, seed):
+        mine = [p for p in probes if (p["model"], p["learning_rate"], p["seed"]) == (name, rate, seed)]
+        return {"step": [p["step"] for p in mine], **{m: [np.log10(max(p[m], 1e-12)) for p in mine] for m in MEASURES}}
+
+    banded = band_curves({line.name: [log_curve(line.name, seed) for seed in seeds] for line in lines}, MEASURES)
+    for curve in banded.values():
+        for measure in MEASURES:
+            curve[measure] = tuple([10.0**value for value in part] for part in curve[measure])
+    visualizations.plot_panels(
+        banded,
+        PANELS,
+        folder / f"landscape_{rate:g}.png",
+        f"{setting}, {len(seeds)} seeds; line: geometric mean, band: its 95 % interval",
+        log_scale=MEASURES,
+    )
 
 
 def rate_summary(rate, lines, seeds, probes, rows):

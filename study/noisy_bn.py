@@ -153,7 +153,6 @@ def add_arguments(parser, flag):
         "--every", type=int_up_to(LIMITS["steps"]), default=10, help="a point every this many training steps"
     )
     add_seed_count(parser, 3)
-    parser.set_defaults(epochs=3)
 
 
 def run(config, args):

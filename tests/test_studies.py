@@ -358,7 +358,7 @@ def test_a_study_says_what_it_does_and_keeps_finished_runs_when_interrupted(smal
     assert "lenet: training 1 epochs on 170 images ..." in out
     assert "lenet: test accuracy" in out
     assert "lenet_bn1: training 1 epochs" in out and "lenet_bn1: test accuracy" not in out
-    assert "seeds and lr keep the CSV of every run that finished" in err
+    assert "the studies built on the grid keep the CSV of every run that finished" in err
     rows = read_csv(tmp_path / "seeds" / "seeds.csv")
     assert [(row["model"], row["seed"]) for row in rows] == [("lenet", "0")]
 
