@@ -40,13 +40,15 @@ class ShiftNoise(keras.layers.Layer):
         super().__init__(**kwargs)
         self.mean, self.scale, self.seed = mean, scale, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # 1: on in training; 0 while NoisyLeNet5 refills BN's inference statistics.
+        self.on = self.add_weight(shape=(), initializer="ones", trainable=False, name="on")
 
     def call(self, x, training=False):
         if not training:
             return x
         channels = (x.shape[-1],)
-        shift = keras.random.uniform(channels, -self.mean, self.mean, seed=self.seed_generator)
-        scale = keras.random.uniform(channels, 1.0, self.scale, seed=self.seed_generator)
+        shift = self.on * keras.random.uniform(channels, -self.mean, self.mean, seed=self.seed_generator)
+        scale = 1.0 + self.on * (keras.random.uniform(channels, 1.0, self.scale, seed=self.seed_generator) - 1.0)
         return x * ops.cast(scale, x.dtype) + ops.cast(shift, x.dtype)
 
     def get_config(self):
@@ -69,6 +71,17 @@ class NoisyLeNet5(LeNet5):
 
     def normalize(self, name, x, training):
         return self.noise[name](super().normalize(name, x, training), training=training)
+
+    @tf.function
+    def record_statistics(self, images):
+        """The precise refill (Algorithm 2) measures the network that
+        inference runs, so without the noise: with it, each refill batch's
+        random shifts would move the statistics of every BN layer after it."""
+        for noise in self.noise.values():
+            noise.on.assign(0.0)
+        self(images, training=True)
+        for noise in self.noise.values():
+            noise.on.assign(1.0)
 
     def get_config(self):
         config = {"noise_mean": self.noise_mean, "noise_scale": self.noise_scale, "noise_seed": self.noise_seed}

@@ -88,14 +88,21 @@ def test_shift_noise_is_per_channel_fresh_each_step_and_off_at_inference():
 
 
 def test_the_noisy_network_at_inference_is_lenet_fc_bn2_with_the_same_weights():
-    from lenet import build_lenet
+    from lenet import build_lenet, copy_network
 
     config = make_config()
     plain = build_lenet("lenet_fc_bn2", config)
     noisy = noisy_bn.noisy_network("lenet_fc_bn2", config, noise_mean=1.0, noise_scale=2.0)
-    noisy.set_weights(plain.get_weights())
+    copy_network(plain, noisy)  # the affine layers, gamma and beta; both windows fresh
     images = np.random.default_rng(0).uniform(size=(5, 32, 32, 1)).astype(np.float32)
     assert np.allclose(noisy(images, training=False), plain(images, training=False), atol=1e-6)
+    # The precise refill records what inference will run: the statistics without the noise.
+    plain.record_statistics(images)
+    noisy.record_statistics(images)
+    for name in plain.norm:
+        for mine, theirs in zip(noisy.norm[name].non_trainable_weights, plain.norm[name].non_trainable_weights):
+            assert np.allclose(mine.numpy(), theirs.numpy(), atol=1e-6), name
+    assert all(float(noise.on.numpy()) == 1.0 for noise in noisy.noise.values())  # on again for training
     assert not np.allclose(noisy(images, training=True), plain(images, training=True), atol=1e-3)
 
 
