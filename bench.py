@@ -36,7 +36,8 @@ import models_handling
 from harness import files, precise
 from harness.compile_path import PATH_KEYS, STEPS, choose_jit_compile
 from harness.config import KERAS_BN_VARIANT, VARIANTS, Config
-from harness.executor import Executor, Training, cores, jobs_for
+from harness.devices import cores
+from harness.executor import Executor, Training, jobs_for
 from harness.flags import LIMITS, OneLineErrorParser, int_up_to
 from lenet import INPUT_SHAPE
 from main import DEFAULTS

@@ -11,9 +11,10 @@ from dataclasses import replace
 import keras
 import tensorflow as tf
 
-from harness import precise
+from harness import compile_path, precise
 from harness.callbacks import EpochOrder, StopOnDivergence
-from harness.compile_path import STEPS, choose_jit_compile
+from harness.compile_path import STEPS
+from harness.devices import threads_now
 from harness.results_folder import HISTORY_KEYS, ModelResult
 from lenet import build_lenet
 from utils import UsageError, seeded
@@ -101,12 +102,21 @@ def fit(model, images, labels, config, epochs, validation_data=None, callbacks=(
     epoch (EpochOrder), validating on `validation_data` (images, labels)
     after every epoch (in batches of config.inference_batch_size).
 
-    With `jit_compile` "auto", the model's first fit starts by choosing the
-    faster compile path on a few batches of `images` (jit_choice), printed
-    and kept as `model.jit_choice`."""
+    With `jit_compile` "auto", the model's first fit starts on the faster
+    compile path: the one this machine chose before for the same model and
+    settings (compile_path.remembered_choice), else the one timed now on a few
+    batches of `images` and then remembered; printed and kept as
+    `model.jit_choice`."""
     build_training_state(model, images[:1], labels[:1])
     if config.jit_compile == "auto" and getattr(model, "jit_choice", None) is None:
-        model.jit_choice = choose_jit_compile(model, timing_batches(images, labels, config.batch_size))
+        key = compile_path.choice_key(model.name, config, threads_now())
+        model.jit_choice = compile_path.remembered_choice(key)
+        if model.jit_choice is None:
+            model.jit_choice = compile_path.choose_jit_compile(model, timing_batches(images, labels, config.batch_size))
+            compile_path.remember(key, model.jit_choice)
+        else:
+            model.jit_compile = model.jit_choice.jit_compile
+            model.make_train_function(force=True)
         print(f"{model.name}: {model.jit_choice.describe()}")
     if validation_data is not None:
         validation_data = batches(*validation_data, config.inference_batch_size)

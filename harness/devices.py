@@ -23,6 +23,16 @@ from utils import UsageError
 MULTI_WORKER_ISSUE = "https://github.com/keras-team/keras/issues/20585"
 
 
+def cores():
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_now():
+    """The threads TensorFlow's kernels use in this process."""
+    return tf.config.threading.get_intra_op_parallelism_threads() or cores()
+
+
 def refuse_multi_worker():
     """A one-line refusal when TF_CONFIG asks for several machines."""
     text = os.environ.get("TF_CONFIG")

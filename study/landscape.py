@@ -22,7 +22,14 @@ from harness.callbacks import restored_afterwards
 from harness.flags import LIMITS, int_up_to
 from study.common import study_dir, write_rows, write_summary
 from study.grid import Line, add_seed_count, plan, train
-from study.intervals import band_curves, difference_words, paired_difference, spread_text, summary
+from study.intervals import (
+    FEWEST_SEEDS_TO_COMPARE,
+    band_curves,
+    difference_words,
+    paired_difference,
+    spread_text,
+    summary,
+)
 
 ABOUT = "Why BN helps (Santurkar et al., 2018, Fig. 4): loss range, gradient predictiveness, beta-smoothness."
 # The step sizes probed: plain SGD's steps at the rates where BN-LeNet trains
@@ -127,8 +134,9 @@ def add_arguments(parser, flag):
         "learning_rate",
         "--rates",
         nargs="+",
-        default=[0.001, 0.01],
-        help="the learning rates of --optimizer, each a training of both networks per seed",
+        default=[0.001, 0.01, 0.05],
+        help="the learning rates of --optimizer, each a training of both networks per seed (Adam: both train at "
+        "0.001 and 0.01; lenet stays at chance at 0.05)",
     )
     flag(parser, "optimizer")
     parser.add_argument(
@@ -137,7 +145,7 @@ def add_arguments(parser, flag):
         default=10,
         help="probe every this many training steps (and before the first)",
     )
-    add_seed_count(parser, 3)
+    add_seed_count(parser, FEWEST_SEEDS_TO_COMPARE)
 
 
 def run(config, args):

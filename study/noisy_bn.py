@@ -25,7 +25,14 @@ from harness.flags import LIMITS, float_up_to, int_up_to
 from lenet import INPUT_SHAPE, LeNet5
 from study.common import study_dir, write_rows, write_summary
 from study.grid import Line, add_seed_count, plan, train
-from study.intervals import band_curves, difference_words, paired_difference, spread_text, summary
+from study.intervals import (
+    FEWEST_SEEDS_TO_COMPARE,
+    band_curves,
+    difference_words,
+    paired_difference,
+    spread_text,
+    summary,
+)
 
 ABOUT = "Santurkar et al.'s noisy BN: random shifts after every BN layer, training accuracy against lenet and BN."
 LAYER, UNIT, PROBE_IMAGES = "F6", 0, 256
@@ -165,7 +172,7 @@ def add_arguments(parser, flag):
     parser.add_argument(
         "--every", type=int_up_to(LIMITS["steps"]), default=10, help="a point every this many training steps"
     )
-    add_seed_count(parser, 3)
+    add_seed_count(parser, FEWEST_SEEDS_TO_COMPARE)
 
 
 def run(config, args):

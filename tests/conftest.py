@@ -47,6 +47,13 @@ def pytest_xdist_auto_num_workers(config):
     return min(8, len(os.sched_getaffinity(0)))
 
 
+@pytest.fixture(autouse=True)
+def own_keras_home(tmp_path_factory, monkeypatch):
+    """Each test its own Keras folder: the compile-path choices a test's runs
+    remember (harness.compile_path) reach neither the user's nor another test."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
+
+
 def mnist_like(num_train=200, num_test=60, seed=0):
     """Random uint8 images (N, 28, 28) and labels 0..9, shaped and typed as MNIST."""
     rng = np.random.default_rng(seed)

@@ -1,6 +1,8 @@
 """--jit_compile auto: the choice between XLA and TensorFlow's kernels leaves the
 model exactly as it found it, compiled for the faster path."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -10,8 +12,8 @@ from harness import compile_path
 from lenet import INPUT_SHAPE
 
 
-def settings(jit_compile):
-    return make_config(batch_size=32, epochs=1, jit_compile=jit_compile)
+def settings(jit_compile, batch_size=32):
+    return make_config(batch_size=batch_size, epochs=1, jit_compile=jit_compile)
 
 
 def images_and_labels(count=128, seed=0):
@@ -80,3 +82,56 @@ def test_timing_batches_are_full_training_batches():
     assert sizes == [64] * 4  # 300 images hold four full batches of 64, fewer than STEPS
     few = [len(y) for _, y in models_handling.timing_batches(images[:10], labels[:10], 64)]
     assert few == [10]  # not one full batch: what there is
+
+
+def test_a_new_model_on_this_machine_reuses_the_remembered_choice_without_timing(capsys, monkeypatch):
+    images, labels = images_and_labels()
+    first = models_handling.build_and_compile("lenet", settings("auto"))
+    models_handling.fit(first, images, labels, settings("auto"), epochs=1)
+    chosen = first.jit_choice
+    assert not chosen.remembered and compile_path.record_path().exists()
+    capsys.readouterr()
+    monkeypatch.setattr(compile_path, "choose_jit_compile", lambda *args: pytest.fail("timed again"))
+    second = models_handling.build_and_compile("lenet", settings("auto"))
+    models_handling.fit(second, images, labels, settings("auto"), epochs=1)
+    assert second.jit_choice.remembered and second.jit_compile == chosen.jit_compile
+    assert second.jit_choice.record() == {**chosen.record(), "remembered": True}  # what it cost then
+    assert "as chosen on this machine before (choosing cost" in capsys.readouterr().out
+    # Another batch size is another question: it is timed.
+    monkeypatch.undo()
+    third = models_handling.build_and_compile("lenet", settings("auto", batch_size=16))
+    models_handling.fit(third, images, labels, settings("auto", batch_size=16), epochs=1)
+    assert not third.jit_choice.remembered
+
+
+@pytest.mark.parametrize(
+    "content", ["{not json", '{"version": 1, "choices": {"k": {"xla": true}}}', '{"version": 99, "choices": {}}', "[]"]
+)
+def test_a_damaged_or_foreign_record_is_ignored_and_rewritten(content):
+    path = compile_path.record_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    assert compile_path.remembered_choice("k") is None
+    choice = compile_path.JitChoice(True, {"xla": 1.0, "tensorflow": 2.0}, {"xla": 3.0, "tensorflow": 1.0}, 5.0)
+    assert compile_path.remember("k", choice)
+    assert compile_path.remembered_choice("k") == compile_path.JitChoice(
+        True, {"xla": 1.0, "tensorflow": 2.0}, {"xla": 3.0, "tensorflow": 1.0}, 5.0, remembered=True
+    )
+
+
+def test_a_record_that_cannot_be_written_is_not_fatal(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("KERAS_HOME", str(blocker))  # a file where the folder should be
+    choice = compile_path.JitChoice(False, {"xla": 2.0, "tensorflow": 1.0}, {"xla": 3.0, "tensorflow": 1.0}, 5.0)
+    assert compile_path.remember("k", choice) is False
+    assert compile_path.remembered_choice("k") is None
+
+
+def test_the_key_names_what_decides_the_path():
+    key = json.loads(compile_path.choice_key("lenet_bn2", settings("auto"), threads=2))
+    assert set(key) == {"cpu", "tensorflow", "keras", "model", "threads", "batch_size", "precision", "devices"} | {
+        "bn_placement",
+        "output_size",
+    }
+    assert key["cpu"] and key["model"] == "lenet_bn2" and key["threads"] == 2

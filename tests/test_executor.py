@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import THREADS, interrupt_once_written, mnist_like, write_npz
+from conftest import THREADS, interrupt_once_written, make_config, mnist_like, write_npz
 from harness import executor, results_folder
 from harness.config import VARIANTS
 from test_main import run_main  # --jobs and --cluster given here win over its --jobs 1
@@ -446,3 +446,14 @@ def test_an_address_a_client_cannot_use_is_one_line_before_anything_is_loaded(
     )
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
     assert not (tmp_path / "results").exists()
+
+
+def test_the_longest_trainings_are_expected_longest():
+    def cost(name, **changes):
+        return executor.expected_cost(executor.Training(name, make_config(**changes)), images=1000)
+
+    # 850 training images at batch 2 are 425 steps an epoch; at 256, 4.
+    assert cost("lenet", batch_size=2) > cost("lenet", batch_size=256)
+    assert cost("lenet", epochs=10) == pytest.approx(10 * cost("lenet", epochs=1), rel=0.01)
+    assert cost("lenet") < cost("lenet_bn1") < cost("lenet_fc_bn2") == cost("lenet_gn")
+    assert cost("lenet", batch_size=64, epochs=1) == int(14 * (1.6 + 0.08 * 64))
