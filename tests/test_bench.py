@@ -110,6 +110,7 @@ def test_auto_takes_each_models_chosen_path_and_pays_for_choosing(fake_measure, 
         "ms_per_step": {"xla": 1.0, "tensorflow": 1.0},
         "compile_seconds": {"xla": 0.5, "tensorflow": 0.25},
         "seconds": 2.0,
+        "remembered": False,
     }
 
 

@@ -91,6 +91,7 @@ def test_a_new_model_on_this_machine_reuses_the_remembered_choice_without_timing
     chosen = first.jit_choice
     assert not chosen.remembered and compile_path.record_path().exists()
     capsys.readouterr()
+    choose = compile_path.choose_jit_compile
     monkeypatch.setattr(compile_path, "choose_jit_compile", lambda *args: pytest.fail("timed again"))
     second = models_handling.build_and_compile("lenet", settings("auto"))
     models_handling.fit(second, images, labels, settings("auto"), epochs=1)
@@ -98,7 +99,7 @@ def test_a_new_model_on_this_machine_reuses_the_remembered_choice_without_timing
     assert second.jit_choice.record() == {**chosen.record(), "remembered": True}  # what it cost then
     assert "as chosen on this machine before (choosing cost" in capsys.readouterr().out
     # Another batch size is another question: it is timed.
-    monkeypatch.undo()
+    monkeypatch.setattr(compile_path, "choose_jit_compile", choose)
     third = models_handling.build_and_compile("lenet", settings("auto", batch_size=16))
     models_handling.fit(third, images, labels, settings("auto", batch_size=16), epochs=1)
     assert not third.jit_choice.remembered
