@@ -47,12 +47,14 @@ PATHS = {key: jit_compile for jit_compile, key in PATH_KEYS.items()}  # "xla": T
 # The default sweep (python main.py --model all) on the full MNIST.
 SWEEP = {"train": 51_000, "val": 9_000, "test": 10_000, "epochs": DEFAULTS["epochs"]}
 FULL_RUN = {"images": 60_000, "repeats": 5}  # what results/bench.json holds
-PARTS = ("all", "paths", "jobs", "data", "curve")
+PARTS = ("all", "paths", "jobs", "steps", "data", "curve")
 # The data part: a Keras-format .npz of the full MNIST's shapes (random pixels), read DATA_READS times each way.
 DATA_READS = 5
 # The jobs part: the default sweep's five models, each on these images for these epochs.
 JOBS_SWEEP = {"images": 12_800, "epochs": 3}
-STEPS_PER_EXECUTION = {"images": 6_400, "counts": (1, 8), "repeats": 3}
+# The steps part: training steps per second at these batch sizes, at one step
+# per call into TensorFlow and at several, each epoch this many steps.
+STEPS_PART = {"batch_sizes": (2, 16, 64), "counts": (1, 4, 32), "steps": 640, "repeats": 3}
 # Below this many images an epoch is over before the timing means much (start-up
 # and the first batches dominate), so the sweep estimate is not to be trusted.
 FEWEST_TRUSTED_IMAGES = 6_400
@@ -196,49 +198,70 @@ def synthetic_raw(num_train, num_test, seed=0):
 
 def measure_jobs(num_images, epochs):
     """Wall seconds of the default sweep (the five variants at main.py's
-    defaults) on the same synthetic data, at --jobs 1 (one after the other in
-    this process) and at --jobs auto (side by side in worker processes, the
-    local cluster's start included): {"1": s, "auto": s}, and the jobs auto used."""
+    defaults, --jit_compile auto) on the same synthetic data, at --jobs 1
+    (one after the other in this process) and at --jobs auto (side by side
+    in worker processes, the local cluster's start included), each first
+    with no remembered compile-path choice (every model times both paths)
+    and then again with the choices that run remembered:
+    {"1": s, "1 remembered": s, "auto": s, "auto remembered": s}, the jobs
+    auto used, and the largest test accuracy gap between any two runs."""
+    import os
+    import tempfile
+
     data = synthetic_raw(num_images, min(num_images, SWEEP["test"]))
     config = Config.of(DEFAULTS, epochs=epochs, verbose=0)
     plan = [Training(name, config) for name in VARIANTS]
     wall, accuracies = {}, {}
-    for jobs in (1, "auto"):
-        start = time.perf_counter()
-        with Executor(jobs, None, len(plan)) as executor:
-            done = executor.run(plan, data)
-        wall[str(jobs)] = time.perf_counter() - start
-        accuracies[str(jobs)] = [finished.result.test_accuracy for finished in done]
-        print(
-            f"  default sweep, {num_images} images, {epochs} epochs, --jobs {jobs} "
-            f"({executor.jobs} at once): {wall[str(jobs)]:.1f} s",
-            flush=True,
-        )
-    largest_gap = max(abs(a - b) for a, b in zip(accuracies["1"], accuracies["auto"]))
+    keras_home = os.environ.get("KERAS_HOME")
+    try:
+        for jobs in (1, "auto"):
+            with tempfile.TemporaryDirectory() as home:
+                os.environ["KERAS_HOME"] = home  # nothing remembered yet; worker processes inherit it
+                for label in (str(jobs), f"{jobs} remembered"):
+                    start = time.perf_counter()
+                    with Executor(jobs, None, len(plan)) as executor:
+                        done = executor.run(plan, data)
+                    wall[label] = time.perf_counter() - start
+                    accuracies[label] = [finished.result.test_accuracy for finished in done]
+                    print(
+                        f"  default sweep, {num_images} images, {epochs} epochs, --jobs {jobs} "
+                        f"({executor.jobs} at once){', compile paths remembered' if 'remembered' in label else ''}: "
+                        f"{wall[label]:.1f} s",
+                        flush=True,
+                    )
+    finally:
+        if keras_home is None:
+            os.environ.pop("KERAS_HOME", None)
+        else:
+            os.environ["KERAS_HOME"] = keras_home
+    runs = list(accuracies.values())
+    largest_gap = max(abs(a - b) for run in runs[1:] for a, b in zip(runs[0], run))
     return wall, jobs_for("auto", len(plan)), largest_gap
 
 
-def measure_steps_per_execution(num_images, counts, repeats):
-    """Milliseconds per training step with Keras's steps_per_execution at each
-    of `counts`: {path: {model: {count: ms}}}, medians over `repeats` epochs
-    after a warm-up one."""
-    images, labels = synthetic_mnist(num_images)
+def measure_steps_per_call(batch_sizes, counts, steps, repeats):
+    """Training steps per second at each batch size, with each count of steps
+    per call into TensorFlow (Keras's steps_per_execution), on both compile
+    paths: {path: {model: {batch: {count: steps per second}}}}, medians over
+    `repeats` epochs of `steps` steps after a warm-up one."""
     figures = {}
-    for path, jit_compile in PATHS.items():
-        settings = bench_config(DEFAULTS["batch_size"], DEFAULTS["inference_batch_size"], jit_compile)
-        for name in ("lenet", "lenet_fc_bn2"):
-            for count in counts:
-                model = models_handling.build_and_compile(name, settings)
-                models_handling.compile_model(model, settings, steps_per_execution=count)
+    for batch_size in batch_sizes:
+        images, labels = synthetic_mnist(steps * batch_size)
+        for path, jit_compile in PATHS.items():
+            settings = bench_config(batch_size, DEFAULTS["inference_batch_size"], jit_compile)
+            for name in ("lenet", "lenet_fc_bn2"):
+                for count in counts:
+                    model = models_handling.build_and_compile(name, settings)
 
-                def epoch(model=model, settings=settings):
-                    models_handling.fit(model, images, labels, settings, epochs=1)
+                    def epoch(model=model, settings=settings, count=count, images=images, labels=labels):
+                        models_handling.fit(model, images, labels, settings, epochs=1, steps_per_call=count)
 
-                epoch()
-                steps = -(-num_images // DEFAULTS["batch_size"])
-                ms = 1000 * statistics.median(seconds(epoch) for _ in range(repeats)) / steps
-                figures.setdefault(path, {}).setdefault(name, {})[str(count)] = ms
-                print(f"  steps_per_execution {count}, {path}, {name}: {ms:.2f} ms per step", flush=True)
+                    epoch()
+                    rate = steps / statistics.median(seconds(epoch) for _ in range(repeats))
+                    figures.setdefault(path, {}).setdefault(name, {}).setdefault(str(batch_size), {})[str(count)] = rate
+                    print(
+                        f"  batch {batch_size}, {count} steps per call, {path}, {name}: {rate:.0f} steps/s", flush=True
+                    )
     return figures
 
 
@@ -286,8 +309,9 @@ def main(argv=None):
         "--part",
         choices=PARTS,
         default="all",
-        help="paths: the compile paths and auto; jobs: the default sweep at --jobs 1 and auto, and "
-        "Keras's steps_per_execution; data: reading a full-size .npz with and without the CRC-32 check; curve: "
+        help="paths: the compile paths and auto; jobs: the default sweep at --jobs 1 and auto, without and with "
+        "remembered compile paths; steps: training steps per second at batch 2, 16 and 64 by steps per call into "
+        "TensorFlow; data: reading a full-size .npz with and without the CRC-32 check; curve: "
         "what validating every 10 steps adds to a training; all: "
         "every part. A part alone updates its own figures in --output",
     )
@@ -330,6 +354,8 @@ def main(argv=None):
         record.update(measure_validation_curve())
     if args.part in ("all", "jobs"):
         record.update(measure_parallelism(args))
+    if args.part in ("all", "steps"):
+        record.update(measure_steps(args))
     if args.output is None:
         print("not written to a file (a shorter run than results/bench.json's; --output FILE keeps it)")
         return 0
@@ -414,26 +440,18 @@ def measure_validation_curve(train=4_250, val=750, every=10, epochs=2):
 
 
 def measure_parallelism(args):
-    """The jobs part: the default sweep at --jobs 1 and auto, and steps_per_execution."""
+    """The jobs part: the default sweep at --jobs 1 and auto, without and with remembered compile paths."""
     print(
         f"\nthe default sweep on {args.sweep_images} synthetic images, {args.sweep_epochs} epochs per model, "
         f"at --jobs 1 and --jobs auto on {cores()} cores"
     )
     wall, jobs, gap = measure_jobs(args.sweep_images, args.sweep_epochs)
     speedup = wall["1"] / wall["auto"]
-    print(f"{'--jobs 1':<52}{wall['1']:>6.1f} s\n{f'--jobs auto ({jobs} at once)':<52}{wall['auto']:>6.1f} s")
+    for label, value in wall.items():
+        print(f"{'--jobs ' + label:<52}{value:>6.1f} s")
     print(f"{'jobs speedup':<52}{speedup:>6.2f}x on {cores()} cores (test accuracies differ by at most {gap:.2g})")
-    print(f"\nsteps_per_execution on {STEPS_PER_EXECUTION['images']} images")
-    per_step = measure_steps_per_execution(
-        STEPS_PER_EXECUTION["images"], STEPS_PER_EXECUTION["counts"], STEPS_PER_EXECUTION["repeats"]
-    )
-    gains = {
-        f"{path}, {name}": counts["1"] / counts[str(max(STEPS_PER_EXECUTION["counts"]))]
-        for path, models in per_step.items()
-        for name, counts in models.items()
-    }
-    for name, gain in gains.items():
-        print(f"{'steps_per_execution ' + str(max(STEPS_PER_EXECUTION['counts'])) + ' vs 1, ' + name:<52}{gain:>6.2f}x")
+    for jobs in ("1", "auto"):
+        print(f"{'remembered compile paths, --jobs ' + jobs:<52}{wall[jobs] / wall[jobs + ' remembered']:>6.2f}x")
     return {
         "jobs": {
             "sweep_seconds": wall,
@@ -443,9 +461,26 @@ def measure_parallelism(args):
             "largest_test_accuracy_gap": gap,
             "images": args.sweep_images,
             "epochs": args.sweep_epochs,
-        },
-        "steps_per_execution": {"ms_per_step": per_step, "gain": gains, **STEPS_PER_EXECUTION},
+        }
     }
+
+
+def measure_steps(args):
+    """The steps part: steps per second at small and default batch sizes, one and several steps per call."""
+    print(f"\ntraining steps per second, epochs of {STEPS_PART['steps']} steps, by steps per call into TensorFlow")
+    rates = measure_steps_per_call(
+        STEPS_PART["batch_sizes"], STEPS_PART["counts"], STEPS_PART["steps"], STEPS_PART["repeats"]
+    )
+    most = str(max(STEPS_PART["counts"]))
+    gains = {
+        f"{path}, {name}, batch {batch}": counts[most] / counts["1"]
+        for path, models in rates.items()
+        for name, batches in models.items()
+        for batch, counts in batches.items()
+    }
+    for name, gain in gains.items():
+        print(f"{most + ' steps per call vs 1, ' + name:<52}{gain:>6.2f}x")
+    return {"steps_per_call": {"steps_per_second": rates, "gain": gains, **STEPS_PART}}
 
 
 def measure_paths(args):

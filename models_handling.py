@@ -12,12 +12,18 @@ import keras
 import tensorflow as tf
 
 from harness import compile_path, precise
-from harness.callbacks import EpochOrder, StopOnDivergence
+from harness.callbacks import EpochOrder, NonFiniteLossWatch, StopOnDivergence
 from harness.compile_path import STEPS
 from harness.devices import threads_now
 from harness.results_folder import HISTORY_KEYS, ModelResult
 from lenet import build_lenet
 from utils import UsageError, seeded
+
+# Training steps per call into TensorFlow where no callback needs each step.
+# Measured with `python bench.py --part steps` (docs/speed.md): at batch 2,
+# 16 and 64 each doubling from 1 to 32 steps per call was faster, 32 fastest
+# on both compile paths; beyond it an epoch of the small sample is a few calls.
+STEPS_PER_CALL = 32
 
 
 def make_optimizer(name, learning_rate=None):
@@ -34,12 +40,10 @@ def make_optimizer(name, learning_rate=None):
 
 
 def compile_model(model, config, steps_per_execution=1):
-    """Compile with the run's optimizer and logits-based cross-entropy.
-
-    Runs keep one training step per call into TensorFlow: with several
-    (Keras's steps_per_execution, measured by bench.py) callbacks see only
-    every Nth step, so the divergence stop could not name its step and
-    figure1's probe could not measure where it is asked to."""
+    """Compile with the run's optimizer and logits-based cross-entropy, and
+    watch its training steps' losses (callbacks.NonFiniteLossWatch) so that
+    the divergence stop names the first non-finite step however many steps
+    run per call. fit sets how many do."""
     model.compile(
         optimizer=make_optimizer(config.optimizer, config.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -48,7 +52,20 @@ def compile_model(model, config, steps_per_execution=1):
         jit_compile=config.jit_compile is True,
         steps_per_execution=steps_per_execution,
     )
+    if tf.distribute.get_strategy().num_replicas_in_sync == 1:  # several replicas keep one step per call
+        NonFiniteLossWatch(model)
     return model
+
+
+def steps_per_call_for(callbacks):
+    """Training steps per call into TensorFlow (Keras's steps_per_execution):
+    STEPS_PER_CALL, or 1 when a callback looks at every step (`every_step`)
+    or several replicas train. Keras runs a call's steps as a loop inside
+    one TensorFlow function, the same step each time, so the numbers do not
+    change; what goes is the per-call cost, most of a step at small batches."""
+    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        return 1
+    return 1 if any(getattr(callback, "every_step", False) for callback in callbacks) else STEPS_PER_CALL
 
 
 def build_and_compile(name, config, build=build_lenet):
@@ -97,10 +114,12 @@ def batches(images, labels, batch_size, order=None):
     return tf.data.Dataset.range(len(images)).batch(batch_size).map(gather_tensors).with_options(options).prefetch(2)
 
 
-def fit(model, images, labels, config, epochs, validation_data=None, callbacks=()):
+def fit(model, images, labels, config, epochs, validation_data=None, callbacks=(), steps_per_call=None):
     """Keras's fit over mini-batches in a seeded order that changes every
     epoch (EpochOrder), validating on `validation_data` (images, labels)
-    after every epoch (in batches of config.inference_batch_size).
+    after every epoch (in batches of config.inference_batch_size), at
+    `steps_per_call` training steps per call into TensorFlow (by default
+    steps_per_call_for the callbacks).
 
     With `jit_compile` "auto", the model's first fit starts on the faster
     compile path: the one this machine chose before for the same model and
@@ -108,8 +127,12 @@ def fit(model, images, labels, config, epochs, validation_data=None, callbacks=(
     batches of `images` and then remembered; printed and kept as
     `model.jit_choice`."""
     build_training_state(model, images[:1], labels[:1])
+    per_call = steps_per_call or steps_per_call_for(callbacks)
+    if model.steps_per_execution != per_call:
+        model.steps_per_execution = per_call
+        model.make_train_function(force=True)
     if config.jit_compile == "auto" and getattr(model, "jit_choice", None) is None:
-        key = compile_path.choice_key(model.name, config, threads_now())
+        key = compile_path.choice_key(model.name, config, threads_now(), model.steps_per_execution)
         model.jit_choice = compile_path.remembered_choice(key)
         if model.jit_choice is None:
             model.jit_choice = compile_path.choose_jit_compile(model, timing_batches(images, labels, config.batch_size))

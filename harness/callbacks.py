@@ -63,21 +63,60 @@ def restored_afterwards(model):
             variable.assign(value)
 
 
+class NonFiniteLossWatch:
+    """Numbers a model's training steps and keeps the first whose loss is not
+    finite, inside the compiled step (around the model's compute_loss).
+    With several steps per call into TensorFlow (steps_per_execution),
+    callbacks see only each call's last step and the epoch's running mean
+    loss, which stays non-finite once one step's loss was: this is what lets
+    StopOnDivergence still name the first such step."""
+
+    def __init__(self, model):
+        self.steps = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.first = tf.Variable(0, dtype=tf.int64, trainable=False)  # 0: none yet
+        compute_loss = model.compute_loss
+
+        def watched(*args, **kwargs):
+            loss = compute_loss(*args, **kwargs)
+            if kwargs.get("training", True):  # a training step (Keras passes training=False when it validates)
+                step = self.steps.assign_add(1)
+                bad = tf.logical_and(tf.logical_not(tf.math.is_finite(loss)), tf.equal(self.first, 0))
+                self.first.assign(tf.where(bad, step, self.first))
+            return loss
+
+        model.compute_loss = watched
+        model.nonfinite_loss_watch = self
+
+    def reset(self):
+        self.steps.assign(0)
+        self.first.assign(0)
+
+
 class StopOnDivergence(keras.callbacks.Callback):
     """Stop training at the first step whose loss is not finite, and remember
-    where (Keras's TerminateOnNaN stops too, but only prints the place)."""
+    where (Keras's TerminateOnNaN stops too, but only prints the place). The
+    step is the model's NonFiniteLossWatch's where it has one (so also with
+    several steps per call), else the batch Keras reports."""
 
     def __init__(self):
         super().__init__()
         self.at = None
 
+    def on_train_begin(self, logs=None):
+        self.watch = getattr(self.model, "nonfinite_loss_watch", None)
+        if self.watch:
+            self.watch.reset()  # from the compile-path timing's steps
+
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
+        self.steps_before = int(self.watch.steps.numpy()) if self.watch else 0
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            self.at = {"epoch": self.epoch + 1, "step": batch + 1, "loss": str(float(loss))}
+            first = int(self.watch.first.numpy()) if self.watch else 0
+            step = first - self.steps_before if first else batch + 1
+            self.at = {"epoch": self.epoch + 1, "step": step, "loss": str(float(loss))}
             self.model.stop_training = True
 
 
@@ -90,6 +129,8 @@ class StepProbe(keras.callbacks.Callback):
     numbered by the step, and undone afterwards); the last point is the
     trained network exactly as the run tests it. So the run is left exactly
     as without the probe. Subclasses say what a point is (`point(model)`)."""
+
+    every_step = True  # it looks at every training step: one step per call into TensorFlow (models_handling.fit)
 
     def __init__(self, train_images, config, every):
         super().__init__()

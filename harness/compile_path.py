@@ -99,7 +99,7 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def choice_key(model_name, config, threads):
+def choice_key(model_name, config, threads, steps_per_call):
     """What decides the faster path for one model: this machine's CPU, the
     libraries' versions, the network's shape and how a step runs."""
     import keras
@@ -111,6 +111,7 @@ def choice_key(model_name, config, threads):
         "keras": keras.__version__,
         "model": model_name,
         "threads": threads,
+        "steps_per_call": steps_per_call,
     }
     key.update(
         {name: getattr(config, name) for name in ("batch_size", "precision", "devices", "bn_placement", "output_size")}
@@ -148,8 +149,9 @@ def remember(key, choice):
 
 
 def step_seconds(model, iterator):
-    """Seconds of one training step of `model`'s current train function (a
-    compiled function returns once its step has run)."""
+    """Seconds of one call of `model`'s current train function, which runs
+    model.steps_per_execution training steps (a compiled function returns
+    once its steps have run)."""
     start = time.perf_counter()
     model.train_function(iterator)
     return time.perf_counter() - start
@@ -180,10 +182,12 @@ def choose_jit_compile(model, step_batches):
         model.fit(step_batches.take(1), verbose=0, shuffle=False)
         compile_seconds[PATH_KEYS[xla]] = time.perf_counter() - began
     steps = iter(step_batches.repeat())
+    per_call = model.steps_per_execution  # each timed call runs that many steps, as training will
     for _ in range(ROUNDS):
         for xla in (True, False):
             model.jit_compile, model.train_function = xla, functions[xla]
-            durations[xla] += [step_seconds(model, steps) for _ in range(STEPS)]
+            calls = max(1, STEPS // per_call)
+            durations[xla] += [step_seconds(model, steps) / per_call for _ in range(calls)]
 
     milliseconds = {xla: 1000 * statistics.median(times) for xla, times in durations.items()}
     faster = milliseconds[True] < milliseconds[False]

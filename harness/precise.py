@@ -112,8 +112,10 @@ class PreciseStatistics(keras.callbacks.Callback):
     that epoch's validation.
 
     Keras's fit validates before callbacks see `on_epoch_end`, so the refill
-    runs after the epoch's last training step (`params["steps"]` tells which);
-    `on_epoch_end` refills only where the number of steps was unknown.
+    runs after the epoch's last training step (`params["steps"]` tells which;
+    with several steps per call Keras numbers a call by its last step as if
+    it were full, which can pass the epoch's end); `on_epoch_end` refills
+    only where the number of steps was unknown.
     """
 
     def __init__(self, train_images, config):
@@ -124,7 +126,8 @@ class PreciseStatistics(keras.callbacks.Callback):
         self.epoch, self.refilled = epoch, False
 
     def on_train_batch_end(self, batch, logs=None):
-        if batch + 1 == self.params.get("steps"):
+        steps = self.params.get("steps")
+        if steps and batch + 1 >= steps and not self.refilled:
             self.refill_now()
 
     def on_epoch_end(self, epoch, logs=None):

@@ -100,6 +100,8 @@ class LandscapeProbe(tf.keras.callbacks.Callback):
     fresh training batch each time; the run's weights, BN's windows and the
     optimizer left exactly as they were."""
 
+    every_step = True  # one step per call into TensorFlow (models_handling.fit)
+
     def __init__(self, train_images, train_labels, batch_size, every, seed):
         super().__init__()
         self.images, self.labels, self.batch_size, self.every = train_images, train_labels, batch_size, every

@@ -120,6 +120,8 @@ class TrainingProbe(keras.callbacks.Callback):
     images in training mode (noise on, BN with those images' statistics),
     the run left as it was."""
 
+    every_step = True  # one step per call into TensorFlow (models_handling.fit)
+
     def __init__(self, probe_images, every):
         super().__init__()
         self.images, self.every = tf.constant(probe_images), every

@@ -37,16 +37,18 @@ def fake_measure(monkeypatch):
     monkeypatch.setattr(bench, "measure", lambda *args: calls.append(args) or FAKE_FIGURES)
     monkeypatch.setattr(bench, "measure_choices", lambda *args: calls.append(args) or FAKE_CHOICES)
     monkeypatch.setattr(bench, "measure_jobs", lambda *args: calls.append(args) or FAKE_JOBS)
-    monkeypatch.setattr(bench, "measure_steps_per_execution", lambda *args: calls.append(args) or FAKE_STEPS)
+    monkeypatch.setattr(bench, "measure_steps_per_call", lambda *args: calls.append(args) or FAKE_STEPS)
     monkeypatch.setattr(bench, "measure_data_read", lambda *args: calls.append(args) or FAKE_DATA_READ)
     monkeypatch.setattr(bench, "measure_validation_curve", lambda *args: calls.append(args) or {})
     return calls
 
 
 FAKE_DATA_READ = {"data_read_seconds": {"numpy_np_load": 0.05, "checked_load_raw": 0.07}}
-FAKE_JOBS = ({"1": 90.0, "auto": 50.0}, 2, 0.0)  # wall seconds, jobs auto, largest accuracy gap
-FAKE_STEPS = {
-    path: {"lenet": {"1": 8.0, "8": 6.0}, "lenet_fc_bn2": {"1": 10.0, "8": 8.0}} for path in ("xla", "tensorflow")
+# wall seconds, jobs auto, largest accuracy gap
+FAKE_JOBS = ({"1": 90.0, "1 remembered": 80.0, "auto": 50.0, "auto remembered": 45.0}, 2, 0.0)
+FAKE_STEPS = {  # steps per second by batch size and steps per call
+    path: {name: {"2": {"1": 400.0, "4": 500.0, "32": 800.0}} for name in ("lenet", "lenet_fc_bn2")}
+    for path in ("xla", "tensorflow")
 }
 
 
@@ -67,7 +69,7 @@ def test_a_full_run_writes_results_bench_json_with_the_refill_share(fake_measure
     assert record["refill_share_of_a_full_training_epoch"]["xla"]["lenet_fc_bn2"] == pytest.approx(0.05 / 63.75)
     assert fake_measure[1] == (64, 1024, 60_000, 5)
     assert record["jobs"]["speedup"] == pytest.approx(1.8) and record["jobs"]["sweep_seconds"] == FAKE_JOBS[0]
-    assert record["steps_per_execution"]["gain"]["xla, lenet"] == pytest.approx(8.0 / 6.0)
+    assert record["steps_per_call"]["gain"]["xla, lenet, batch 2"] == pytest.approx(2.0)
     assert record["machine"]["cores"] >= 1
 
 
@@ -82,7 +84,13 @@ def test_the_jobs_part_alone_updates_its_figures_and_keeps_the_others(fake_measu
     assert both["jobs"]["speedup"] == pytest.approx(1.8)
     out = capsys.readouterr().out
     assert "jobs speedup" in out and "1.80x on" in out
-    assert fake_measure[-2] == (12_800, 3)  # the sweep's images and epochs
+    assert "remembered compile paths, --jobs 1" in out and "1.12x" in out  # 90 s against 80 s
+    assert "steps_per_call" not in both  # the steps part did not run
+    assert fake_measure[-1] == (12_800, 3)  # the sweep's images and epochs
+    assert bench.main(["--output", "bench.json", "--part", "steps"]) == 0
+    steps = json.loads((tmp_path / "bench.json").read_text())["steps_per_call"]
+    assert steps["gain"]["tensorflow, lenet_fc_bn2, batch 2"] == pytest.approx(2.0)  # 800 against 400 steps/s
+    assert fake_measure[-1] == ((2, 16, 64), (1, 4, 32), 640, 3)
 
 
 def test_auto_takes_each_models_chosen_path_and_pays_for_choosing(fake_measure, tmp_path, monkeypatch):

@@ -130,9 +130,10 @@ def test_a_record_that_cannot_be_written_is_not_fatal(monkeypatch, tmp_path):
 
 
 def test_the_key_names_what_decides_the_path():
-    key = json.loads(compile_path.choice_key("lenet_bn2", settings("auto"), threads=2))
+    key = json.loads(compile_path.choice_key("lenet_bn2", settings("auto"), threads=2, steps_per_call=32))
     assert set(key) == {"cpu", "tensorflow", "keras", "model", "threads", "batch_size", "precision", "devices"} | {
         "bn_placement",
         "output_size",
+        "steps_per_call",
     }
     assert key["cpu"] and key["model"] == "lenet_bn2" and key["threads"] == 2

@@ -6,11 +6,14 @@ import json
 import signal
 import subprocess
 import sys
+from unittest import mock
 
 import keras
+import numpy as np
 
 import models_handling
-from conftest import interrupt_once_written, mnist_like, write_npz
+import utils
+from conftest import interrupt_once_written, make_config, mnist_like, write_npz
 from harness import callbacks, compile_path, results_folder
 from lenet import VARIANTS
 from test_main import ROOT, assert_no_temporary_files, assert_png, run_main
@@ -286,3 +289,31 @@ def test_a_double_start_waits_for_the_model_the_other_run_trains_and_keeps_every
     assert summary["lenet"] == {"test_accuracy": 0.5}
     assert f"{summary['lenet_bn2']['test_accuracy']:.4f}" in out.split("test accuracy")[-1]
     assert second.pid != first.pid and not (results / "backup").exists()
+
+
+def history_and_weights(steps_per_call, **changes):
+    """lenet_fc_bn2 trained two epochs on small random data, at `steps_per_call`."""
+    splits = utils.prepare(*mnist_like(num_train=300, num_test=20), val_split=0.2, seed=0)
+    config = make_config(batch_size=8, epochs=2, **changes)
+    with mock.patch.object(models_handling, "STEPS_PER_CALL", steps_per_call):
+        result = models_handling.run_model("lenet_fc_bn2", splits, config)
+    return result, [weight.numpy() for weight in result.model.weights]
+
+
+def test_several_steps_per_call_train_exactly_as_one_step_per_call():
+    # 240 training images at batch 8: 30 steps an epoch, so 32 per call is one call an epoch, 7 a partial last call.
+    (one, one_weights), (many, many_weights), (seven, seven_weights) = (
+        history_and_weights(count) for count in (1, 32, 7)
+    )
+    assert many.history == one.history == seven.history
+    assert all(np.array_equal(a, b) for a, b in zip(one_weights, many_weights))
+    assert all(np.array_equal(a, b) for a, b in zip(one_weights, seven_weights))
+    assert many.test_accuracy == one.test_accuracy
+
+
+def test_with_several_steps_per_call_the_divergence_stop_still_names_the_first_step():
+    # SGD at 1e38 overflows within the first steps; the step named is the same either way.
+    one, _ = history_and_weights(1, optimizer="sgd", learning_rate=1e38)
+    many, _ = history_and_weights(32, optimizer="sgd", learning_rate=1e38)
+    assert one.diverged is not None and one.diverged == many.diverged
+    assert one.diverged["step"] < 30  # within the first call of 30 steps: named, not the call's last
