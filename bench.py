@@ -450,8 +450,8 @@ def measure_parallelism(args):
     for label, value in wall.items():
         print(f"{'--jobs ' + label:<52}{value:>6.1f} s")
     print(f"{'jobs speedup':<52}{speedup:>6.2f}x on {cores()} cores (test accuracies differ by at most {gap:.2g})")
-    for jobs in ("1", "auto"):
-        print(f"{'remembered compile paths, --jobs ' + jobs:<52}{wall[jobs] / wall[jobs + ' remembered']:>6.2f}x")
+    for label in ("1", "auto"):
+        print(f"{'remembered compile paths, --jobs ' + label:<52}{wall[label] / wall[label + ' remembered']:>6.2f}x")
     return {
         "jobs": {
             "sweep_seconds": wall,

@@ -81,7 +81,7 @@ def test_the_jobs_part_alone_updates_its_figures_and_keeps_the_others(fake_measu
     assert bench.main(["--output", "bench.json", "--part", "jobs"]) == 0
     both = json.loads((tmp_path / "bench.json").read_text())
     assert both["train_images_per_second"] == paths["train_images_per_second"]
-    assert both["jobs"]["speedup"] == pytest.approx(1.8)
+    assert both["jobs"]["speedup"] == pytest.approx(1.8) and both["jobs"]["jobs_auto"] == 2
     out = capsys.readouterr().out
     assert "jobs speedup" in out and "1.80x on" in out
     assert "remembered compile paths, --jobs 1" in out and "1.12x" in out  # 90 s against 80 s
