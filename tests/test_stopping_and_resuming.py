@@ -293,7 +293,7 @@ def test_a_double_start_waits_for_the_model_the_other_run_trains_and_keeps_every
 
 def history_and_weights(steps_per_call, **changes):
     """lenet_fc_bn2 trained two epochs on small random data, at `steps_per_call`."""
-    splits = utils.prepare(*mnist_like(num_train=300, num_test=20), val_split=0.2, seed=0)
+    splits = utils.prepare(*mnist_like(num_train=200, num_test=20), val_split=0.2, seed=0)
     config = make_config(batch_size=8, epochs=2, **changes)
     with mock.patch.object(models_handling, "STEPS_PER_CALL", steps_per_call):
         result = models_handling.run_model("lenet_fc_bn2", splits, config)
@@ -301,7 +301,7 @@ def history_and_weights(steps_per_call, **changes):
 
 
 def test_several_steps_per_call_train_exactly_as_one_step_per_call():
-    # 240 training images at batch 8: 30 steps an epoch, so 32 per call is one call an epoch, 7 a partial last call.
+    # 160 training images at batch 8: 20 steps an epoch, so 32 per call is one short call an epoch, 7 leaves 6.
     (one, one_weights), (many, many_weights), (seven, seven_weights) = (
         history_and_weights(count) for count in (1, 32, 7)
     )
@@ -316,4 +316,4 @@ def test_with_several_steps_per_call_the_divergence_stop_still_names_the_first_s
     one, _ = history_and_weights(1, optimizer="sgd", learning_rate=1e38)
     many, _ = history_and_weights(32, optimizer="sgd", learning_rate=1e38)
     assert one.diverged is not None and one.diverged == many.diverged
-    assert one.diverged["step"] < 30  # within the first call of 30 steps: named, not the call's last
+    assert one.diverged["step"] < 20  # within the first call of 20 steps: named, not the call's last
