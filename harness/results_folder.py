@@ -117,7 +117,7 @@ def history_csv(history):
     return rows.getvalue()
 
 
-def save_results(result, config, run_record):
+def save_results(result, config, run_record, recorded=None):
     """Write one model's history CSV, its PNGs, the trained model
     (<name>.keras, BN windows included), its entry in summary.json, and the
     comparison PNGs of every model the summary holds.
@@ -125,7 +125,8 @@ def save_results(result, config, run_record):
     They go into config.results_dir, the PNGs only with
     config.flag_visualizations. Each file is replaced in one step, so an
     interrupted run leaves every file whole. Entries of other models in
-    summary.json are kept.
+    summary.json are kept. `recorded()` is called as soon as the entry is in
+    summary.json.
     """
     results_dir, plots = Path(config.results_dir), bool(config.flag_visualizations)
     write_text(results_dir / f"{result.name}_history.csv", history_csv(result.history))
@@ -160,6 +161,8 @@ def save_results(result, config, run_record):
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     summary = update_summary(results_dir, result.name, entry)
+    if recorded is not None:
+        recorded()
     save_comparison(results_dir, summary, plots)
 
 

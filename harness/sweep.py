@@ -179,11 +179,12 @@ def sweep(names, data, config, run_record, executor, ctrl_c, finished):
         def write(index, done):
             result = done.result
             result.model_file, result.where = done.model_file, done.where
-            results_folder.save_results(result, config, run_record)
+            # Finished the moment summary.json holds it: a Ctrl-C during the
+            # comparison plots or the report still counts it as kept.
+            results_folder.save_results(result, config, run_record, recorded=lambda: finished.append(result))
             if plan[index].backup_dir:
                 results_folder.remove_backup(plan[index].backup_dir)
             report(result, config)
-            finished.append(result)
 
         executor.run(plan, data, write, local_callbacks=[ctrl_c.callback()])
     order = {name: index for index, name in enumerate(names)}
