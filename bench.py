@@ -34,7 +34,7 @@ import tensorflow as tf
 
 import models_handling
 from harness import files, precise
-from harness.compile_path import PATH_KEYS, STEPS, choose_jit_compile
+from harness.compile_path import PATH_KEYS, STEPS, choose_jit_compile, cpu_model
 from harness.config import KERAS_BN_VARIANT, VARIANTS, Config
 from harness.devices import cores
 from harness.executor import Executor, Training, jobs_for
@@ -265,15 +265,6 @@ def measure_steps_per_call(batch_sizes, counts, steps, repeats):
     return figures
 
 
-def cpu_name():
-    """The CPU's model name, where Linux tells it (platform.processor() says only x86_64)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def main(argv=None):
     parser = OneLineErrorParser(prog="bench.py", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -375,7 +366,7 @@ def machine():
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "cpu": cpu_name(),
+        "cpu": cpu_model(),
         "cores": cores(),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,

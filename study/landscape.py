@@ -167,16 +167,22 @@ def run(config, args):
         }
 
     rows, finished = train(config, cells, utils.load(config), folder / "trainings.csv", row_of)
-    probes = [
-        {"model": cell.line.name, "learning_rate": cell.point["learning_rate"], "seed": cell.seed, **point}
-        for cell, done in zip(cells, finished)
-        for point in done.report
-    ]
-    write_rows(folder / "landscape.csv", probes)
+    # Each training's probes, by (network, rate, seed).
+    reports = {
+        (cell.line.name, cell.point["learning_rate"], cell.seed): done.report for cell, done in zip(cells, finished)
+    }
+    write_rows(
+        folder / "landscape.csv",
+        [
+            {"model": name, "learning_rate": rate, "seed": seed, **point}
+            for (name, rate, seed), report in reports.items()
+            for point in report
+        ],
+    )
     result = {"optimizer": config.optimizer, "etas": list(ETAS), "every": args.every, "seeds": seeds}
     result.update(epochs=config.epochs, rates={})
     for rate in args.rates:
-        result["rates"][str(rate)] = part = rate_summary(rate, lines, seeds, probes, rows)
+        result["rates"][str(rate)] = part = rate_summary(rate, lines, seeds, reports, rows)
         print(f"\n{config.optimizer} at {rate:g}: each seed's median over training; mean over seeds (95 % interval)")
         for measure in MEASURES:
             cells_text = [spread_text(part["per_seed_median"][line.name][measure]) for line in lines]
@@ -186,19 +192,19 @@ def run(config, args):
             "  test accuracy   "
             + "  ".join(f"{line.name} {spread_text(part['test_accuracy'][line.name])}" for line in lines)
         )
-        plot_rate(probes, rate, lines, seeds, folder, f"{config.optimizer} at {rate:g}")
+        plot_rate(reports, rate, lines, seeds, folder, f"{config.optimizer} at {rate:g}")
     write_summary(folder, result)
     return result
 
 
-def plot_rate(probes, rate, lines, seeds, folder, setting):
+def plot_rate(reports, rate, lines, seeds, folder, setting):
     """Figure 4's three panels at one rate. The measures are positive and
     span decades, so each band is the 95 % interval of the mean of their
     logarithms over the seeds (a geometric mean and its interval), drawn on
     log axes; an arithmetic interval of three seeds reaches below zero."""
 
     def log_curve(name, seed):
-        mine = [p for p in probes if (p["model"], p["learning_rate"], p["seed"]) == (name, rate, seed)]
+        mine = reports[name, rate, seed]
         return {"step": [p["step"] for p in mine], **{m: [np.log10(max(p[m], 1e-12)) for p in mine] for m in MEASURES}}
 
     banded = band_curves({line.name: [log_curve(line.name, seed) for seed in seeds] for line in lines}, MEASURES)
@@ -214,16 +220,13 @@ def plot_rate(probes, rate, lines, seeds, folder, setting):
     )
 
 
-def rate_summary(rate, lines, seeds, probes, rows):
+def rate_summary(rate, lines, seeds, reports, rows):
     """At one rate: each network's median of each measure over its probes,
     per seed, their mean with its interval, and lenet minus lenet_fc_bn2
     paired by seed."""
     medians = {
         line.name: {
-            measure: [
-                float(np.median([p[measure] for p in probes if (p["model"], p["learning_rate"], p["seed"]) == key]))
-                for key in ((line.name, rate, seed) for seed in seeds)
-            ]
+            measure: [float(np.median([p[measure] for p in reports[line.name, rate, seed]])) for seed in seeds]
             for measure in MEASURES
         }
         for line in lines
