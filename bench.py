@@ -47,14 +47,14 @@ PATHS = {key: jit_compile for jit_compile, key in PATH_KEYS.items()}  # "xla": T
 # The default sweep (python main.py --model all) on the full MNIST.
 SWEEP = {"train": 51_000, "val": 9_000, "test": 10_000, "epochs": DEFAULTS["epochs"]}
 FULL_RUN = {"images": 60_000, "repeats": 5}  # what results/bench.json holds
-PARTS = ("all", "paths", "jobs", "steps", "data", "curve")
+PARTS = ("all", "paths", "jobs", "steps", "data", "curve", "against")
 # The data part: a Keras-format .npz of the full MNIST's shapes (random pixels), read DATA_READS times each way.
 DATA_READS = 5
 # The jobs part: the default sweep's five models, each on these images for these epochs.
 JOBS_SWEEP = {"images": 12_800, "epochs": 3}
 # The steps part: training steps per second at these batch sizes, at one step
 # per call into TensorFlow and at several, each epoch this many steps.
-STEPS_PART = {"batch_sizes": (2, 16, 64), "counts": (1, 4, 32), "steps": 640, "repeats": 3}
+STEPS_PART = {"batch_sizes": (2, 16, 64), "counts": (1, 4, 32), "steps": 640, "repeats": 5}
 # Below this many images an epoch is over before the timing means much (start-up
 # and the first batches dominate), so the sweep estimate is not to be trusted.
 FEWEST_TRUSTED_IMAGES = 6_400
@@ -243,10 +243,12 @@ def measure_steps_per_call(batch_sizes, counts, steps, repeats):
     """Training steps per second at each batch size, with each count of steps
     per call into TensorFlow (Keras's steps_per_execution), on both compile
     paths: {path: {model: {batch: {count: steps per second}}}}, medians over
-    `repeats` epochs of `steps` steps after a warm-up one."""
+    `repeats` epochs of `steps` steps after a warm-up one, taken in turns
+    across the paths, models and counts of one batch size."""
     figures = {}
     for batch_size in batch_sizes:
         images, labels = synthetic_mnist(steps * batch_size)
+        epochs = {}  # (path, name, count): one training epoch of a model of its own
         for path, jit_compile in PATHS.items():
             settings = bench_config(batch_size, DEFAULTS["inference_batch_size"], jit_compile)
             for name in ("lenet", "lenet_fc_bn2"):
@@ -256,12 +258,16 @@ def measure_steps_per_call(batch_sizes, counts, steps, repeats):
                     def epoch(model=model, settings=settings, count=count, images=images, labels=labels):
                         models_handling.fit(model, images, labels, settings, epochs=1, steps_per_call=count)
 
-                    epoch()
-                    rate = steps / statistics.median(seconds(epoch) for _ in range(repeats))
-                    figures.setdefault(path, {}).setdefault(name, {}).setdefault(str(batch_size), {})[str(count)] = rate
-                    print(
-                        f"  batch {batch_size}, {count} steps per call, {path}, {name}: {rate:.0f} steps/s", flush=True
-                    )
+                    epoch()  # warm-up: tracing, compiling
+                    epochs[path, name, count] = epoch
+        times = {key: [] for key in epochs}
+        for _ in range(repeats):
+            for key, epoch in epochs.items():
+                times[key].append(seconds(epoch))
+        for (path, name, count), durations in times.items():
+            rate = steps / statistics.median(durations)
+            figures.setdefault(path, {}).setdefault(name, {}).setdefault(str(batch_size), {})[str(count)] = rate
+            print(f"  batch {batch_size}, {count} steps per call, {path}, {name}: {rate:.0f} steps/s", flush=True)
     return figures
 
 
@@ -303,7 +309,8 @@ def main(argv=None):
         help="paths: the compile paths and auto; jobs: the default sweep at --jobs 1 and auto, without and with "
         "remembered compile paths; steps: training steps per second at batch 2, 16 and 64 by steps per call into "
         "TensorFlow; data: reading a full-size .npz with and without the CRC-32 check; curve: "
-        "what validating every 10 steps adds to a training; all: "
+        "what validating every 10 steps adds to a training; against: the default sweep on --data by the checkout "
+        "at --against and by this one, back to back (not in all); all: "
         "every part. A part alone updates its own figures in --output",
     )
     parser.add_argument(
@@ -318,6 +325,8 @@ def main(argv=None):
         default=JOBS_SWEEP["epochs"],
         help="the jobs part's epochs per model",
     )
+    parser.add_argument("--data", help="the against part's dataset (as main.py's --data)")
+    parser.add_argument("--against", help="the against part's other checkout of this project (a folder)")
     args = parser.parse_args(argv)
     if args.output is None and (args.images, args.repeats) == (FULL_RUN["images"], FULL_RUN["repeats"]):
         args.output = "results/bench.json"
@@ -347,6 +356,11 @@ def main(argv=None):
         record.update(measure_parallelism(args))
     if args.part in ("all", "steps"):
         record.update(measure_steps(args))
+    if args.part == "against":  # not in "all": it needs a dataset and a second checkout
+        try:
+            record.update(measure_against(args))
+        except utils.UsageError as error:
+            parser.error(str(error))
     if args.output is None:
         print("not written to a file (a shorter run than results/bench.json's; --output FILE keeps it)")
         return 0
@@ -472,6 +486,49 @@ def measure_steps(args):
     for name, gain in gains.items():
         print(f"{most + ' steps per call vs 1, ' + name:<52}{gain:>6.2f}x")
     return {"steps_per_call": {"steps_per_second": rates, "gain": gains, **STEPS_PART}}
+
+
+def measure_against(args):
+    """The against part: the default sweep (main.py at every default) on
+    --data, run by the checkout at --against and by this one, back to back,
+    at --jobs 1 and then auto; this checkout twice, the second run reusing
+    the compile paths the first remembered. Wall seconds and test accuracies
+    per run; the speed-ups over --against's run."""
+    if args.data is None or args.against is None:
+        raise utils.UsageError("--part against needs --data PATH (a dataset main.py reads) and --against DIR")
+    import os
+    import subprocess
+    import tempfile
+
+    data, against = Path(args.data).resolve(), Path(args.against).resolve()
+    if not (against / "main.py").is_file():
+        raise utils.UsageError(f"--against {args.against}: no main.py there; name a checkout of this project")
+    here = Path(__file__).resolve().parent
+    runs = {}
+    for jobs in ("1", "auto"):
+        with tempfile.TemporaryDirectory() as scratch:
+            checkouts = (("before", against, "before"), ("first run", here, "now"), ("remembered", here, "now"))
+            for label, tree, home in checkouts:
+                results = Path(scratch) / label.replace(" ", "_")
+                command = [sys.executable, "main.py", "--data", str(data), "--jobs", jobs, "--verbose", "0"]
+                command += ["--flag_visualizations", "0", "--results_dir", str(results)]
+                environment = {**os.environ, "KERAS_HOME": str(Path(scratch) / home)}  # nothing remembered at first
+                start = time.perf_counter()
+                subprocess.run(command, cwd=tree, env=environment, check=True, stdout=subprocess.DEVNULL)
+                wall = time.perf_counter() - start
+                summary = json.loads((results / "summary.json").read_text())
+                accuracies = {name: round(model["test_accuracy"], 4) for name, model in summary.items()}
+                runs[f"{jobs}, {label}"] = {"seconds": wall, "test_accuracy": accuracies}
+                print(f"  --jobs {jobs}, {label}: {wall:.0f} s, test accuracies {accuracies}", flush=True)
+    speedups = {
+        f"{jobs}, {label}": runs[f"{jobs}, before"]["seconds"] / runs[f"{jobs}, {label}"]["seconds"]
+        for jobs in ("1", "auto")
+        for label in ("first run", "remembered")
+    }
+    for label, speedup in speedups.items():
+        print(f"{'against --against, --jobs ' + label:<52}{speedup:>6.2f}x")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=against, capture_output=True, text=True).stdout.strip()
+    return {"against": {"runs": runs, "speedup": speedups, "data": str(args.data), "against_commit": commit or None}}
 
 
 def measure_paths(args):

@@ -5,6 +5,7 @@ The callbacks a training runs with are in harness/callbacks.py and
 harness/precise.py; what a run writes, in harness/results_folder.py.
 """
 
+import math
 import time
 from dataclasses import replace
 
@@ -24,6 +25,8 @@ from utils import UsageError, seeded
 # 16 and 64 each doubling from 1 to 32 steps per call was faster, 32 fastest
 # on both compile paths; beyond it an epoch of the small sample is a few calls.
 STEPS_PER_CALL = 32
+# Images gathered from numpy per call in the input pipeline (`batches`).
+IMAGES_PER_GATHER = 1024
 
 
 def make_optimizer(name, learning_rate=None):
@@ -87,13 +90,16 @@ def batches(images, labels, batch_size, order=None):
     in the order of the images or, with `order` (an EpochOrder), in the
     current epoch's order.
 
-    The pipeline batches positions and each batch is gathered from the numpy
+    The pipeline batches positions and the images are gathered from the numpy
     arrays, which stay outside TensorFlow: copied whole into a tensor
     (Dataset.from_tensors) they cost a second copy of the data in memory
     (3.2 GB for 800,000 images) and risk TensorFlow's 2 GB limit on graph
-    constants. tf.data's autotuner is off: on a 2-core machine its background
-    work took a core from training for whole epochs at a time, halving
-    throughput (measured with bench.py).
+    constants. Each call into numpy gathers several batches at once (about
+    IMAGES_PER_GATHER images), which TensorFlow then splits: a call per batch
+    cost 175 us a batch at batch size 2 against 52 us (docs/speed.md), a
+    tenth of a training step there. tf.data's autotuner is off: on a 2-core
+    machine its background work took a core from training for whole epochs
+    at a time, halving throughput (measured with bench.py).
     """
 
     def gather(positions):
@@ -109,9 +115,16 @@ def batches(images, labels, batch_size, order=None):
         )
         return tf.ensure_shape(image_batch, (None, *images.shape[1:])), tf.ensure_shape(label_batch, (None,))
 
+    def split(image_chunk, label_chunk):
+        return tf.data.Dataset.from_tensor_slices((image_chunk, label_chunk)).batch(batch_size)
+
+    per_gather = max(1, IMAGES_PER_GATHER // batch_size) * batch_size  # whole batches: the same batches as one by one
     options = tf.data.Options()
     options.autotune.enabled = False
-    return tf.data.Dataset.range(len(images)).batch(batch_size).map(gather_tensors).with_options(options).prefetch(2)
+    pipeline = tf.data.Dataset.range(len(images)).batch(per_gather).map(gather_tensors).flat_map(split)
+    # flat_map hides how many batches come; Keras needs it (epoch ends, progress bar, the precise refill).
+    pipeline = pipeline.apply(tf.data.experimental.assert_cardinality(math.ceil(len(images) / batch_size)))
+    return pipeline.with_options(options).prefetch(2)
 
 
 def fit(model, images, labels, config, epochs, validation_data=None, callbacks=(), steps_per_call=None):

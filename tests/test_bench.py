@@ -90,7 +90,7 @@ def test_the_jobs_part_alone_updates_its_figures_and_keeps_the_others(fake_measu
     assert bench.main(["--output", "bench.json", "--part", "steps"]) == 0
     steps = json.loads((tmp_path / "bench.json").read_text())["steps_per_call"]
     assert steps["gain"]["tensorflow, lenet_fc_bn2, batch 2"] == pytest.approx(2.0)  # 800 against 400 steps/s
-    assert fake_measure[-1] == ((2, 16, 64), (1, 4, 32), 640, 3)
+    assert fake_measure[-1] == ((2, 16, 64), (1, 4, 32), 640, 5)
 
 
 def test_auto_takes_each_models_chosen_path_and_pays_for_choosing(fake_measure, tmp_path, monkeypatch):
@@ -151,3 +151,15 @@ def test_a_flag_out_of_bounds_is_refused_before_measuring(flag, value, message, 
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
     assert not fake_measure
+
+
+def test_the_against_part_names_what_it_lacks_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--part", "against", "--output", str(tmp_path / "b.json")])
+    assert stop.value.code == 2 and "--part against needs --data PATH" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(
+            ["--part", "against", "--data", "x.npz", "--against", str(tmp_path), "--output", str(tmp_path / "b.json")]
+        )
+    assert f"--against {tmp_path}: no main.py there" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
