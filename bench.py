@@ -47,7 +47,10 @@ PATHS = {key: jit_compile for jit_compile, key in PATH_KEYS.items()}  # "xla": T
 # The default sweep (python main.py --model all) on the full MNIST.
 SWEEP = {"train": 51_000, "val": 9_000, "test": 10_000, "epochs": DEFAULTS["epochs"]}
 FULL_RUN = {"images": 60_000, "repeats": 5}  # what results/bench.json holds
-PARTS = ("all", "paths", "jobs", "steps", "data", "curve", "against")
+PARTS = ("all", "paths", "jobs", "steps", "bn", "data", "curve", "against")
+# The bn part: the inputs of lenet_fc_bn2's four BN layers at batch 64, each
+# layer's forward and backward pass timed CALLS times per repetition.
+BN_PART = {"shapes": {"C1": (64, 28, 28, 6), "C3": (64, 10, 10, 16), "C5": (64, 120), "F6": (64, 84)}, "calls": 100}
 # The data part: a Keras-format .npz of the full MNIST's shapes (random pixels), read DATA_READS times each way.
 DATA_READS = 5
 # The jobs part: the default sweep's five models, each on these images for these epochs.
@@ -308,7 +311,8 @@ def main(argv=None):
         default="all",
         help="paths: the compile paths and auto; jobs: the default sweep at --jobs 1 and auto, without and with "
         "remembered compile paths; steps: training steps per second at batch 2, 16 and 64 by steps per call into "
-        "TensorFlow; data: reading a full-size .npz with and without the CRC-32 check; curve: "
+        "TensorFlow; bn: one BN layer's training pass against Keras's, a bare affine map and nothing; data: "
+        "reading a full-size .npz with and without the CRC-32 check; curve: "
         "what validating every 10 steps adds to a training; against: the default sweep on --data by the checkout "
         "at --against and by this one, back to back (not in all); all: "
         "every part. A part alone updates its own figures in --output",
@@ -356,6 +360,8 @@ def main(argv=None):
         record.update(measure_parallelism(args))
     if args.part in ("all", "steps"):
         record.update(measure_steps(args))
+    if args.part in ("all", "bn"):
+        record.update(measure_bn(args))
     if args.part == "against":  # not in "all": it needs a dataset and a second checkout
         try:
             record.update(measure_against(args))
@@ -529,6 +535,77 @@ def measure_against(args):
         print(f"{'against --against, --jobs ' + label:<52}{speedup:>6.2f}x")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=against, capture_output=True, text=True).stdout.strip()
     return {"against": {"runs": runs, "speedup": speedups, "data": str(args.data), "against_commit": commit or None}}
+
+
+def measure_bn_layers(repeats):
+    """Microseconds of one training-mode forward and backward pass through
+    one normalization at each of lenet_fc_bn2's BN places (batch 64), on both
+    compile paths: ours (lenet.BatchNorm, recording its window too), Keras's
+    BatchNormalization, a bare per-channel affine map x * gamma + beta (the
+    least any BN computes), and nothing (the timing's own floor). Medians of
+    `repeats` repetitions taken in turns; {path: {layer: {place: us}}}."""
+    from lenet import BatchNorm
+
+    class Affine(keras.layers.Layer):
+        def build(self, input_shape):
+            self.gamma = self.add_weight(shape=input_shape[-1:], initializer="ones")
+            self.beta = self.add_weight(shape=input_shape[-1:], initializer="zeros")
+
+        def call(self, x, training=None):
+            return x * self.gamma + self.beta
+
+    layers = {
+        "ours": lambda: BatchNorm(epsilon=DEFAULTS["epsilon"], window_size=DEFAULTS["window_size"]),
+        "keras": lambda: keras.layers.BatchNormalization(epsilon=DEFAULTS["epsilon"]),
+        "affine": Affine,
+        "nothing": lambda: keras.layers.Identity(),
+    }
+    rng = np.random.default_rng(0)
+    passes = {}
+    for place, shape in BN_PART["shapes"].items():
+        x = tf.constant(rng.normal(size=shape), tf.float32)
+        upstream = tf.constant(rng.normal(size=shape), tf.float32)
+        for path, jit_compile in PATHS.items():
+            for name, make in layers.items():
+                layer = make()
+                layer.build(shape)
+
+                @tf.function(jit_compile=jit_compile)
+                def forward_and_backward(x=x, upstream=upstream, layer=layer):
+                    with tf.GradientTape() as tape:
+                        tape.watch(x)
+                        loss = tf.reduce_sum(layer(x, training=True) * upstream)
+                    return tape.gradient(loss, [x, *layer.trainable_variables])
+
+                forward_and_backward()  # tracing, compiling
+                passes[path, name, place] = forward_and_backward
+    times = {key: [] for key in passes}
+    for _ in range(repeats):
+        for key, one_pass in passes.items():
+            start = time.perf_counter()
+            for _ in range(BN_PART["calls"]):
+                one_pass()
+            times[key].append(1e6 * (time.perf_counter() - start) / BN_PART["calls"])
+    figures = {}
+    for (path, name, place), durations in times.items():
+        figures.setdefault(path, {}).setdefault(name, {})[place] = statistics.median(durations)
+    return figures
+
+
+def measure_bn(args):
+    """The bn part: what one BN layer's training pass costs, against Keras's, a bare affine map and nothing."""
+    print(
+        "\none normalization's training-mode forward and backward pass at batch 64, microseconds, "
+        f"{args.repeats} repetitions"
+    )
+    figures = measure_bn_layers(args.repeats)
+    places = list(BN_PART["shapes"])
+    for path, per_layer in figures.items():
+        print(f"{path:<12}" + "".join(f"{place:>9}" for place in places) + f"{'all four':>10}")
+        for name, per_place in per_layer.items():
+            print(f"  {name:<10}" + "".join(f"{per_place[place]:>9.0f}" for place in places), end="")
+            print(f"{sum(per_place.values()):>10.0f}")
+    return {"bn_layer_microseconds": {"figures": figures, **BN_PART}}
 
 
 def measure_paths(args):

@@ -38,11 +38,16 @@ def fake_measure(monkeypatch):
     monkeypatch.setattr(bench, "measure_choices", lambda *args: calls.append(args) or FAKE_CHOICES)
     monkeypatch.setattr(bench, "measure_jobs", lambda *args: calls.append(args) or FAKE_JOBS)
     monkeypatch.setattr(bench, "measure_steps_per_call", lambda *args: calls.append(args) or FAKE_STEPS)
+    monkeypatch.setattr(bench, "measure_bn_layers", lambda *args: calls.append(args) or FAKE_BN)
     monkeypatch.setattr(bench, "measure_data_read", lambda *args: calls.append(args) or FAKE_DATA_READ)
     monkeypatch.setattr(bench, "measure_validation_curve", lambda *args: calls.append(args) or {})
     return calls
 
 
+FAKE_BN = {  # microseconds by path, layer and place
+    path: {name: dict.fromkeys(("C1", "C3", "C5", "F6"), us) for name, us in (("ours", 500.0), ("nothing", 100.0))}
+    for path in ("xla", "tensorflow")
+}
 FAKE_DATA_READ = {"data_read_seconds": {"numpy_np_load": 0.05, "checked_load_raw": 0.07}}
 # wall seconds, jobs auto, largest accuracy gap
 FAKE_JOBS = ({"1": 90.0, "1 remembered": 80.0, "auto": 50.0, "auto remembered": 45.0}, 2, 0.0)
@@ -70,6 +75,8 @@ def test_a_full_run_writes_results_bench_json_with_the_refill_share(fake_measure
     assert fake_measure[1] == (64, 1024, 60_000, 5)
     assert record["jobs"]["speedup"] == pytest.approx(1.8) and record["jobs"]["sweep_seconds"] == FAKE_JOBS[0]
     assert record["steps_per_call"]["gain"]["xla, lenet, batch 2"] == pytest.approx(2.0)
+    assert record["bn_layer_microseconds"]["figures"] == FAKE_BN
+    assert "all four" in capsys.readouterr().out
     assert record["machine"]["cores"] >= 1
 
 
