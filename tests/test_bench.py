@@ -93,9 +93,14 @@ def test_the_jobs_part_alone_updates_its_figures_and_keeps_the_others(fake_measu
     assert "jobs speedup" in out and "1.80x on" in out
     assert "remembered compile paths, --jobs 1" in out and "1.12x" in out  # 90 s against 80 s
     assert "steps_per_call" not in both  # the steps part did not run
+    # Each part's settings kept under its name, none naming a folder of this machine.
+    assert both["settings"]["part"] == "paths" and both["jobs_settings"]["part"] == "jobs"
+    assert "output" not in both["settings"] and "against" not in both["jobs_settings"]
     assert fake_measure[-1] == (12_800, 3)  # the sweep's images and epochs
-    assert bench.main(["--output", "bench.json", "--part", "steps"]) == 0
-    steps = json.loads((tmp_path / "bench.json").read_text())["steps_per_call"]
+    assert bench.main(["--output", "bench.json", "--part", "steps", "--data", str(tmp_path / "fashion-mnist")]) == 0
+    record = json.loads((tmp_path / "bench.json").read_text())
+    assert record["steps_settings"]["data"] == "fashion-mnist"  # by name, not by this machine's path
+    steps = record["steps_per_call"]
     assert steps["gain"]["tensorflow, lenet_fc_bn2, batch 2"] == pytest.approx(2.0)  # 800 against 400 steps/s
     assert fake_measure[-1] == ((2, 16, 64), (1, 4, 32), 640, 5)
 
