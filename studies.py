@@ -1,16 +1,16 @@
 """What batch normalization does here: eleven studies, each one command.
 
-    python studies.py keras_check --data mnist.npz   # ours against keras.layers.BatchNormalization
-    python studies.py seeds --data mnist.npz         # the five variants over seeds, both statistics rules
-    python studies.py figure1 --data mnist.npz       # the BN paper's Figure 1, its own MLP (--setup lenet: LeNet-5)
-    python studies.py lr --data mnist.npz            # plain SGD at learning rates 0.01 to 10
-    python studies.py window --data mnist.npz        # inference statistics: rule, window and batch size
-    python studies.py replicas --data mnist.npz      # the batch split over 1 to 8 devices, BN synchronized or not
-    python studies.py grid --vary batch_size=8,64 --data mnist.npz   # any knob over its values, models x seeds
-    python studies.py batch_size --data mnist.npz    # BN, GroupNorm, LayerNorm at batch sizes 2 to 256 (a grid)
-    python studies.py init --data mnist.npz          # the initial weights' scale, 1 to 1e-4, with and without BN
-    python studies.py landscape --data mnist.npz     # why BN helps: the loss landscape along the gradient
-    python studies.py noisy_bn --data mnist.npz      # why BN helps: noise after BN, more shift, still trains
+    python studies.py keras_check --data data/mnist-subset.npz  # ours against Keras's BatchNormalization
+    python studies.py seeds --data data/mnist-subset.npz        # the five variants over seeds, both rules
+    python studies.py figure1 --data data/mnist-subset.npz      # the BN paper's Figure 1 (its MLP, or LeNet-5)
+    python studies.py lr --data data/mnist-subset.npz           # plain SGD at learning rates 0.01 to 10
+    python studies.py window --data data/mnist-subset.npz       # inference statistics: rule, window, batch
+    python studies.py replicas --data data/mnist-subset.npz     # the batch split over 1 to 8 devices
+    python studies.py grid --vary batch_size=8,64 --data data/mnist-subset.npz  # any knob, models x seeds
+    python studies.py batch_size --data data/mnist-subset.npz   # BN, GroupNorm, LayerNorm at batch 2 to 256
+    python studies.py init --data data/mnist-subset.npz         # the initial weights' scale, with and without BN
+    python studies.py landscape --data data/mnist-subset.npz    # why BN helps: the landscape along the gradient
+    python studies.py noisy_bn --data data/mnist-subset.npz     # why BN helps: noisy BN, covariate shift
 
 Each writes PNGs, a CSV of its numbers and a summary.json into
 <results_dir>/<study>/ (default results/studies/<study>/). Every setting not
@@ -63,12 +63,17 @@ def build_parser():
     names = parser.add_subparsers(dest="study", required=True, metavar="NAME", parser_class=OneLineErrorParser)
     for name, study in STUDIES.items():
         sub = names.add_parser(
-            name, help=study.ABOUT, description=study.ABOUT, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+            name,
+            help=study.ABOUT.replace("%", "%%"),
+            description=study.ABOUT,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         for flag in SHARED_FLAGS:
             if flag == "seed" and name in SEVERAL_SEEDS:
                 continue
-            if flag == "results_dir":
+            if flag == "epochs" and hasattr(study, "EPOCHS"):  # a study whose trainings need more than main.py's
+                add_flag(sub, flag, default=study.EPOCHS)
+            elif flag == "results_dir":
                 add_flag(sub, flag, default="results/studies", help="the study writes into RESULTS_DIR/NAME/")
             else:
                 add_flag(sub, flag)

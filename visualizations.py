@@ -289,3 +289,98 @@ def plot_panels(banded, panels, path, title, log_scale=()):
         axes.legend(fontsize=8)
     figure.suptitle(title)
     save_figure(figure, path)
+
+
+def plot_landscape(curves, panels, views, path, title):
+    """Santurkar et al.'s Figure 4 panels for two networks: one row per view
+    (raw, scale-free) against training step, then the same against the
+    training loss (its running median; falling from left to right). Each
+    seed a thin line; against step, the geometric mean over seeds a thick
+    one. `curves[network]` is a list, one dict per seed, of "step", "loss"
+    and f"{view}_{key}" lists; `panels` as plot_panels takes them."""
+    figure, grid = plt.subplots(2 * len(views), len(panels), figsize=(5 * len(panels), 3.6 * 2 * len(views)))
+    for row, view in enumerate(views):
+        for column, (key, panel_title, ylabel) in enumerate(panels):
+            by_step, by_loss = grid[row, column], grid[len(views) + row, column]
+            for index, (name, runs) in enumerate(curves.items()):
+                color = f"C{index}"
+                series = [run[f"{view}_{key}"] for run in runs]
+                for run, values in zip(runs, series):
+                    by_step.plot(run["step"], values, color=color, alpha=0.25, linewidth=0.8)
+                    by_loss.plot(run["loss"], values, color=color, alpha=0.5, linewidth=0.8)
+                geometric = np.exp(np.mean(np.log(np.maximum(series, 1e-30)), axis=0))
+                by_step.plot(runs[0]["step"], geometric, color=color, linewidth=2, label=f"{name} (geometric mean)")
+                by_loss.plot([], [], color=color, label=name)
+            for axes, xlabel in ((by_step, "training step"), (by_loss, "training loss (running median)")):
+                axes.set_yscale("log")
+                axes.set(title=f"{panel_title}, {view.replace('_', '-')}", xlabel=xlabel, ylabel=ylabel)
+                axes.grid(alpha=0.3, which="both")
+                axes.legend(fontsize=7)
+            by_loss.set_xscale("log")
+            by_loss.invert_xaxis()
+    figure.suptitle(title)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def plot_noisy_bn(curves, labels, result, layers, layer, path, title):
+    """The noisy_bn study (study/noisy_bn.py's plot says what each panel is)."""
+    figure, grid = plt.subplots(2, 4, figsize=(21, 9))
+    steps = [point["step"] for point in curves[labels[0]][0]]
+    for index, label in enumerate(labels):
+        color = f"C{index}"
+        for axes, key in ((grid[0, 0], "train_accuracy"), (grid[0, 1], "relative_move")):
+            values = np.array([[p[key] for p in curve[1:]] for curve in curves[label]])  # none at the first point
+            axes.plot(steps[1:], values.mean(axis=0), color=color, label=label)
+        offset = (index - (len(labels) - 1) / 2) * 0.12  # side by side at each layer, none hidden
+        for axes, measure in ((grid[0, 2], "l2"), (grid[0, 3], "cosine")):
+            cells = [result["summary"][f"ics_{measure}_{name}"][label] for name in layers]
+            means = np.array([cell["mean"] for cell in cells])
+            low = np.array([cell["low"] if cell["low"] is not None else cell["mean"] for cell in cells])
+            high = np.array([cell["high"] if cell["high"] is not None else cell["mean"] for cell in cells])
+            if measure == "cosine":  # a cosine's range; a few seeds' interval can reach past it
+                low, high = np.clip(low, -1, 1), np.clip(high, -1, 1)
+            axes.errorbar(
+                np.arange(len(layers)) + offset,
+                means,
+                yerr=[means - low, high - means],
+                fmt="o",
+                color=color,
+                capsize=3,
+                label=label,
+            )
+        percentiles = grid[1, index] if index < 4 else None
+        if percentiles is not None:
+            for key, name in (("p85", "85th percentile"), ("p50", "median"), ("p15", "15th percentile")):
+                values = np.array([[p[key] for p in curve] for curve in curves[label]])
+                percentiles.plot(steps, values.mean(axis=0), label=name)
+            percentiles.set(
+                title=f"({'efgh'[index]}) {label}: one {layer} sigmoid's input",
+                xlabel="training step",
+                ylabel=f"{layer} sigmoid input (training mode)",
+            )
+            percentiles.legend(fontsize=7)
+    grid[0, 0].set(title="(a) training accuracy since the last point", xlabel="training step", ylabel="accuracy")
+    grid[0, 1].set(
+        title=f"(b) {layer} inputs: median's move / spread",
+        xlabel="training step",
+        ylabel="mean over units of |move of median| / (p85 - p15)",
+    )
+    grid[0, 1].set_yscale("log")
+    for axes, measure, ylabel in ((grid[0, 2], "l2", "||G - G'||"), (grid[0, 3], "cosine", "cos(G, G')")):
+        axes.set_xticks(range(len(layers)), layers)
+        axes.set(
+            title=f"(c) internal covariate shift, {measure}"
+            if measure == "l2"
+            else "(d) internal covariate shift, cosine",
+            xlabel="layer",
+            ylabel=ylabel,
+        )
+    grid[0, 2].set_yscale("log")
+    for axes in grid.flat:
+        axes.grid(alpha=0.3, which="both")
+    grid[0, 0].legend(fontsize=7)
+    grid[0, 2].legend(fontsize=7)
+    figure.suptitle(title)
+    figure.tight_layout()
+    save_figure(figure, path)

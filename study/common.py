@@ -19,9 +19,11 @@ def study_dir(config, name):
 
 
 def write_rows(path, rows):
-    """A list of dicts as CSV, columns in the first row's order."""
+    """A list of dicts as CSV, columns in the order they first appear (a
+    column a row lacks is left empty in it)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     files.write_text(path, text.getvalue())

@@ -132,13 +132,14 @@ def sweep(config, knob, values, lines, seeds, data, folder):
     rows, _ = train(config, cells, data, folder / "grid.csv", row_of, config.resume)
     labels = [line.describe() for line in lines]
     result = {"knob": knob, "values": values, "seeds": seeds, "epochs": config.epochs, "models": {}}
+    result["diverged_counted_as"] = "test accuracy 0 (error 1)"
     for label in labels:
         result["models"][label] = {}
         for value in values:
             mine = [row for row in rows if (row["model"], row[knob]) == (label, value)]
-            finished = [row["test_accuracy"] for row in mine if not row["diverged"]]
+            accuracies = [accuracy_counted(row) for row in mine]
             result["models"][label][str(value)] = {
-                **(summary(finished) if finished else {"n": 0}),
+                **(summary(accuracies) if accuracies else {"n": 0}),
                 "diverged": sum(row["diverged"] for row in mine),
             }
     reference = labels[0]
@@ -252,13 +253,20 @@ def run(config, args):
 
 
 def difference(rows, knob, value, label, reference):
-    """label minus reference at one value, paired by seed (seeds where either diverged left out)."""
+    """label minus reference at one value, paired by seed (a diverged training counted as accuracy_counted says)."""
     by_seed = {}
     for row in rows:
-        if row[knob] == value and row["model"] in (label, reference) and not row["diverged"]:
-            by_seed.setdefault(row["seed"], {})[row["model"]] = row["test_accuracy"]
+        if row[knob] == value and row["model"] in (label, reference):
+            by_seed.setdefault(row["seed"], {})[row["model"]] = accuracy_counted(row)
     pairs = [(both[label], both[reference]) for both in by_seed.values() if len(both) == 2]
     return paired_difference(*zip(*pairs)) if len(pairs) >= 2 else {"n": len(pairs)}
+
+
+def accuracy_counted(row):
+    """A training's test accuracy as the grid counts it: a diverged one as 0
+    (error 1), so that a point where some seeds diverge is not reported on
+    its lucky seeds alone. The count of diverged trainings stands beside it."""
+    return 0.0 if row["diverged"] else row["test_accuracy"]
 
 
 def cell_text(cell):

@@ -108,3 +108,43 @@ def band_curves(curves, keys):
                 [s[part] if s[part] is not None else s["mean"] for s in per_step] for part in ("mean", "low", "high")
             )
     return banded
+
+
+# ---------------------------------------------------------------- on the log scale
+# Measures that are positive and span decades (a landscape's smoothness, a
+# gradient's change) are averaged as logarithms: a geometric mean with its
+# interval, and for two networks on the same seeds the ratio paired by seed.
+
+
+def geometric_summary(values):
+    """{n, mean, low, high}: the geometric mean of positive `values` and its
+    95 % interval (the interval of the mean of their logarithms, mapped back)."""
+    logs = summary(np.log(np.asarray(values, dtype=float)))
+    back = {part: None if logs[part] is None else float(np.exp(logs[part])) for part in ("mean", "low", "high")}
+    return {"n": logs["n"], **back}
+
+
+def paired_ratio(a, b):
+    """a / b paired by seed: the geometric mean of the per-seed ratios, its
+    95 % interval, and whether it is real (the interval excludes 1)."""
+    difference = paired_difference(np.log(np.asarray(a, dtype=float)), np.log(np.asarray(b, dtype=float)))
+    back = {
+        part: None if difference[part] is None else float(np.exp(difference[part])) for part in ("mean", "low", "high")
+    }
+    return {"n": difference["n"], **back, "real": difference["real"]}
+
+
+def geometric_text(s, digits=3):
+    if not s.get("n"):
+        return "none"
+    if s["low"] is None:
+        return f"{s['mean']:.{digits}g}"
+    return f"{s['mean']:.{digits}g} ({s['low']:.{digits}g} to {s['high']:.{digits}g})"
+
+
+def ratio_words(r, digits=3):
+    """A paired_ratio in words: real, or no difference at this precision."""
+    if r is None or r["low"] is None:
+        return "too few seeds to tell"
+    text = f"{r['mean']:.{digits}g}x (95 % interval {r['low']:.{digits}g} to {r['high']:.{digits}g}, n={r['n']})"
+    return text if r["real"] else f"no difference at this precision: {text}"

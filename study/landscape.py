@@ -1,42 +1,72 @@
-"""landscape: why BN helps, after Santurkar, Tsipras, Ilyas and Madry, "How
-Does Batch Normalization Help Optimization?" (NeurIPS 2018), section 3.1 and
-Figure 4. Every few training steps, at the weights theta and a training
-batch's gradient g, the loss and the gradient are measured a few steps
-along -g:
+"""landscape: is the loss landscape smoother with BN? After Santurkar,
+Tsipras, Ilyas and Madry, "How Does Batch Normalization Help Optimization?"
+(NeurIPS 2018), section 3.1 and Figure 4.
+
+Both networks train by plain SGD at one rate, in setups where both train.
+Every few steps, at the weights theta and the gradient g of a fresh
+training batch, the probe moves along the step SGD takes, eta = k * rate
+for k in MULTIPLES (the training's own step, smaller and larger ones):
 
     loss range                  max - min over eta of L(theta - eta g)
-    gradient predictiveness     ||grad L(theta - eta g) - g||, its largest over eta
+    gradient predictiveness     max over eta of ||grad L(theta - eta g) - g||
     effective beta-smoothness   max over eta of ||grad L(theta - eta g) - g|| / ||eta g||
 
 A smoother landscape changes less along the gradient: smaller numbers.
-lenet against lenet_fc_bn2, same optimizer and rate, over seeds."""
+These are in the network's own coordinates, as the paper measures them.
+A kernel that feeds BN can be scaled without changing the network, and the
+curvature along the others goes as 1 / ||w||^2, so the raw numbers move with
+the kernels' norms. The probe is therefore run twice: raw, and "scale-free"
+after scaling each BN-fed output channel to unit norm (the same function;
+the network without BN has no such kernels, its two probes are one). The
+BN-fed kernels' norms are recorded at every probe. Networks are compared at
+equal steps and at equal training loss, on the log scale (geometric means,
+ratios paired by seed)."""
 
 import functools
+from dataclasses import replace
 
 import numpy as np
 import tensorflow as tf
 
+import models_handling
 import utils
 import visualizations
 from harness.callbacks import restored_afterwards
 from harness.flags import LIMITS, int_up_to
 from study.common import study_dir, write_rows, write_summary
+from study.figure1 import build_network
+from study.gradients import BatchLoss
 from study.grid import Line, add_seed_count, plan, train
 from study.intervals import (
     FEWEST_SEEDS_TO_COMPARE,
-    band_curves,
-    difference_words,
-    paired_difference,
-    spread_text,
+    geometric_summary,
+    geometric_text,
+    paired_ratio,
+    ratio_words,
     summary,
 )
 
-ABOUT = "Why BN helps (Santurkar et al., 2018, Fig. 4): loss range, gradient predictiveness, beta-smoothness."
-# The step sizes probed: plain SGD's steps at the rates where BN-LeNet trains
-# (studies.py lr: 0.1 to 1), so "a step along the gradient" is one a
-# training could take; the same for both networks, whatever trains them.
-ETAS = (0.05, 0.1, 0.2, 0.4)
+ABOUT = (
+    "Santurkar et al.'s Figure 4 under SGD: loss range, gradient predictiveness, beta-smoothness, raw and scale-free."
+)
+# Each setup: the two networks and the SGD training both of them learn under.
+SETUPS = {
+    # Ioffe and Szegedy (2015), section 4.1: the 3 x 100 sigmoid MLP, batch 60,
+    # plain SGD at 0.5 (the figure1 study's paper setup; both learn there).
+    "mlp": {"models": ("mlp", "mlp_bn"), "batch_size": 60, "learning_rate": 0.5, "init_std": None},
+    # LeNet-5 under SGD: with Keras's Glorot initialisation lenet stays at
+    # chance for 40 epochs at rates 0.01 to 2 (the lr study; docs/why_bn_helps.md);
+    # with weights drawn from N(0, 0.3^2) it learns at 0.5.
+    "lenet": {"models": ("lenet", "lenet_fc_bn2"), "batch_size": 64, "learning_rate": 0.5, "init_std": 0.3},
+}
+# The steps probed, as multiples of the training's own step (rate x g): 1/2 to
+# 4, the range a secondary account of the paper's appendix gives for VGG.
+MULTIPLES = (0.5, 1.0, 2.0, 4.0)
+EPOCHS = 20  # this study's default --epochs: lenet under its SGD learns to 0.94 to 0.95 in 20 on the sample
 MEASURES = ("loss_range", "gradient_change", "beta")
+VIEWS = ("raw", "scale_free")
+LOSS_LEVELS = (1.0, 0.5, 0.25)  # training losses at which the networks are compared
+SMOOTHING = 5  # probes in the running median of the training loss
 PANELS = [  # the paper's Figure 4 (a), (b), (c)
     ("loss_range", "(a) loss landscape: range of L(theta - eta g)", "max - min over eta"),
     ("gradient_change", "(b) gradient predictiveness", "max over eta of ||grad L(theta - eta g) - g||"),
@@ -44,7 +74,7 @@ PANELS = [  # the paper's Figure 4 (a), (b), (c)
 ]
 
 
-def probe_along_gradient(loss_and_gradient, theta, etas=ETAS):
+def probe_along_gradient(loss_and_gradient, theta, etas):
     """The paper's three measures at `theta` (a flat vector), where
     `loss_and_gradient(theta)` gives the loss and its gradient (flat)."""
     loss, g = loss_and_gradient(theta)
@@ -63,55 +93,38 @@ def probe_along_gradient(loss_and_gradient, theta, etas=ETAS):
     }
 
 
-class BatchLoss:
-    """L and its gradient over a Keras model's trainable weights, set from a
-    flat vector, on one batch in training mode (BN with the batch's
-    statistics, as a training step sees it): the `loss_and_gradient` of
-    probe_along_gradient. It sets the model's weights; the caller restores them."""
-
-    def __init__(self, model):
-        self.model, self.variables = model, model.trainable_variables
-        self.shapes = [tuple(variable.shape) for variable in self.variables]
-        self.compiled = tf.function(self.loss_and_gradients)  # traced once per model, not once per probe
-        self.images = self.labels = None
-
-    def loss_and_gradients(self, parts, images, labels):
-        for variable, part in zip(self.variables, parts):
-            variable.assign(part)
-        with tf.GradientTape() as tape:
-            logits = tf.cast(self.model(images, training=True), tf.float32)
-            loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
-        return loss, tape.gradient(loss, self.variables)
-
-    def weights(self):
-        return np.concatenate([np.asarray(variable.numpy(), np.float64).ravel() for variable in self.variables])
-
-    def __call__(self, theta):
-        pieces = np.split(theta, np.cumsum([int(np.prod(shape)) for shape in self.shapes])[:-1])
-        parts = [
-            tf.constant(piece.reshape(shape), v.dtype) for piece, shape, v in zip(pieces, self.shapes, self.variables)
-        ]
-        loss, gradients = self.compiled(parts, self.images, self.labels)
-        return float(loss), np.concatenate([np.asarray(gradient, np.float64).ravel() for gradient in gradients])
+def probe_point(loss, etas):
+    """Both probes at the network's weights on `loss`'s batch, and the
+    BN-fed kernels' norms: one flat dict (raw_*, scale_free_*, norm_*)."""
+    theta = loss.weights()
+    raw = probe_along_gradient(loss, theta, etas)
+    free = probe_along_gradient(loss, loss.unit_filters(theta), etas) if loss.kernel_slices else raw
+    return {
+        "loss": raw["loss"],
+        **{f"raw_{key}": value for key, value in raw.items() if key != "loss"},
+        **{f"scale_free_{key}": value for key, value in free.items() if key != "loss"},
+        **{f"norm_{name}": value for name, value in loss.kernel_norms(theta).items()},
+    }
 
 
 class LandscapeProbe(tf.keras.callbacks.Callback):
-    """The probe every `every` training steps (and before the first), on a
+    """probe_point every `every` training steps (and before the first), on a
     fresh training batch each time; the run's weights, BN's windows and the
     optimizer left exactly as they were."""
 
     every_step = True  # one step per call into TensorFlow (models_handling.fit)
 
-    def __init__(self, train_images, train_labels, batch_size, every, seed):
+    def __init__(self, train_images, train_labels, batch_size, learning_rate, every, seed):
         super().__init__()
         self.images, self.labels, self.batch_size, self.every = train_images, train_labels, batch_size, every
+        self.etas = [k * learning_rate for k in MULTIPLES]
         self.random, self.step, self.curve = np.random.default_rng([seed, 7]), 0, []
 
     def probe(self):
         chosen = self.random.choice(len(self.images), self.batch_size, replace=False)
-        self.loss.images, self.loss.labels = tf.constant(self.images[chosen]), tf.constant(self.labels[chosen])
+        self.loss.set_batch(self.images[chosen], self.labels[chosen])
         with restored_afterwards(self.model):
-            self.curve.append({"step": self.step, **probe_along_gradient(self.loss, self.loss.weights())})
+            self.curve.append({"step": self.step, **probe_point(self.loss, self.etas)})
 
     def on_train_begin(self, logs=None):
         self.loss = BatchLoss(self.model)
@@ -127,119 +140,184 @@ class LandscapeProbe(tf.keras.callbacks.Callback):
 
 
 def make_probe(splits, config, every):
-    return LandscapeProbe(splits.x_train, splits.y_train, config.batch_size, every, config.seed)
+    return LandscapeProbe(splits.x_train, splits.y_train, config.batch_size, config.learning_rate, every, config.seed)
 
 
 def add_arguments(parser, flag):
-    flag(
-        parser,
-        "learning_rate",
-        "--rates",
+    parser.add_argument(
+        "--setups",
         nargs="+",
-        default=[0.001, 0.01, 0.05],
-        help="the learning rates of --optimizer, each a training of both networks per seed (Adam: both train at "
-        "0.001 and 0.01; lenet stays at chance at 0.05)",
+        choices=list(SETUPS),
+        default=list(SETUPS),
+        help="mlp: the BN paper's 3 x 100 sigmoid MLP against it with BN, batch 60, SGD at 0.5; lenet: lenet against "
+        "lenet_fc_bn2, batch 64, SGD at 0.5, weights from N(0, 0.3^2)",
     )
-    flag(parser, "optimizer")
     parser.add_argument(
         "--every",
         type=int_up_to(LIMITS["steps"]),
-        default=10,
+        default=20,
         help="probe every this many training steps (and before the first)",
     )
     add_seed_count(parser, FEWEST_SEEDS_TO_COMPARE)
 
 
+def setup_config(config, setup):
+    return replace(
+        config,
+        optimizer="sgd",
+        batch_size=setup["batch_size"],
+        learning_rate=setup["learning_rate"],
+        init_std=setup["init_std"],
+    )
+
+
 def run(config, args):
-    lines, seeds = [Line("lenet"), Line("lenet_fc_bn2")], list(range(args.seeds))
+    seeds, folder = list(range(args.seeds)), study_dir(config, "landscape")
+    build = functools.partial(models_handling.build_and_compile, build=build_network)
     probe = functools.partial(make_probe, every=args.every)
-    cells = plan(config, lines, [{"learning_rate": rate} for rate in args.rates], seeds, callback=probe)
-    folder = study_dir(config, "landscape")
+    cells, configs = [], {}
+    for name in args.setups:
+        setup = SETUPS[name]
+        configs[name] = setup_config(config, setup)
+        lines = [
+            Line(model, label=f"{name}: {model}", build=functools.partial(build, model)) for model in setup["models"]
+        ]
+        cells += plan(configs[name], lines, [{}], seeds, callback=probe)
 
     def row_of(cell, done):
         result = done.result
         return {
+            "setup": cell.line.describe().split(":")[0],
             "model": cell.line.name,
-            "learning_rate": cell.point["learning_rate"],
             "seed": cell.seed,
             "test_accuracy": result.test_accuracy,
+            "final_train_loss": result.history["loss"][-1],
             "diverged": result.diverged is not None,
         }
 
     rows, finished = train(config, cells, utils.load(config), folder / "trainings.csv", row_of)
-    # Each training's probes, by (network, rate, seed).
-    reports = {
-        (cell.line.name, cell.point["learning_rate"], cell.seed): done.report for cell, done in zip(cells, finished)
-    }
+    reports = {(cell.line.name, cell.seed): done.report for cell, done in zip(cells, finished)}
     write_rows(
         folder / "landscape.csv",
-        [
-            {"model": name, "learning_rate": rate, "seed": seed, **point}
-            for (name, rate, seed), report in reports.items()
-            for point in report
-        ],
+        [{"model": name, "seed": seed, **point} for (name, seed), report in reports.items() for point in report],
     )
-    result = {"optimizer": config.optimizer, "etas": list(ETAS), "every": args.every, "seeds": seeds}
-    result.update(epochs=config.epochs, rates={})
-    for rate in args.rates:
-        result["rates"][str(rate)] = part = rate_summary(rate, lines, seeds, reports, rows)
-        print(f"\n{config.optimizer} at {rate:g}: each seed's median over training; mean over seeds (95 % interval)")
-        for measure in MEASURES:
-            cells_text = [spread_text(part["per_seed_median"][line.name][measure]) for line in lines]
-            print(f"  {measure:<16}" + "  ".join(f"{line.name} {text:<36}" for line, text in zip(lines, cells_text)))
-            print(f"  {'':<16}lenet - lenet_fc_bn2: {difference_words(part['lenet_minus_lenet_fc_bn2'][measure])}")
-        print(
-            "  test accuracy   "
-            + "  ".join(f"{line.name} {spread_text(part['test_accuracy'][line.name])}" for line in lines)
-        )
-        plot_rate(reports, rate, lines, seeds, folder, f"{config.optimizer} at {rate:g}")
+    result = {"multiples_of_the_step": list(MULTIPLES), "every": args.every, "seeds": seeds, "setups": {}}
+    for name in args.setups:
+        setup, chosen = SETUPS[name], configs[name]
+        plain, bn = setup["models"]
+        part = {
+            "models": list(setup["models"]),
+            "optimizer": "sgd",
+            "learning_rate": chosen.learning_rate,
+            "batch_size": chosen.batch_size,
+            "init_std": chosen.init_std,
+            "epochs": chosen.epochs,
+            "steps": [k * chosen.learning_rate for k in MULTIPLES],
+            **setup_summary(plain, bn, seeds, reports, rows),
+        }
+        result["setups"][name] = part
+        print_setup(name, part, plain, bn)
+        plot_setup(reports, plain, bn, seeds, folder / f"landscape_{name}.png", describe_setup(name, chosen, seeds))
     write_summary(folder, result)
     return result
 
 
-def plot_rate(reports, rate, lines, seeds, folder, setting):
-    """Figure 4's three panels at one rate. The measures are positive and
-    span decades, so each band is the 95 % interval of the mean of their
-    logarithms over the seeds (a geometric mean and its interval), drawn on
-    log axes; an arithmetic interval of three seeds reaches below zero."""
-
-    def log_curve(name, seed):
-        mine = reports[name, rate, seed]
-        return {"step": [p["step"] for p in mine], **{m: [np.log10(max(p[m], 1e-12)) for p in mine] for m in MEASURES}}
-
-    banded = band_curves({line.name: [log_curve(line.name, seed) for seed in seeds] for line in lines}, MEASURES)
-    for curve in banded.values():
-        for measure in MEASURES:
-            curve[measure] = tuple([10.0**value for value in part] for part in curve[measure])
-    visualizations.plot_panels(
-        banded,
-        PANELS,
-        folder / f"landscape_{rate:g}.png",
-        f"{setting}, {len(seeds)} seeds; line: geometric mean, band: its 95 % interval",
-        log_scale=MEASURES,
+def describe_setup(name, config, seeds):
+    init = "Glorot" if config.init_std is None else f"N(0, {config.init_std:g}^2)"
+    return (
+        f"{name}: SGD at {config.learning_rate:g}, batch {config.batch_size}, {init} weights, {config.epochs} epochs, "
+        f"{len(seeds)} seeds; steps {', '.join(f'{k:g}' for k in MULTIPLES)} x the training's own"
     )
 
 
-def rate_summary(rate, lines, seeds, reports, rows):
-    """At one rate: each network's median of each measure over its probes,
-    per seed, their mean with its interval, and lenet minus lenet_fc_bn2
-    paired by seed."""
-    medians = {
-        line.name: {
-            measure: [float(np.median([p[measure] for p in reports[line.name, rate, seed]])) for seed in seeds]
-            for measure in MEASURES
-        }
-        for line in lines
-    }
-    accuracy = {
-        line.name: [r["test_accuracy"] for r in rows if (r["model"], r["learning_rate"]) == (line.name, rate)]
-        for line in lines
-    }
+def at_loss_level(report, level, key):
+    """`key` at the first probe where the running median of the training
+    loss (SMOOTHING probes) is at or below `level`: the median of `key` over
+    those probes; None if the run never got there."""
+    losses = [point["loss"] for point in report]
+    for end in range(SMOOTHING, len(report) + 1):
+        if np.median(losses[end - SMOOTHING : end]) <= level:
+            return float(np.median([point[key] for point in report[end - SMOOTHING : end]]))
+    return None
+
+
+def compare(plain_values, bn_values):
+    """Each network's geometric mean over seeds, and bn / plain paired by
+    seed (seeds where either is missing left out, and counted)."""
+    pairs = [(p, b) for p, b in zip(plain_values, bn_values) if p is not None and b is not None]
     return {
-        "per_seed_median": medians,
-        "median_over_training": {name: {m: summary(v) for m, v in per.items()} for name, per in medians.items()},
-        "lenet_minus_lenet_fc_bn2": {
-            m: paired_difference(medians["lenet"][m], medians["lenet_fc_bn2"][m]) for m in MEASURES
-        },
-        "test_accuracy": accuracy,
+        "plain": geometric_summary([p for p, _ in pairs]) if pairs else {"n": 0},
+        "bn": geometric_summary([b for _, b in pairs]) if pairs else {"n": 0},
+        "bn_over_plain": paired_ratio([b for _, b in pairs], [p for p, _ in pairs]) if len(pairs) >= 2 else None,
+        "seeds_compared": len(pairs),
     }
+
+
+def setup_summary(plain, bn, seeds, reports, rows):
+    """Test accuracy; each measure (raw and scale-free) compared over the
+    whole training (each seed's median over its probes) and at each loss
+    level; the BN-fed kernels' norms at the start and the end."""
+    part = {"test_accuracy": {}, "diverged": {}, "over_training": {}, "at_training_loss": {}, "kernel_norms": {}}
+    for model in (plain, bn):
+        mine = [row for row in rows if row["model"] == model]
+        part["test_accuracy"][model] = summary([row["test_accuracy"] for row in mine])
+        part["diverged"][model] = sum(row["diverged"] for row in mine)
+    for view in VIEWS:
+        for measure in MEASURES:
+            key = f"{view}_{measure}"
+            medians = {
+                model: [float(np.median([p[key] for p in reports[model, seed]])) for seed in seeds]
+                for model in (plain, bn)
+            }
+            part["over_training"][key] = compare(medians[plain], medians[bn])
+            for level in LOSS_LEVELS:
+                values = {
+                    model: [at_loss_level(reports[model, seed], level, key) for seed in seeds] for model in (plain, bn)
+                }
+                part["at_training_loss"].setdefault(str(level), {})[key] = compare(values[plain], values[bn])
+    norms = [key for key in reports[bn, seeds[0]][0] if key.startswith("norm_")]
+    for key in norms:
+        part["kernel_norms"][key.removeprefix("norm_")] = {
+            "start": geometric_summary([reports[bn, seed][0][key] for seed in seeds]),
+            "end": geometric_summary([reports[bn, seed][-1][key] for seed in seeds]),
+        }
+    return part
+
+
+def print_setup(name, part, plain, bn):
+    accuracy = part["test_accuracy"]
+    print(f"\n{name}: test accuracy {plain} {accuracy[plain]['mean']:.4f}, {bn} {accuracy[bn]['mean']:.4f}")
+    print(f"  each seed's median over training; geometric mean over seeds; {bn} / {plain} paired by seed")
+    for key, comparison in part["over_training"].items():
+        print(
+            f"  {key:<28}{plain} {geometric_text(comparison['plain'])}  {bn} {geometric_text(comparison['bn'])}  "
+            f"ratio {ratio_words(comparison['bn_over_plain'])}"
+        )
+    for level, by_key in part["at_training_loss"].items():
+        beta = by_key["raw_beta"], by_key["scale_free_beta"]
+        print(
+            f"  at training loss {level}: beta raw ratio {ratio_words(beta[0]['bn_over_plain'])}, "
+            f"scale-free ratio {ratio_words(beta[1]['bn_over_plain'])} ({beta[0]['seeds_compared']} seeds)"
+        )
+
+
+def plot_setup(reports, plain, bn, seeds, path, title):
+    """Figure 4's three panels, raw (top) and scale-free (bottom), against
+    training step and against training loss; each seed a thin line, the
+    geometric mean over seeds a thick one."""
+    curves = {
+        model: [
+            {
+                "step": [p["step"] for p in reports[model, seed]],
+                "loss": running_median([p["loss"] for p in reports[model, seed]]),
+                **{f"{view}_{m}": [p[f"{view}_{m}"] for p in reports[model, seed]] for view in VIEWS for m in MEASURES},
+            }
+            for seed in seeds
+        ]
+        for model in (plain, bn)
+    }
+    visualizations.plot_landscape(curves, PANELS, VIEWS, path, title)
+
+
+def running_median(values):
+    return [float(np.median(values[max(0, i - SMOOTHING + 1) : i + 1])) for i in range(len(values))]

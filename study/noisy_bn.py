@@ -1,16 +1,27 @@
-"""noisy_bn: more internal covariate shift, and still better training
-(Santurkar, Tsipras, Ilyas and Madry, 2018, section 2.1 and Figure 2).
+"""noisy_bn: does BN help by reducing internal covariate shift? After
+Santurkar, Tsipras, Ilyas and Madry (NeurIPS 2018), sections 2.1 and 2.2.
 
-lenet_fc_bn2 with a random shift after each BN layer: at every training
-step, for each channel c, a mean m_c ~ U(-noise_mean, noise_mean) and a
-scale s_c ~ U(1, noise_scale) are drawn afresh and the BN output y becomes
-s_c * y + m_c; at inference the noise is off. The distribution of what the
-next layer receives thus moves at every step, by design: more covariate
-shift than lenet has. Training accuracy over steps for lenet, lenet_fc_bn2
-and the noisy network, and the percentiles of one F6 unit's input in
-training mode (as the training steps see it) to show the shift."""
+1. Noisy BN (section 2.1, Figure 2): lenet_fc_bn2 with noise after every
+   BN layer, in training only. At every step each noise layer draws
+   mu ~ U(-noise_mean, noise_mean) and sigma ~ U(1, noise_scale), then for
+   every activation of every sample its own shift m ~ U(mu - 0.1, mu + 0.1)
+   and scale s ~ N(sigma, 0.1^2): y becomes s * y + m. The distribution of
+   what the next layer receives moves at every step, by design. A second
+   kind ("channel") draws one shift and scale per channel and step, shared
+   by every sample and position: a change that a BN right after it removes.
+2. Internal covariate shift as the paper defines it (section 2.2,
+   Definition 2.1, Figure 5): for each layer, its weights' gradient on a
+   batch, before and after the layers below it take their SGD step on that
+   batch (study/gradients.py), as an l2 difference and a cosine.
+
+Every network trains by plain SGD (the landscape study's lenet setup, where
+lenet learns too). Every few steps: the training accuracy since the last
+point, the shift of Definition 2.1 on a fresh batch, and the F6 sigmoid
+inputs on fixed training images in training mode (noise on): how far each
+unit's median moved since the last point, relative to that unit's spread."""
 
 import functools
+from dataclasses import replace
 
 import keras
 import numpy as np
@@ -24,54 +35,87 @@ from harness.callbacks import restored_afterwards
 from harness.flags import LIMITS, float_up_to, int_up_to
 from lenet import INPUT_SHAPE, LeNet5
 from study.common import study_dir, write_rows, write_summary
+from study.gradients import BatchLoss, internal_covariate_shift
 from study.grid import Line, add_seed_count, plan, train
 from study.intervals import (
     FEWEST_SEEDS_TO_COMPARE,
-    band_curves,
     difference_words,
+    geometric_summary,
     paired_difference,
+    paired_ratio,
+    ratio_words,
     spread_text,
     summary,
 )
+from study.landscape import SETUPS
 
-ABOUT = "Santurkar et al.'s noisy BN: random shifts after every BN layer, training accuracy against lenet and BN."
+ABOUT = "Santurkar et al.'s noisy BN and their measure of internal covariate shift, against lenet and BN, under SGD."
+EPOCHS = 20  # as the landscape study: lenet under this SGD learns to 0.94 to 0.95 in 20 epochs on the sample
+SETUP = SETUPS["lenet"]  # SGD at 0.5, batch 64, weights from N(0, 0.3^2)
 LAYER, UNIT, PROBE_IMAGES = "F6", 0, 256
+SPREAD = 0.1  # each activation's shift about mu (uniform, half-width) and scale about sigma (normal, sd)
+LAYERS = ("C3", "C5", "F6", "output")  # C1 has no layer below it: its shift is 0 by definition
+NOISE_KINDS = {"activation": "noisy", "channel": "noisy per channel"}
 
 
 @keras.saving.register_keras_serializable(package="lenet_bn")
-class ShiftNoise(keras.layers.Layer):
-    """In training only: each channel scaled by s ~ U(1, scale) and shifted by
-    m ~ U(-mean, mean), both drawn afresh at every call (every training step)."""
+class BNNoise(keras.layers.Layer):
+    """In training only, y -> s * y + m, drawn afresh at every call (every
+    training step). kind "activation": mu ~ U(-mean, mean) and sigma ~
+    U(1, scale) for the layer, then s ~ N(sigma, SPREAD^2) and m ~ U(mu -
+    SPREAD, mu + SPREAD) for each activation of each sample. kind "channel":
+    one m ~ U(-mean, mean) and s ~ U(1, scale) per channel, shared by the
+    batch."""
 
-    def __init__(self, mean, scale, seed=None, **kwargs):
+    def __init__(self, mean, scale, kind="activation", seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.mean, self.scale, self.seed = mean, scale, seed
+        if kind not in NOISE_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(NOISE_KINDS)}, got {kind!r}")
+        self.mean, self.scale, self.kind, self.seed = mean, scale, kind, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         # 1: on in training; 0 while NoisyLeNet5 refills BN's inference statistics.
         self.on = self.add_weight(shape=(), initializer="ones", trainable=False, name="on")
 
+    def draw(self, shape):
+        """The scale s and shift m for a tensor of `shape`."""
+        uniform = functools.partial(keras.random.uniform, seed=self.seed_generator)
+        if self.kind == "channel":
+            channels = (shape[-1],)
+            return uniform(channels, 1.0, self.scale), uniform(channels, -self.mean, self.mean)
+        mu, sigma = uniform((), -self.mean, self.mean), uniform((), 1.0, self.scale)
+        scale = keras.random.normal(shape, mean=sigma, stddev=SPREAD, seed=self.seed_generator)
+        return scale, uniform(shape, mu - SPREAD, mu + SPREAD)
+
     def call(self, x, training=False):
         if not training:
             return x
-        channels = (x.shape[-1],)
-        shift = self.on * keras.random.uniform(channels, -self.mean, self.mean, seed=self.seed_generator)
-        scale = 1.0 + self.on * (keras.random.uniform(channels, 1.0, self.scale, seed=self.seed_generator) - 1.0)
-        return x * ops.cast(scale, x.dtype) + ops.cast(shift, x.dtype)
+        scale, shift = self.draw(ops.shape(x))
+        scale = 1.0 + self.on * (scale - 1.0)
+        return x * ops.cast(scale, x.dtype) + ops.cast(self.on * shift, x.dtype)
 
     def get_config(self):
-        return {**super().get_config(), "mean": self.mean, "scale": self.scale, "seed": self.seed}
+        return {**super().get_config(), "mean": self.mean, "scale": self.scale, "kind": self.kind, "seed": self.seed}
 
 
 @keras.saving.register_keras_serializable(package="lenet_bn")
 class NoisyLeNet5(LeNet5):
-    """LeNet5 with ShiftNoise after each of its BN layers."""
+    """LeNet5 with BNNoise after each of its BN layers."""
 
-    def __init__(self, *, noise_mean, noise_scale, noise_seed=None, **kwargs):
+    def __init__(self, *, noise_mean, noise_scale, noise_kind="activation", noise_seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.noise_mean, self.noise_scale, self.noise_seed = noise_mean, noise_scale, noise_seed
+        self.noise_mean, self.noise_scale, self.noise_kind, self.noise_seed = (
+            noise_mean,
+            noise_scale,
+            noise_kind,
+            noise_seed,
+        )
         self.noise = {
-            name: ShiftNoise(
-                noise_mean, noise_scale, None if noise_seed is None else noise_seed + i, name=f"{name}_noise"
+            name: BNNoise(
+                noise_mean,
+                noise_scale,
+                noise_kind,
+                None if noise_seed is None else noise_seed + i,
+                name=f"{name}_noise",
             )
             for i, name in enumerate(self.bn_after)
         }
@@ -91,12 +135,12 @@ class NoisyLeNet5(LeNet5):
             noise.on.assign(1.0)
 
     def get_config(self):
-        config = {"noise_mean": self.noise_mean, "noise_scale": self.noise_scale, "noise_seed": self.noise_seed}
-        return {**super().get_config(), **config}
+        noise = {"noise_mean": self.noise_mean, "noise_scale": self.noise_scale, "noise_kind": self.noise_kind}
+        return {**super().get_config(), **noise, "noise_seed": self.noise_seed}
 
 
-def noisy_network(name, config, noise_mean, noise_scale):
-    """lenet_fc_bn2's places, our BN, ShiftNoise after each (models_handling's `build`)."""
+def noisy_network(name, config, noise_mean, noise_scale, noise_kind):
+    """lenet_fc_bn2's places, our BN, BNNoise after each (models_handling's `build`)."""
     model = NoisyLeNet5(
         bn_after=("C1", "C3", "C5", "F6"),
         output_size=config.output_size,
@@ -106,6 +150,7 @@ def noisy_network(name, config, noise_mean, noise_scale):
         bn_placement=config.bn_placement,
         noise_mean=noise_mean,
         noise_scale=noise_scale,
+        noise_kind=noise_kind,
         noise_seed=config.seed,
         name=name,
     )
@@ -113,22 +158,35 @@ def noisy_network(name, config, noise_mean, noise_scale):
     return model
 
 
-class TrainingProbe(keras.callbacks.Callback):
-    """Every `every` steps: the training accuracy of the batches since the
-    last point (from Keras's running mean over the epoch), and the 15th, 50th
-    and 85th percentiles of one unit's sigmoid input over fixed training
-    images in training mode (noise on, BN with those images' statistics),
-    the run left as it was."""
+def relative_move(before, after):
+    """How far each unit's median moved between two samples of its input
+    ([images, units] each), over that unit's spread (85th - 15th
+    percentile, after), averaged over the units."""
+    p15, p50, p85 = np.percentile(after, [15, 50, 85], axis=0)
+    moved = np.abs(p50 - np.median(before, axis=0))
+    return float(np.mean(moved / np.maximum(p85 - p15, 1e-12)))
+
+
+class ShiftProbe(keras.callbacks.Callback):
+    """Every `every` steps (and before the first): the training accuracy of
+    the batches since the last point (Keras's running mean over the epoch),
+    Definition 2.1's shift per layer on a fresh training batch, and F6's
+    sigmoid inputs on fixed training images in training mode: one unit's
+    percentiles, and every unit's relative_move since the last point. The
+    run is left as it was."""
 
     every_step = True  # one step per call into TensorFlow (models_handling.fit)
 
-    def __init__(self, probe_images, every):
+    def __init__(self, train_images, train_labels, probe_images, batch_size, learning_rate, every, seed):
         super().__init__()
-        self.images, self.every = tf.constant(probe_images), every
-        self.step, self.curve = 0, {"step": [], "train_accuracy": [], "p15": [], "p50": [], "p85": []}
+        self.images, self.labels, self.probe_images = train_images, train_labels, tf.constant(probe_images)
+        self.batch_size, self.learning_rate, self.every = batch_size, learning_rate, every
+        self.random, self.step, self.curve, self.last_inputs = np.random.default_rng([seed, 13]), 0, [], None
 
     def on_train_begin(self, logs=None):
-        self.unit_input = tf.function(lambda images: self.model.layer_outputs(images, training=True)[LAYER])
+        self.loss = BatchLoss(self.model)
+        self.layer_input = tf.function(lambda images: self.model.layer_outputs(images, training=True)[LAYER])
+        self.probe(train_accuracy=None)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.seen, self.correct, self.marked = 0, 0.0, (0, 0.0)
@@ -137,16 +195,24 @@ class TrainingProbe(keras.callbacks.Callback):
         self.step += 1
         self.seen = batch + 1
         self.correct = float(logs["accuracy"]) * self.seen  # Keras's accuracy: the mean over the epoch so far
-        if self.step % self.every:
-            return
-        seen, correct = self.marked
-        self.curve["train_accuracy"].append((self.correct - correct) / (self.seen - seen))
-        self.marked = (self.seen, self.correct)
+        if self.step % self.every == 0:
+            seen, correct = self.marked
+            self.marked = (self.seen, self.correct)
+            self.probe(train_accuracy=(self.correct - correct) / (self.seen - seen))
+
+    def probe(self, train_accuracy):
+        chosen = self.random.choice(len(self.images), self.batch_size, replace=False)
+        self.loss.set_batch(self.images[chosen], self.labels[chosen])
         with restored_afterwards(self.model):
-            received = np.asarray(self.unit_input(self.images))[:, UNIT]
-        self.curve["step"].append(self.step)
-        for key, value in zip(("p15", "p50", "p85"), np.percentile(received, [15, 50, 85])):
-            self.curve[key].append(float(value))
+            shift = internal_covariate_shift(self.loss, self.loss.weights(), self.learning_rate)
+            inputs = np.asarray(self.layer_input(self.probe_images))
+        point = {"step": self.step, "train_accuracy": train_accuracy}
+        for layer, measures in shift.items():
+            point.update({f"ics_{key}_{layer}": value for key, value in measures.items()})
+        point.update(zip(("p15", "p50", "p85"), map(float, np.percentile(inputs[:, UNIT], [15, 50, 85]))))
+        point["relative_move"] = None if self.last_inputs is None else relative_move(self.last_inputs, inputs)
+        self.last_inputs = inputs
+        self.curve.append(point)
 
     def report(self):
         return self.curve
@@ -155,7 +221,15 @@ class TrainingProbe(keras.callbacks.Callback):
 def make_probe(splits, config, every):
     count = min(PROBE_IMAGES, len(splits.x_train))
     chosen = np.random.default_rng([config.seed, 11]).choice(len(splits.x_train), count, replace=False)
-    return TrainingProbe(splits.x_train[chosen], every)
+    return ShiftProbe(
+        splits.x_train,
+        splits.y_train,
+        splits.x_train[chosen],
+        config.batch_size,
+        config.learning_rate,
+        every,
+        config.seed,
+    )
 
 
 def add_arguments(parser, flag):
@@ -163,16 +237,16 @@ def add_arguments(parser, flag):
         "--noise_mean",
         type=float_up_to(10.0),
         default=0.5,
-        help="each step's shift of a channel drawn from U(-NOISE_MEAN, NOISE_MEAN)",
+        help="each step's mean shift mu drawn from U(-NOISE_MEAN, NOISE_MEAN)",
     )
     parser.add_argument(
         "--noise_scale",
         type=float_up_to(10.0),
         default=1.25,
-        help="each step's scale of a channel drawn from U(1, NOISE_SCALE)",
+        help="each step's mean scale sigma drawn from U(1, NOISE_SCALE)",
     )
     parser.add_argument(
-        "--every", type=int_up_to(LIMITS["steps"]), default=10, help="a point every this many training steps"
+        "--every", type=int_up_to(LIMITS["steps"]), default=20, help="a point every this many training steps"
     )
     add_seed_count(parser, FEWEST_SEEDS_TO_COMPARE)
 
@@ -182,9 +256,20 @@ def run(config, args):
         raise utils.UsageError(
             f"--noise_scale {args.noise_scale:g}: the scale is drawn from U(1, NOISE_SCALE); give 1 or more"
         )
-    noisy = functools.partial(noisy_network, noise_mean=args.noise_mean, noise_scale=args.noise_scale)
-    build = functools.partial(models_handling.build_and_compile, "lenet_fc_bn2", build=noisy)
-    lines = [Line("lenet"), Line("lenet_fc_bn2"), Line("lenet_fc_bn2", label="lenet_fc_bn2 noisy", build=build)]
+    config = replace(
+        config,
+        optimizer="sgd",
+        batch_size=SETUP["batch_size"],
+        learning_rate=SETUP["learning_rate"],
+        init_std=SETUP["init_std"],
+    )
+    lines = [Line("lenet"), Line("lenet_fc_bn2")]
+    for kind, label in NOISE_KINDS.items():
+        noisy = functools.partial(
+            noisy_network, noise_mean=args.noise_mean, noise_scale=args.noise_scale, noise_kind=kind
+        )
+        build = functools.partial(models_handling.build_and_compile, "lenet_fc_bn2", build=noisy)
+        lines.append(Line("lenet_fc_bn2", label=f"lenet_fc_bn2 {label}", build=build))
     seeds = list(range(args.seeds))
     cells = plan(config, lines, [{}], seeds, callback=functools.partial(make_probe, every=args.every))
     folder = study_dir(config, "noisy_bn")
@@ -207,45 +292,93 @@ def run(config, args):
     write_rows(
         folder / "noisy_bn.csv",
         [
-            {"model": label, "seed": seed, **{key: values[i] for key, values in curve.items()}}
+            {"model": label, "seed": seed, **point}
             for label in labels
             for seed, curve in zip(seeds, curves[label])
-            for i in range(len(curve["step"]))
+            for point in curve
         ],
     )
-    result = {"noise_mean": args.noise_mean, "noise_scale": args.noise_scale, "seeds": seeds, "epochs": config.epochs}
+    result = {
+        "optimizer": "sgd",
+        "learning_rate": config.learning_rate,
+        "batch_size": config.batch_size,
+        "init_std": config.init_std,
+        "epochs": config.epochs,
+        "every": args.every,
+        "noise_mean": args.noise_mean,
+        "noise_scale": args.noise_scale,
+        "noise_spread": SPREAD,
+        "seeds": seeds,
+        **study_summary(labels, curves, rows),
+    }
+    print_summary(result, labels)
+    plot(curves, labels, result, folder / "noisy_bn.png", describe(config, args, seeds))
+    write_summary(folder, result)
+    return result
+
+
+def describe(config, args, seeds):
+    return (
+        f"SGD at {config.learning_rate:g}, batch {config.batch_size}, N(0, {config.init_std:g}^2) weights, "
+        f"{config.epochs} epochs, {len(seeds)} seeds; noise mu ~ U(-{args.noise_mean:g}, {args.noise_mean:g}), "
+        f"sigma ~ U(1, {args.noise_scale:g}) per step"
+    )
+
+
+def study_summary(labels, curves, rows):
+    """Per network: test and last-epoch training accuracy (arithmetic),
+    each layer's shift (each seed's median over its probes; l2 and the
+    relative one as geometric means, the cosine arithmetic), the F6 inputs'
+    relative move; and each network against lenet, paired by seed."""
     per_seed = {
         "test_accuracy": {label: [r["test_accuracy"] for r in rows if r["model"] == label] for label in labels},
         "final_train_accuracy": {
             label: [r["final_train_accuracy"] for r in rows if r["model"] == label] for label in labels
         },
-        # How far the unit's median moves from one point to the next: the shift a training step sees.
-        "median_step_to_step": {
-            label: [float(np.mean(np.abs(np.diff(curve["p50"])))) for curve in curves[label]] for label in labels
+        "relative_move": {
+            label: [float(np.median([p["relative_move"] for p in curve[1:]])) for curve in curves[label]]
+            for label in labels
         },
     }
-    result["per_seed"] = per_seed
-    result["summary"] = {key: {label: summary(v) for label, v in by.items()} for key, by in per_seed.items()}
-    result["noisy_minus_lenet"] = {key: paired_difference(by[labels[2]], by["lenet"]) for key, by in per_seed.items()}
-    result["noisy_minus_lenet_fc_bn2"] = {
-        key: paired_difference(by[labels[2]], by["lenet_fc_bn2"]) for key, by in per_seed.items()
-    }
-    print(f"\nover {len(seeds)} seeds, mean (95 % interval)")
+    for measure in ("l2", "cosine", "relative"):
+        for layer in LAYERS:
+            key = f"ics_{measure}_{layer}"
+            per_seed[key] = {
+                label: [float(np.median([p[key] for p in curve])) for curve in curves[label]] for label in labels
+            }
+    logarithmic = [key for key in per_seed if key.startswith(("ics_l2", "ics_relative")) or key == "relative_move"]
+    result = {"per_seed": per_seed, "summary": {}, "against_lenet": {}}
     for key, by in per_seed.items():
+        result["summary"][key] = {
+            label: (geometric_summary if key in logarithmic else summary)(v) for label, v in by.items()
+        }
+        compare = paired_ratio if key in logarithmic else paired_difference
+        result["against_lenet"][key] = {label: compare(by[label], by["lenet"]) for label in labels[1:]}
+    result["diverged"] = {label: sum(r["diverged"] for r in rows if r["model"] == label) for label in labels}
+    return result
+
+
+def print_summary(result, labels):
+    seeds = len(result["seeds"])
+    print(f"\nover {seeds} seeds: each network's mean (95 % interval); against lenet paired by seed")
+    for key in ("test_accuracy", "final_train_accuracy"):
         print(f"  {key}")
         for label in labels:
-            print(f"    {label:<20}{spread_text(by[label])}")
-        print(f"    noisy - lenet: {difference_words(result['noisy_minus_lenet'][key])}")
-        print(f"    noisy - lenet_fc_bn2: {difference_words(result['noisy_minus_lenet_fc_bn2'][key])}")
-    banded = band_curves(curves, ("train_accuracy", "p15", "p50", "p85"))
-    banded = {label: {**curve, "test_accuracy": curve["train_accuracy"]} for label, curve in banded.items()}
-    visualizations.plot_figure1(
-        banded,
-        LAYER,
-        folder / "noisy_bn.png",
-        f"noise after each BN: shift U(-{args.noise_mean:g}, {args.noise_mean:g}), scale U(1, {args.noise_scale:g}) "
-        f"per channel and step; {len(seeds)} seeds, band: 95 % interval of the mean; percentiles in training mode",
-        accuracy_label="training accuracy",
-    )
-    write_summary(folder, result)
-    return result
+            print(f"    {label:<30}{spread_text(result['per_seed'][key][label])}")
+            if label != "lenet":
+                print(f"      minus lenet: {difference_words(result['against_lenet'][key][label])}")
+    for key in ("relative_move", *(f"ics_{m}_{layer}" for m in ("l2", "cosine") for layer in LAYERS)):
+        words = difference_words if "cosine" in key else ratio_words  # a cosine lies in [-1, 1]: its difference
+        means = "  ".join(f"{label} {result['summary'][key][label]['mean']:.3g}" for label in labels)
+        print(f"  {key}: {means}")
+        for label in labels[1:]:
+            print(f"    {label:<30}against lenet: {words(result['against_lenet'][key][label])}")
+
+
+def plot(curves, labels, result, path, title):
+    """(a) training accuracy and (b) F6's relative move against step, each
+    network's mean over seeds; (c) the l2 and (d) the cosine of Definition
+    2.1 per layer, each network's median over training (geometric or
+    arithmetic mean over seeds, 95 % interval); then one F6 unit's
+    percentiles per network (Figure 2 of the paper)."""
+    visualizations.plot_noisy_bn(curves, labels, result, LAYERS, LAYER, path, title)

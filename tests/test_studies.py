@@ -517,6 +517,17 @@ def test_grid_refuses_a_value_main_py_would_refuse_in_one_line(vary, message, sm
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
 
 
+def test_grid_counts_a_diverged_training_as_accuracy_0_in_its_mean(small_npz, tmp_path, capsys):
+    argv = ["grid", "--vary", "learning_rate=0.001,1e38", "--models", "lenet", "--seeds", 2]
+    run_study([*argv, "--data", small_npz, "--results_dir", tmp_path, *FAST], capsys)
+    rows = read_csv(tmp_path / "grid" / "learning_rate" / "grid.csv")
+    summary = read_summary(tmp_path / "grid" / "learning_rate")["models"]["lenet"]
+    assert [row["diverged"] for row in rows if float(row["learning_rate"]) == 1e38] == ["True", "True"]
+    assert summary["1e+38"] == {**summary["1e+38"], "n": 2, "mean": 0.0, "diverged": 2}
+    finished = [float(row["test_accuracy"]) for row in rows if float(row["learning_rate"]) == 0.001]
+    assert summary["0.001"]["mean"] == pytest.approx(np.mean(finished))
+
+
 def test_the_grid_plot_marks_diverged_trainings_and_uses_a_log_axis_past_a_factor_of_20(monkeypatch, tmp_path):
     import visualizations
 
