@@ -1,7 +1,7 @@
 """Speed benchmark: how fast lenet, lenet_fc_bn2 (hand-written BN) and
 lenet_keras_bn (Keras's BN) train and predict, on synthetic MNIST-shaped data,
 on both compile paths (XLA and TensorFlow's own kernels) and as
-`--jit_compile auto` chooses between them.
+`--jit_compile measure` chooses between them.
 
     python bench.py                           # 60,000 images, batch 64, 5 repetitions
     python bench.py --images 6400 --repeats 2 # a quick look (written nowhere without --output)
@@ -146,7 +146,7 @@ def measure(batch_size, inference_batch_size, num_images, repeats):
 
 
 def measure_choices(batch_size, num_images):
-    """What `--jit_compile auto` chooses for each model, each on a fresh copy
+    """What `--jit_compile measure` chooses for each model, each on a fresh copy
     timed as main.py times it: {model: JitChoice}. Choosing reads at most
     STEPS batches, so only those images are made."""
     train_images, train_labels = synthetic_mnist(min(num_images, STEPS * batch_size), seed=0)
@@ -201,7 +201,7 @@ def synthetic_raw(num_train, num_test, seed=0):
 
 def measure_jobs(num_images, epochs):
     """Wall seconds of the default sweep (the five variants at main.py's
-    defaults, --jit_compile auto) on the same synthetic data, at --jobs 1
+    defaults, --jit_compile measure) on the same synthetic data, at --jobs 1
     (one after the other in this process) and at --jobs auto (side by side
     in worker processes, the local cluster's start included), each first
     with no remembered compile-path choice (every model times both paths)

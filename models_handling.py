@@ -51,13 +51,23 @@ def compile_model(model, config, steps_per_execution=1):
         optimizer=make_optimizer(config.optimizer, config.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
-        # "auto" decides at the start of training (fit); until then, TensorFlow's kernels.
-        jit_compile=config.jit_compile is True,
+        # "measure" decides at the start of training (fit); until then, TensorFlow's kernels.
+        jit_compile=jit_compile_for(config),
         steps_per_execution=steps_per_execution,
     )
     if tf.distribute.get_strategy().num_replicas_in_sync == 1:  # several replicas keep one step per call
         NonFiniteLossWatch(model)
     return model
+
+
+def jit_compile_for(config):
+    """The compile path a model starts on: XLA (True) or TensorFlow's own
+    kernels (False). "auto" is a rule, the same on every run of a machine:
+    XLA where there is a GPU, TensorFlow's kernels on a CPU, where they were
+    the faster path at batch 16 and 64 for every variant (docs/speed.md)."""
+    if config.jit_compile == "auto":
+        return bool(tf.config.list_physical_devices("GPU"))
+    return config.jit_compile is True
 
 
 def steps_per_call_for(callbacks):
@@ -134,7 +144,7 @@ def fit(model, images, labels, config, epochs, validation_data=None, callbacks=(
     `steps_per_call` training steps per call into TensorFlow (by default
     steps_per_call_for the callbacks).
 
-    With `jit_compile` "auto", the model's first fit starts on the faster
+    With `jit_compile` "measure", the model's first fit starts on the faster
     compile path: the one this machine chose before for the same model and
     settings (compile_path.remembered_choice), else the one timed now on a few
     batches of `images` and then remembered; printed and kept as
@@ -144,7 +154,7 @@ def fit(model, images, labels, config, epochs, validation_data=None, callbacks=(
     if model.steps_per_execution != per_call:
         model.steps_per_execution = per_call
         model.make_train_function(force=True)
-    if config.jit_compile == "auto" and getattr(model, "jit_choice", None) is None:
+    if config.jit_compile == "measure" and getattr(model, "jit_choice", None) is None:
         key = compile_path.choice_key(model.name, config, threads_now(), model.steps_per_execution)
         model.jit_choice = compile_path.remembered_choice(key)
         if model.jit_choice is None:
@@ -217,7 +227,7 @@ def run_model(name, splits, config, model=None, callbacks=(), backup=None):
     run continues from its last finished epoch."""
     if model is None:
         model = build_and_compile(name, config)
-    if backup is not None and backup.jit_choice is not None and config.jit_compile == "auto":
+    if backup is not None and backup.jit_choice is not None and config.jit_compile == "measure":
         model.jit_choice = backup.jit_choice
         compile_model(model, replace(config, jit_compile=backup.jit_choice.jit_compile))
         print(f"{name}: {backup.jit_choice.path()}, as chosen before the interruption")

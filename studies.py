@@ -31,8 +31,8 @@ from harness.config import FIELDS, Config
 from harness.flags import OneLineErrorParser
 from main import DEFAULTS, add_flag
 
-utils.import_tensorflow_quietly()  # before the study modules import it
-
+# The study modules import TensorFlow's side (models_handling, study.networks,
+# study.probes) inside their functions: `--help` and a refused flag answer at once.
 from study import batch_size, figure1, grid, init, keras_check, landscape, lr, noisy_bn, replicas, seeds, window
 from study.common import study_dir
 
@@ -50,8 +50,15 @@ STUDIES = {
     "noisy_bn": noisy_bn,
 }
 # main.py's flags that every study takes (seed but in those that take several).
-SEVERAL_SEEDS = ("seeds", "grid", "batch_size", "init", "landscape", "noisy_bn")
+SEVERAL_SEEDS = ("seeds", "figure1", "grid", "batch_size", "init", "landscape", "noisy_bn")
 SHARED_FLAGS = ("data", "dataset", "epochs", "results_dir", "verbose", "jit_compile", "jobs", "cluster", "seed")
+
+
+class SeveralSeeds(argparse.Action):
+    """--seed in a study that trains several seeds: one line naming --seeds."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"this study trains several seeds: write --seeds {values}, (seed {values} alone) or --seeds N")
 
 
 def build_parser():
@@ -70,6 +77,7 @@ def build_parser():
         )
         for flag in SHARED_FLAGS:
             if flag == "seed" and name in SEVERAL_SEEDS:
+                sub.add_argument("--seed", action=SeveralSeeds, help=argparse.SUPPRESS)
                 continue
             if flag == "epochs" and hasattr(study, "EPOCHS"):  # a study whose trainings need more than main.py's
                 add_flag(sub, flag, default=study.EPOCHS)
@@ -90,6 +98,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     study, config = STUDIES[args.study], configuration(args)
+    utils.import_tensorflow_quietly()  # quietly, before the study's own imports do
     data = config.data or f"keras.datasets.{config.dataset}"
     print(f"study {args.study}: {study.ABOUT}", flush=True)
     print(

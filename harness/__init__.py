@@ -8,5 +8,5 @@
 - results_folder: what a run writes and reads back;
 - files: one-step writes and the lock;
 - devices: several devices with tf.distribute;
-- compile_path: `--jit_compile auto`, XLA or TensorFlow's kernels.
+- compile_path: `--jit_compile measure`, XLA or TensorFlow's kernels, timed.
 """

@@ -2,7 +2,6 @@
 
 - EpochOrder: each epoch's order of images, from the seed and the epoch alone;
 - StopOnDivergence: stop at the first step whose loss is not finite;
-- ValidationCurve: validation accuracy every few training steps (steps to a target);
 - ResumableTraining: back up every finished epoch, and resume from it;
 - BNWindowHistograms (with Keras's TensorBoard in tensorboard_callbacks):
   BN's inference statistics in TensorBoard.
@@ -23,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from harness import files, precise
+from harness import files
 from harness.compile_path import JitChoice
 from harness.results_folder import HISTORY_KEYS, saved_size
 from lenet import BatchNorm
@@ -118,78 +117,6 @@ class StopOnDivergence(keras.callbacks.Callback):
             step = first - self.steps_before if first else batch + 1
             self.at = {"epoch": self.epoch + 1, "step": step, "loss": str(float(loss))}
             self.model.stop_training = True
-
-
-class StepProbe(keras.callbacks.Callback):
-    """A measurement of the network before the first training step, every
-    `every` steps after it, and after the last, as lists under the keys of
-    `point`'s dict and "step" (`curve`). Each point is the network as it then
-    is, with the statistics its rule gives it (harness.precise.
-    as_the_rule_predicts: under `precise` a refill from that step's weights,
-    numbered by the step, and undone afterwards); the last point is the
-    trained network exactly as the run tests it. So the run is left exactly
-    as without the probe. Subclasses say what a point is (`point(model)`)."""
-
-    every_step = True  # it looks at every training step: one step per call into TensorFlow (models_handling.fit)
-
-    def __init__(self, train_images, config, every):
-        super().__init__()
-        self.train_images, self.config, self.every, self.step = train_images, config, every, 0
-        self.curve = {"step": []}
-
-    def point(self, model):
-        raise NotImplementedError
-
-    def measure(self, as_trained=False):
-        """One point; `as_trained`: with the statistics the run ends with (no refill of its own)."""
-        measuring = (
-            contextlib.nullcontext(self.model)
-            if as_trained
-            else precise.as_the_rule_predicts(self.model, self.train_images, self.config, self.step)
-        )
-        with measuring as model:
-            values = self.point(model)
-        self.curve["step"].append(self.step)
-        for key, value in values.items():
-            self.curve.setdefault(key, []).append(value)
-
-    def on_train_begin(self, logs=None):
-        self.measure()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
-        if self.step % self.every == 0:
-            self.measure()
-
-    def on_train_end(self, logs=None):
-        if self.curve["step"][-1] == self.step:  # measured with a refill of its own: measured again as tested
-            for values in self.curve.values():
-                values.pop()
-        self.measure(as_trained=True)
-
-    def report(self):
-        """What comes back from where it trained (executor.Finished.report)."""
-        return self.curve
-
-
-class ValidationCurve(StepProbe):
-    """Validation accuracy every few training steps, as {"step": [...],
-    "val_accuracy": [...]}: what steps to a target accuracy are read from.
-    Costs one pass over the validation split per point."""
-
-    def __init__(self, val_images, val_labels, train_images, config, every):
-        super().__init__(train_images, config, every)
-        self.val_images, self.val_labels = val_images, val_labels
-
-    def point(self, model):
-        logits = model.predict(self.val_images, batch_size=self.config.inference_batch_size, verbose=0)
-        return {"val_accuracy": float(np.mean(np.argmax(logits, axis=1) == self.val_labels))}
-
-
-def first_step_at(curve, target, key="val_accuracy"):
-    """The first measured step at which a StepProbe's `curve` reaches `target`
-    under `key` (ValidationCurve's validation accuracy by default), or None."""
-    return next((step for step, accuracy in zip(curve["step"], curve[key]) if accuracy >= target), None)
 
 
 class ResumableTraining(keras.callbacks.BackupAndRestore):

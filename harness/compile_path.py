@@ -1,4 +1,4 @@
-"""`--jit_compile auto`: pick, for one model on this machine, the faster way to
+"""`--jit_compile measure`: pick, for one model on this machine, the faster way to
 run its training step, XLA (jit_compile=True) or TensorFlow's own kernels
 (False), by timing a few training steps both ways.
 

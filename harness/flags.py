@@ -55,10 +55,10 @@ def float_up_to_or_none(limit):
 
 
 def auto_or_switch(text):
-    """--jit_compile: "auto", or 0 / 1 as an int."""
-    if text not in ("auto", "0", "1"):
-        raise argparse.ArgumentTypeError(f"expected auto, 0 or 1, got {text!r}")
-    return text if text == "auto" else int(text)
+    """--jit_compile: "auto" or "measure", or 0 / 1 as an int."""
+    if text not in ("auto", "measure", "0", "1"):
+        raise argparse.ArgumentTypeError(f"expected auto, measure, 0 or 1, got {text!r}")
+    return text if text in ("auto", "measure") else int(text)
 
 
 def auto_or_int_up_to(limit):
@@ -75,3 +75,66 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class CommaList(argparse.Action):
+    """A flag that takes one comma-separated value, parsed by `parse` (which
+    raises argparse.ArgumentTypeError). The space-separated spelling some
+    commands once took is refused in one line that names the new one."""
+
+    def __init__(self, option_strings, dest, parse, **kwargs):
+        self.parse = parse
+        super().__init__(option_strings, dest, nargs="+", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) > 1:
+            parser.error(f"{option_string} takes one comma-separated value: write {option_string} {','.join(values)}")
+        try:
+            setattr(namespace, self.dest, self.parse(values[0]))
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"argument {option_string}: {error}")
+
+
+def seed_list(text):
+    """--seeds: N for the seeds 0 to N-1, or a comma-separated list of seeds
+    ("3,7"; "7," for seed 7 alone)."""
+    if "," not in text:
+        return list(range(int_up_to(LIMITS["seeds"])(text)))
+    seeds = [int_up_to(LIMITS["seed"], low=0)(part) for part in text.split(",") if part]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected N or distinct seeds such as 3,7; got {text!r}")
+    return seeds
+
+
+def add_seeds(parser, count):
+    """--seeds, the same in every command that trains several seeds."""
+    parser.add_argument(
+        "--seeds",
+        action=CommaList,
+        parse=seed_list,
+        default=list(range(count)),
+        metavar="N|S1,S2,...",
+        help="N: the seeds 0 to N-1; or a comma-separated list (3,7; 7, for seed 7 alone). Each seed fixes the "
+        "split, the initial weights and the shuffling of one training of every model",
+    )
+
+
+def add_models(parser, names, default):
+    """--models, the same in every command that trains several models: one
+    comma-separated value, each name one of `names`."""
+
+    def models(text):
+        chosen = [name for name in text.split(",") if name]
+        for name in chosen:
+            if name not in names:
+                raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(names)}")
+        return chosen
+
+    parser.add_argument(
+        "--models",
+        action=CommaList,
+        parse=models,
+        default=list(default),
+        metavar="M1,M2,...",
+        help=f"the models to train, comma-separated (the first is the reference of comparisons); of {', '.join(names)}",
+    )

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import keras
-
 import visualizations
 from harness.config import describe
 from harness.files import atomic_path, check_space, file_lock, write_text
@@ -25,6 +23,14 @@ from utils import UsageError
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 SUMMARY_FILE = "summary.json"
+# How long, where and on which compile path each model trained: it changes at
+# every run, so it stays out of summary.json (whose bytes a rerun with the
+# same settings and data reproduces) and out of git (.gitignore).
+TIMINGS_FILE = "timings.json"
+SUMMARY_DECIMALS = 5
+# Settings that change how fast a model trains, not what it learns: models
+# that differ only in these are compared side by side.
+SPEED_SETTINGS = ("verbose", "jit_compile", "inference_batch_size")
 BACKUP_FOLDER = "backup"  # <results_dir>/backup/<model>/: an unfinished model's last finished epoch
 
 
@@ -39,7 +45,7 @@ class ModelResult:
     test_accuracy: float
     train_seconds: float
     trainable_parameters: int
-    model: keras.Model | None = field(default=None, repr=False)  # the trained model, to save
+    model: object = field(default=None, repr=False)  # the trained keras.Model, to save
     diverged: dict | None = None  # {"epoch", "step", "loss"} where the loss stopped being finite
     jit_choice: dict | None = None  # with jit_compile "auto": the path chosen and the timings (JitChoice.record)
     model_file: bytes | None = field(default=None, repr=False)  # or the trained model as .keras bytes (a worker's)
@@ -74,6 +80,14 @@ def run_identity(settings, record):
     return json.loads(json.dumps(identity))
 
 
+def comparable(entry):
+    """What must match for two summary.json entries to be plotted side by
+    side: their data and every setting but the model and SPEED_SETTINGS."""
+    identity = run_identity(entry.get("settings", {}), entry)
+    identity["settings"] = {key: value for key, value in identity["settings"].items() if key not in SPEED_SETTINGS}
+    return identity
+
+
 def same_run(entry, identity):
     """Whether a summary.json entry was trained with the run `identity`'s settings and data."""
     return entry is not None and run_identity(entry.get("settings", {}), entry) == identity
@@ -87,9 +101,9 @@ def remove_backup(folder):
         Path(folder).parent.rmdir()
 
 
-def read_summary(results_dir):
-    """The results folder's summary: {model name: its latest result}."""
-    path = Path(results_dir) / SUMMARY_FILE
+def read_summary(results_dir, name=SUMMARY_FILE):
+    """The results folder's summary (or timings): {model name: its latest result}."""
+    path = Path(results_dir) / name
     if not path.exists():
         return {}
     try:
@@ -119,8 +133,9 @@ def history_csv(history):
 
 def save_results(result, config, run_record, recorded=None):
     """Write one model's history CSV, its PNGs, the trained model
-    (<name>.keras, BN windows included), its entry in summary.json, and the
-    comparison PNGs of every model the summary holds.
+    (<name>.keras, BN windows included), its entry in summary.json and in
+    timings.json, and the comparison PNGs of the models the summary holds
+    that were trained on the same data with the same settings.
 
     They go into config.results_dir, the PNGs only with
     config.flag_visualizations. Each file is replaced in one step, so an
@@ -147,23 +162,33 @@ def save_results(result, config, run_record, recorded=None):
                 results_dir / f"{result.name}_{metric}.png",
             )
     entry = {
-        "test_accuracy": result.test_accuracy,
-        "test_loss": result.test_loss,
+        "test_accuracy": rounded(result.test_accuracy),
+        "test_loss": rounded(result.test_loss),
         "diverged": result.diverged,
-        "final_val_accuracy": None if result.diverged else result.history["val_accuracy"][-1],
+        "final_val_accuracy": None if result.diverged else rounded(result.history["val_accuracy"][-1]),
         "epochs": len(result.history["loss"]),
-        "train_seconds": round(result.train_seconds, 2),
         "trainable_parameters": result.trainable_parameters,
         "settings": config.training_settings(),
+        **run_record,
+    }
+    timings = {
+        "train_seconds": round(result.train_seconds, 2),
         "jit_choice": result.jit_choice,
         "where": result.where,
-        **run_record,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     summary = update_summary(results_dir, result.name, entry)
+    update_summary(results_dir, result.name, timings, TIMINGS_FILE)
     if recorded is not None:
         recorded()
-    save_comparison(results_dir, summary, plots)
+    save_comparison(results_dir, summary, plots, result.name)
+
+
+def rounded(value):
+    """A figure for summary.json: 5 decimals. The digits past them are float
+    rounding, which changes with the number of threads a training ran on,
+    and would make a rerun with the same settings and data rewrite the file."""
+    return None if value is None else round(float(value), SUMMARY_DECIMALS)
 
 
 def result_from_summary(results_dir, name, entry):
@@ -171,35 +196,47 @@ def result_from_summary(results_dir, name, entry):
     model that a resumed sweep skips)."""
     history_path = Path(results_dir) / f"{name}_history.csv"
     history = read_history(history_path) if history_path.exists() else {key: [] for key in HISTORY_KEYS}
+    timings = read_summary(results_dir, TIMINGS_FILE).get(name) or {}
     return ModelResult(
         name,
         history,
         entry.get("test_loss"),
         entry.get("test_accuracy"),
-        entry.get("train_seconds", 0.0),
+        timings.get("train_seconds", 0.0),
         entry.get("trainable_parameters"),
         diverged=entry.get("diverged"),
     )
 
 
-def update_summary(results_dir, name, entry):
-    """Set summary.json's entry for `name`, keeping every other entry, and
-    return the summary as written. The read and the write happen under a file
-    lock, so runs writing into one folder at once never lose each other's
-    entries."""
-    with file_lock(Path(results_dir) / SUMMARY_FILE):
-        summary = read_summary(results_dir)
+def update_summary(results_dir, name, entry, file=SUMMARY_FILE):
+    """Set summary.json's (or timings.json's) entry for `name`, keeping every
+    other entry, and return the file's content as written. The read and the
+    write happen under a file lock, so runs writing into one folder at once
+    never lose each other's entries."""
+    with file_lock(Path(results_dir) / file):
+        summary = read_summary(results_dir, file)
         summary[name] = entry
-        write_text(Path(results_dir) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        write_text(Path(results_dir) / file, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def save_comparison(results_dir, summary, plots=True):
-    """comparison_accuracy.png and comparison_loss.png of every model in
-    `summary` whose history is in the folder, so that they never contradict
-    summary.json: with fewer than two such models, or without plots, there
-    are none."""
+def save_comparison(results_dir, summary, plots=True, reference=None):
+    """comparison_accuracy.png and comparison_loss.png of the models in
+    `summary` whose history is in the folder and that were trained as
+    `reference` was (the same data and settings: `comparable`), so that
+    they never contradict summary.json nor put different experiments side
+    by side; the others are named in one line. With fewer than two such
+    models, or without plots, there are none."""
     results_dir = Path(results_dir)
+    if reference is not None:
+        alike = {name for name, entry in summary.items() if comparable(entry) == comparable(summary[reference])}
+        left_out = sorted(set(summary) - alike)
+        if left_out:
+            print(
+                f"comparison plots: {', '.join(left_out)} left out, trained on other data or settings than "
+                f"{reference} (summary.json has both)"
+            )
+        summary = {name: entry for name, entry in summary.items() if name in alike}
     histories = {
         name: read_history(results_dir / f"{name}_history.csv")
         for name in summary

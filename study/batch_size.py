@@ -4,8 +4,9 @@ GroupNorm and LayerNorm in BN's places, at batch sizes 2 to 256, the same
 number of epochs at every size."""
 
 import utils
+from harness.flags import add_seeds
 from study.common import study_dir
-from study.grid import Line, add_resume, add_seed_count, sweep
+from study.grid import Line, add_resume, sweep
 
 ABOUT = "BN against small batches: lenet, lenet_fc_bn2 (both rules), GroupNorm and LayerNorm at batch sizes 2 to 256."
 SIZES = [2, 4, 8, 16, 32, 64, 128, 256]
@@ -19,12 +20,10 @@ LINES = [
 
 
 def add_arguments(parser, flag):
-    add_seed_count(parser, 3)
+    add_seeds(parser, 3)
     add_resume(parser, flag)
     parser.set_defaults(epochs=3)  # 6,375 steps at batch 2, 51 at 256, on the 4,250 images of the MNIST sample
 
 
 def run(config, args):
-    return sweep(
-        config, "batch_size", SIZES, LINES, list(range(args.seeds)), utils.load(config), study_dir(config, "batch_size")
-    )
+    return sweep(config, "batch_size", SIZES, LINES, args.seeds, utils.load(config), study_dir(config, "batch_size"))

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from harness import files
-from harness.executor import Executor
 from harness.results_folder import outcome
 
 
@@ -43,6 +42,7 @@ def run_trainings(config, plan, data, on_finished=None):
     """Every Training of `plan` on `data` (utils.RawData), through the
     executor at config.jobs and config.cluster: each one's Finished, in the
     order of `plan`. A line as each one ends."""
+    from harness.executor import Executor  # TensorFlow's side: not for `studies.py NAME --help`
 
     def finished(index, done):
         print(f"  {plan[index].describe()}: {outcome(done.result)} ({done.result.train_seconds:.1f} s)", flush=True)
@@ -53,3 +53,10 @@ def run_trainings(config, plan, data, on_finished=None):
     print(f"  {len(plan)} training(s) of {config.epochs} epochs {executor.describe()}", flush=True)
     with executor:
         return executor.run(plan, data, finished)
+
+
+def first_step_at(curve, target, key="val_accuracy"):
+    """The first measured step at which a probe's `curve` (study/probes.py's
+    StepProbe) reaches `target` under `key` (ValidationCurve's validation
+    accuracy by default), or None."""
+    return next((step for step, accuracy in zip(curve["step"], curve[key]) if accuracy >= target), None)

@@ -6,18 +6,10 @@ import functools
 import math
 from dataclasses import replace
 
-import keras
-import numpy as np
-import tensorflow as tf
-
-import models_handling
 import utils
 import visualizations
-from harness.callbacks import StepProbe, first_step_at
-from harness.executor import Training
-from harness.flags import LIMITS, float_up_to, int_up_to
-from lenet import BatchNorm
-from study.common import accuracy_of, run_trainings, study_dir, write_rows, write_summary
+from harness.flags import LIMITS, add_seeds, float_up_to, int_up_to
+from study.common import first_step_at, run_trainings, study_dir, write_rows, write_summary
 from study.intervals import band_curves, summary
 
 ABOUT = "The BN paper's Figure 1: percentiles of one sigmoid's input during training, over seeds."
@@ -51,7 +43,7 @@ def add_arguments(parser, flag):
         help="paper: the BN paper's 3 x 100 sigmoid MLP, batch 60, 50,000 steps of SGD (--steps); "
         "lenet: LeNet-5 and lenet_fc_bn2 at main.py's settings (--epochs)",
     )
-    flag(parser, "seed", "--seeds", nargs="+", default=[0, 1, 2], help="one run of each network per seed")
+    add_seeds(parser, 3)
     parser.add_argument(
         "--steps",
         type=int_up_to(LIMITS["steps"]),
@@ -85,79 +77,10 @@ def add_arguments(parser, flag):
     flag(parser, "bn_statistics")
 
 
-@keras.saving.register_keras_serializable(package="lenet_bn")
-class PaperMLP(keras.Model):
-    """The BN paper's MNIST network (section 4.1): flatten -> 3 x (dense 100
-    -> sigmoid) -> dense 10 logits; with `bn`, our BatchNorm between each
-    dense layer (then without bias) and its sigmoid. The 32x32 padded images
-    go in whole: the padding is zeros, so 1,024 inputs carry MNIST's 784."""
-
-    def __init__(self, *, bn, epsilon, window_size, **kwargs):
-        super().__init__(**kwargs)
-        self.bn, self.epsilon, self.window_size = bn, epsilon, window_size
-        self.flatten = keras.layers.Flatten()
-        self.hidden = {name: keras.layers.Dense(100, use_bias=not bn, name=name) for name in ("H1", "H2", "H3")}
-        self.norm = (
-            {name: BatchNorm(epsilon=epsilon, window_size=window_size, name=f"{name}_bn") for name in self.hidden}
-            if bn
-            else {}
-        )
-        self.classifier = keras.layers.Dense(10, name="output", dtype="float32")
-
-    def layer_outputs(self, images, training=False):
-        """Each hidden layer's sigmoid input (after BN where there is BN), and the logits."""
-        out, x = {}, self.flatten(images)
-        for name, dense in self.hidden.items():
-            out[name] = dense(x)
-            if name in self.norm:
-                out[name] = self.norm[name](out[name], training=training)
-            x = keras.ops.sigmoid(out[name])
-        out["logits"] = self.classifier(x)
-        return out
-
-    def call(self, images, training=False):
-        return self.layer_outputs(images, training)["logits"]
-
-    @tf.function
-    def record_statistics(self, images):
-        self(images, training=True)
-
-    def get_config(self):
-        return {**super().get_config(), "bn": self.bn, "epsilon": self.epsilon, "window_size": self.window_size}
-
-
-def build_network(name, config):
-    """For models_handling.build_and_compile: a LeNet variant, or the paper's MLP."""
-    if name in ("mlp", "mlp_bn"):
-        model = PaperMLP(bn=name == "mlp_bn", epsilon=config.epsilon, window_size=config.window_size, name=name)
-        model(np.zeros((1, 32, 32, 1), np.float32))
-        return model
-    from lenet import build_lenet
-
-    return build_lenet(name, config)
-
-
-class SigmoidInputProbe(StepProbe):
-    """The 15th, 50th and 85th percentiles of what one sigmoid of `layer`
-    receives on fixed images, and the test accuracy, every few training steps
-    (harness.callbacks.StepProbe: inference mode, the rule's statistics)."""
-
-    def __init__(self, probe_images, test_images, test_labels, layer, unit, every, train_images, config):
-        super().__init__(train_images, config, every)
-        self.probe_images, self.test_images, self.test_labels = probe_images, test_images, test_labels
-        self.layer, self.unit = layer, unit
-
-    def point(self, model):
-        received = model.layer_outputs(self.probe_images, training=False)[self.layer][:, self.unit]
-        percentiles = np.percentile(np.asarray(received), [15, 50, 85])
-        return {
-            "test_accuracy": accuracy_of(model, self.test_images, self.test_labels, 1000)[0],
-            **{key: float(value) for key, value in zip(("p15", "p50", "p85"), percentiles)},
-        }
-
-
 def make_probe(splits, config, probe_count, layer, unit, every):
     """A SigmoidInputProbe on a training's own splits (made where it trains)."""
+    from study.probes import SigmoidInputProbe
+
     return SigmoidInputProbe(
         splits.x_val[:probe_count], splits.x_test, splits.y_test, layer, unit, every, splits.x_train, config
     )
@@ -165,6 +88,10 @@ def make_probe(splits, config, probe_count, layer, unit, every):
 
 def run(config, args):
     """Figure 1 in the chosen setup, without BN and with BN everywhere, for each seed."""
+    import models_handling
+    from harness.executor import Training
+    from study.networks import build_network
+
     setup = SETUPS[args.setup]
     if args.unit >= setup["units"]:
         raise utils.UsageError(

@@ -16,9 +16,7 @@ import utils
 import visualizations
 from harness import files, results_folder
 from harness.config import MODEL_NAMES, TRAINING_KEYS
-from harness.executor import Training
-from harness.flags import LIMITS, OneLineErrorParser, int_up_to
-from models_handling import make_optimizer
+from harness.flags import OneLineErrorParser, add_models, add_seeds
 from study.common import run_trainings, study_dir, write_rows, write_summary
 from study.intervals import FEWEST_SEEDS_TO_COMPARE, paired_difference, summary
 
@@ -48,11 +46,13 @@ class Cell:
     line: Line
     point: dict
     seed: int
-    training: Training
+    training: object  # its harness.executor.Training
 
 
 def plan(config, lines, points, seeds, callback=None):
     """Every line at every point (a dict of settings) for every seed."""
+    from harness.executor import Training
+
     cells = []
     for point in points:
         for seed in seeds:
@@ -182,8 +182,8 @@ def add_arguments(parser, flag):
         metavar="KNOB=V1,V2,...",
         help=f"the knob and its values, each as main.py's flag of that name takes it; KNOB one of {', '.join(KNOBS)}",
     )
-    add_models(parser, default=["lenet", "lenet_fc_bn2"])
-    add_seed_count(parser, FEWEST_SEEDS_TO_COMPARE)
+    add_models(parser, MODEL_NAMES, default=["lenet", "lenet_fc_bn2"])
+    add_seeds(parser, FEWEST_SEEDS_TO_COMPARE)
     add_resume(parser, flag)
 
 
@@ -201,35 +201,6 @@ def parse_like_main(flag, knob, value):
     return value
 
 
-def add_models(parser, default):
-    def models(text):
-        names = text.split(",")
-        for name in names:
-            if name not in MODEL_NAMES:
-                raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(MODEL_NAMES)}")
-        return names
-
-    parser.add_argument(
-        "--models",
-        type=models,
-        default=default,
-        metavar="M1,M2,...",
-        help="the models to train at every value, comma-separated (the first is the reference of the paired "
-        f"differences); of {', '.join(MODEL_NAMES)}",
-    )
-
-
-def add_seed_count(parser, default):
-    parser.add_argument(
-        "--seeds",
-        type=int_up_to(LIMITS["seeds"]),
-        default=default,
-        metavar="N",
-        help="how many seeds (0 to N-1): one training of every model at every value per seed; each seed fixes "
-        f"the split, the initial weights and the shuffling (comparisons want {FEWEST_SEEDS_TO_COMPARE} or more)",
-    )
-
-
 def add_resume(parser, flag):
     flag(
         parser,
@@ -241,15 +212,15 @@ def add_resume(parser, flag):
 
 def run(config, args):
     """Every model at every value of the knob for every seed, through the executor."""
+    from models_handling import make_optimizer
+
     knob, values = args.vary
     if knob in ("optimizer", "learning_rate"):  # a name Keras does not know is refused before anything trains
         for value in values:
             changed = replace(config, **{knob: value})
             make_optimizer(changed.optimizer, changed.learning_rate)
     lines = [Line(name) for name in args.models]
-    return sweep(
-        config, knob, values, lines, list(range(args.seeds)), utils.load(config), study_dir(config, "grid") / knob
-    )
+    return sweep(config, knob, values, lines, args.seeds, utils.load(config), study_dir(config, "grid") / knob)
 
 
 def difference(rows, knob, value, label, reference):

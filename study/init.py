@@ -6,8 +6,9 @@ to 1e-4, and over how wide a range of s each reaches within 0.02 of its best."""
 import numpy as np
 
 import utils
+from harness.flags import add_seeds
 from study.common import study_dir, write_summary
-from study.grid import Line, add_resume, add_seed_count, sweep
+from study.grid import Line, add_resume, sweep
 
 ABOUT = "The initial weights' scale from 1 to 1e-4 (13 values), lenet against lenet_fc_bn2: how wide a range trains."
 SCALES = [float(f"{s:.3g}") for s in np.logspace(0, -4, 13)]  # three per decade: 1, 0.464, 0.215, 0.1, ...
@@ -15,7 +16,7 @@ NEAR_BEST = 0.02
 
 
 def add_arguments(parser, flag):
-    add_seed_count(parser, 3)
+    add_seeds(parser, 3)
     add_resume(parser, flag)
     parser.set_defaults(epochs=3)
 
@@ -23,7 +24,7 @@ def add_arguments(parser, flag):
 def run(config, args):
     folder = study_dir(config, "init")
     lines = [Line("lenet"), Line("lenet_fc_bn2")]
-    result = sweep(config, "init_std", SCALES, lines, list(range(args.seeds)), utils.load(config), folder)
+    result = sweep(config, "init_std", SCALES, lines, args.seeds, utils.load(config), folder)
     result["near_best"] = {line.name: near_best(result["models"][line.name]) for line in lines}
     print(f"\nscales s at which the mean test accuracy is within {NEAR_BEST} of the network's best:")
     for name, near in result["near_best"].items():

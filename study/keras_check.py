@@ -3,13 +3,10 @@ network, from the same initial weights, on the same batches."""
 
 from dataclasses import replace
 
-import models_handling
 import utils
 import visualizations
 from harness import results_folder
 from harness.config import KERAS_BN_VARIANT
-from harness.executor import Training
-from lenet import copy_network, momentum_matching_window
 from study.common import run_trainings, study_dir, write_rows, write_summary
 
 ABOUT = "Hand-written BN against keras.layers.BatchNormalization in lenet_fc_bn2, same initial weights and batches."
@@ -22,6 +19,9 @@ def add_arguments(parser, flag):
 def keras_reference(config):
     """lenet_keras_bn, compiled, with the initial weights of our lenet_fc_bn2
     at the same seed (the same seed gives the same weights; this makes sure)."""
+    import models_handling
+    from lenet import copy_network
+
     ours = models_handling.build_and_compile("lenet_fc_bn2", config)
     reference = models_handling.build_and_compile(KERAS_BN_VARIANT, config)
     copy_network(ours, reference)
@@ -31,10 +31,13 @@ def keras_reference(config):
 def run(config, args):
     """Ours against keras.layers.BatchNormalization in the same network, from the
     same initial weights, on the same batches: their curves should coincide."""
+    from harness.executor import Training
+    from lenet import momentum_matching_window
+
     data = utils.load(config)
     ours = Training("lenet_fc_bn2", config, label="ours")
     reference = Training(KERAS_BN_VARIANT, config, label="keras", build=keras_reference)
-    if config.jit_compile == "auto":  # the reference on the path chosen for ours: the same arithmetic
+    if config.jit_compile == "measure":  # the reference on the path chosen for ours: the same arithmetic
         (done_ours,) = run_trainings(config, [ours], data)
         config = replace(config, jit_compile=done_ours.result.jit_choice["xla"])
         (done_keras,) = run_trainings(config, [replace(reference, config=config)], data)

@@ -26,17 +26,12 @@ import functools
 from dataclasses import replace
 
 import numpy as np
-import tensorflow as tf
 
-import models_handling
 import utils
 import visualizations
-from harness.callbacks import restored_afterwards
-from harness.flags import LIMITS, int_up_to
+from harness.flags import LIMITS, add_seeds, int_up_to
 from study.common import study_dir, write_rows, write_summary
-from study.figure1 import build_network
-from study.gradients import BatchLoss
-from study.grid import Line, add_seed_count, plan, train
+from study.grid import Line, plan, train
 from study.intervals import (
     FEWEST_SEEDS_TO_COMPARE,
     geometric_summary,
@@ -107,39 +102,9 @@ def probe_point(loss, etas):
     }
 
 
-class LandscapeProbe(tf.keras.callbacks.Callback):
-    """probe_point every `every` training steps (and before the first), on a
-    fresh training batch each time; the run's weights, BN's windows and the
-    optimizer left exactly as they were."""
-
-    every_step = True  # one step per call into TensorFlow (models_handling.fit)
-
-    def __init__(self, train_images, train_labels, batch_size, learning_rate, every, seed):
-        super().__init__()
-        self.images, self.labels, self.batch_size, self.every = train_images, train_labels, batch_size, every
-        self.etas = [k * learning_rate for k in MULTIPLES]
-        self.random, self.step, self.curve = np.random.default_rng([seed, 7]), 0, []
-
-    def probe(self):
-        chosen = self.random.choice(len(self.images), self.batch_size, replace=False)
-        self.loss.set_batch(self.images[chosen], self.labels[chosen])
-        with restored_afterwards(self.model):
-            self.curve.append({"step": self.step, **probe_point(self.loss, self.etas)})
-
-    def on_train_begin(self, logs=None):
-        self.loss = BatchLoss(self.model)
-        self.probe()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
-        if self.step % self.every == 0:
-            self.probe()
-
-    def report(self):
-        return self.curve
-
-
 def make_probe(splits, config, every):
+    from study.probes import LandscapeProbe
+
     return LandscapeProbe(splits.x_train, splits.y_train, config.batch_size, config.learning_rate, every, config.seed)
 
 
@@ -158,7 +123,7 @@ def add_arguments(parser, flag):
         default=20,
         help="probe every this many training steps (and before the first)",
     )
-    add_seed_count(parser, FEWEST_SEEDS_TO_COMPARE)
+    add_seeds(parser, FEWEST_SEEDS_TO_COMPARE)
 
 
 def setup_config(config, setup):
@@ -172,7 +137,10 @@ def setup_config(config, setup):
 
 
 def run(config, args):
-    seeds, folder = list(range(args.seeds)), study_dir(config, "landscape")
+    import models_handling
+    from study.networks import build_network
+
+    seeds, folder = args.seeds, study_dir(config, "landscape")
     build = functools.partial(models_handling.build_and_compile, build=build_network)
     probe = functools.partial(make_probe, every=args.every)
     cells, configs = [], {}

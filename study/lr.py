@@ -1,11 +1,7 @@
 """lr: lenet and lenet_fc_bn2 with plain SGD at several learning rates."""
 
-import keras
-
-import models_handling
 import utils
 import visualizations
-from harness.precise import with_precise_statistics
 from study.common import accuracy_of, study_dir, write_summary
 from study.grid import Line, add_resume, plan, train
 
@@ -28,6 +24,11 @@ def run(config, args):
     """lenet and lenet_fc_bn2 with plain SGD at several learning rates, and with
     the default optimizer for reference, all for the same number of epochs:
     a grid over (optimizer, rate) points with one seed."""
+    import keras
+
+    import models_handling
+    from harness.precise import with_precise_statistics
+
     data = utils.load(config)
     splits = data.splits(config.val_split, config.seed)
     # Training does not depend on the rule, so one run under `moving` gives

@@ -23,20 +23,13 @@ unit's median moved since the last point, relative to that unit's spread."""
 import functools
 from dataclasses import replace
 
-import keras
 import numpy as np
-import tensorflow as tf
-from keras import ops
 
-import models_handling
 import utils
 import visualizations
-from harness.callbacks import restored_afterwards
-from harness.flags import LIMITS, float_up_to, int_up_to
-from lenet import INPUT_SHAPE, LeNet5
+from harness.flags import LIMITS, add_seeds, float_up_to, int_up_to
 from study.common import study_dir, write_rows, write_summary
-from study.gradients import BatchLoss, internal_covariate_shift
-from study.grid import Line, add_seed_count, plan, train
+from study.grid import Line, plan, train
 from study.intervals import (
     FEWEST_SEEDS_TO_COMPARE,
     difference_words,
@@ -53,109 +46,7 @@ ABOUT = "Santurkar et al.'s noisy BN and their measure of internal covariate shi
 EPOCHS = 20  # as the landscape study: lenet under this SGD learns to 0.94 to 0.95 in 20 epochs on the sample
 SETUP = SETUPS["lenet"]  # SGD at 0.5, batch 64, weights from N(0, 0.3^2)
 LAYER, UNIT, PROBE_IMAGES = "F6", 0, 256
-SPREAD = 0.1  # each activation's shift about mu (uniform, half-width) and scale about sigma (normal, sd)
 LAYERS = ("C3", "C5", "F6", "output")  # C1 has no layer below it: its shift is 0 by definition
-NOISE_KINDS = {"activation": "noisy", "channel": "noisy per channel"}
-
-
-@keras.saving.register_keras_serializable(package="lenet_bn")
-class BNNoise(keras.layers.Layer):
-    """In training only, y -> s * y + m, drawn afresh at every call (every
-    training step). kind "activation": mu ~ U(-mean, mean) and sigma ~
-    U(1, scale) for the layer, then s ~ N(sigma, SPREAD^2) and m ~ U(mu -
-    SPREAD, mu + SPREAD) for each activation of each sample. kind "channel":
-    one m ~ U(-mean, mean) and s ~ U(1, scale) per channel, shared by the
-    batch."""
-
-    def __init__(self, mean, scale, kind="activation", seed=None, **kwargs):
-        super().__init__(**kwargs)
-        if kind not in NOISE_KINDS:
-            raise ValueError(f"kind must be one of {', '.join(NOISE_KINDS)}, got {kind!r}")
-        self.mean, self.scale, self.kind, self.seed = mean, scale, kind, seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        # 1: on in training; 0 while NoisyLeNet5 refills BN's inference statistics.
-        self.on = self.add_weight(shape=(), initializer="ones", trainable=False, name="on")
-
-    def draw(self, shape):
-        """The scale s and shift m for a tensor of `shape`."""
-        uniform = functools.partial(keras.random.uniform, seed=self.seed_generator)
-        if self.kind == "channel":
-            channels = (shape[-1],)
-            return uniform(channels, 1.0, self.scale), uniform(channels, -self.mean, self.mean)
-        mu, sigma = uniform((), -self.mean, self.mean), uniform((), 1.0, self.scale)
-        scale = keras.random.normal(shape, mean=sigma, stddev=SPREAD, seed=self.seed_generator)
-        return scale, uniform(shape, mu - SPREAD, mu + SPREAD)
-
-    def call(self, x, training=False):
-        if not training:
-            return x
-        scale, shift = self.draw(ops.shape(x))
-        scale = 1.0 + self.on * (scale - 1.0)
-        return x * ops.cast(scale, x.dtype) + ops.cast(self.on * shift, x.dtype)
-
-    def get_config(self):
-        return {**super().get_config(), "mean": self.mean, "scale": self.scale, "kind": self.kind, "seed": self.seed}
-
-
-@keras.saving.register_keras_serializable(package="lenet_bn")
-class NoisyLeNet5(LeNet5):
-    """LeNet5 with BNNoise after each of its BN layers."""
-
-    def __init__(self, *, noise_mean, noise_scale, noise_kind="activation", noise_seed=None, **kwargs):
-        super().__init__(**kwargs)
-        self.noise_mean, self.noise_scale, self.noise_kind, self.noise_seed = (
-            noise_mean,
-            noise_scale,
-            noise_kind,
-            noise_seed,
-        )
-        self.noise = {
-            name: BNNoise(
-                noise_mean,
-                noise_scale,
-                noise_kind,
-                None if noise_seed is None else noise_seed + i,
-                name=f"{name}_noise",
-            )
-            for i, name in enumerate(self.bn_after)
-        }
-
-    def normalize(self, name, x, training):
-        return self.noise[name](super().normalize(name, x, training), training=training)
-
-    @tf.function
-    def record_statistics(self, images):
-        """The precise refill (Algorithm 2) measures the network that
-        inference runs, so without the noise: with it, each refill batch's
-        random shifts would move the statistics of every BN layer after it."""
-        for noise in self.noise.values():
-            noise.on.assign(0.0)
-        self(images, training=True)
-        for noise in self.noise.values():
-            noise.on.assign(1.0)
-
-    def get_config(self):
-        noise = {"noise_mean": self.noise_mean, "noise_scale": self.noise_scale, "noise_kind": self.noise_kind}
-        return {**super().get_config(), **noise, "noise_seed": self.noise_seed}
-
-
-def noisy_network(name, config, noise_mean, noise_scale, noise_kind):
-    """lenet_fc_bn2's places, our BN, BNNoise after each (models_handling's `build`)."""
-    model = NoisyLeNet5(
-        bn_after=("C1", "C3", "C5", "F6"),
-        output_size=config.output_size,
-        epsilon=config.epsilon,
-        window_size=config.window_size,
-        init_std=config.init_std,
-        bn_placement=config.bn_placement,
-        noise_mean=noise_mean,
-        noise_scale=noise_scale,
-        noise_kind=noise_kind,
-        noise_seed=config.seed,
-        name=name,
-    )
-    model(ops.zeros((1, *INPUT_SHAPE)))
-    return model
 
 
 def relative_move(before, after):
@@ -167,58 +58,9 @@ def relative_move(before, after):
     return float(np.mean(moved / np.maximum(p85 - p15, 1e-12)))
 
 
-class ShiftProbe(keras.callbacks.Callback):
-    """Every `every` steps (and before the first): the training accuracy of
-    the batches since the last point (Keras's running mean over the epoch),
-    Definition 2.1's shift per layer on a fresh training batch, and F6's
-    sigmoid inputs on fixed training images in training mode: one unit's
-    percentiles, and every unit's relative_move since the last point. The
-    run is left as it was."""
-
-    every_step = True  # one step per call into TensorFlow (models_handling.fit)
-
-    def __init__(self, train_images, train_labels, probe_images, batch_size, learning_rate, every, seed):
-        super().__init__()
-        self.images, self.labels, self.probe_images = train_images, train_labels, tf.constant(probe_images)
-        self.batch_size, self.learning_rate, self.every = batch_size, learning_rate, every
-        self.random, self.step, self.curve, self.last_inputs = np.random.default_rng([seed, 13]), 0, [], None
-
-    def on_train_begin(self, logs=None):
-        self.loss = BatchLoss(self.model)
-        self.layer_input = tf.function(lambda images: self.model.layer_outputs(images, training=True)[LAYER])
-        self.probe(train_accuracy=None)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.seen, self.correct, self.marked = 0, 0.0, (0, 0.0)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
-        self.seen = batch + 1
-        self.correct = float(logs["accuracy"]) * self.seen  # Keras's accuracy: the mean over the epoch so far
-        if self.step % self.every == 0:
-            seen, correct = self.marked
-            self.marked = (self.seen, self.correct)
-            self.probe(train_accuracy=(self.correct - correct) / (self.seen - seen))
-
-    def probe(self, train_accuracy):
-        chosen = self.random.choice(len(self.images), self.batch_size, replace=False)
-        self.loss.set_batch(self.images[chosen], self.labels[chosen])
-        with restored_afterwards(self.model):
-            shift = internal_covariate_shift(self.loss, self.loss.weights(), self.learning_rate)
-            inputs = np.asarray(self.layer_input(self.probe_images))
-        point = {"step": self.step, "train_accuracy": train_accuracy}
-        for layer, measures in shift.items():
-            point.update({f"ics_{key}_{layer}": value for key, value in measures.items()})
-        point.update(zip(("p15", "p50", "p85"), map(float, np.percentile(inputs[:, UNIT], [15, 50, 85]))))
-        point["relative_move"] = None if self.last_inputs is None else relative_move(self.last_inputs, inputs)
-        self.last_inputs = inputs
-        self.curve.append(point)
-
-    def report(self):
-        return self.curve
-
-
 def make_probe(splits, config, every):
+    from study.probes import ShiftProbe
+
     count = min(PROBE_IMAGES, len(splits.x_train))
     chosen = np.random.default_rng([config.seed, 11]).choice(len(splits.x_train), count, replace=False)
     return ShiftProbe(
@@ -248,10 +90,13 @@ def add_arguments(parser, flag):
     parser.add_argument(
         "--every", type=int_up_to(LIMITS["steps"]), default=20, help="a point every this many training steps"
     )
-    add_seed_count(parser, FEWEST_SEEDS_TO_COMPARE)
+    add_seeds(parser, FEWEST_SEEDS_TO_COMPARE)
 
 
 def run(config, args):
+    import models_handling
+    from study.networks import NOISE_KINDS, SPREAD, noisy_network
+
     if args.noise_scale < 1:
         raise utils.UsageError(
             f"--noise_scale {args.noise_scale:g}: the scale is drawn from U(1, NOISE_SCALE); give 1 or more"
@@ -270,7 +115,7 @@ def run(config, args):
         )
         build = functools.partial(models_handling.build_and_compile, "lenet_fc_bn2", build=noisy)
         lines.append(Line("lenet_fc_bn2", label=f"lenet_fc_bn2 {label}", build=build))
-    seeds = list(range(args.seeds))
+    seeds = args.seeds
     cells = plan(config, lines, [{}], seeds, callback=functools.partial(make_probe, every=args.every))
     folder = study_dir(config, "noisy_bn")
 

@@ -7,10 +7,9 @@ import functools
 import utils
 import visualizations
 from harness import results_folder
-from harness.callbacks import ValidationCurve, first_step_at
 from harness.config import BN_STATISTICS, VARIANTS
-from harness.flags import LIMITS, float_up_to, int_up_to
-from study.common import study_dir, write_rows, write_summary
+from harness.flags import LIMITS, add_models, add_seeds, float_up_to, int_up_to
+from study.common import first_step_at, study_dir, write_rows, write_summary
 from study.grid import Line, plan, train
 from study.intervals import FEWEST_SEEDS_TO_COMPARE, difference_words, paired_difference, spread_text, summary
 
@@ -29,24 +28,9 @@ def add_arguments(parser, flag):
         metavar="RULE",
         help="the --bn_statistics rules to train under (precise, moving)",
     )
-    flag(
-        parser,
-        "seed",
-        "--seeds",
-        nargs="+",
-        default=list(range(FEWEST_SEEDS_TO_COMPARE)),
-        help="each fixes the split, the initial weights and the shuffling of one run (comparisons of variants "
-        f"want at least {FEWEST_SEEDS_TO_COMPARE})",
-    )
+    add_seeds(parser, FEWEST_SEEDS_TO_COMPARE)
     flag(parser, "patience")
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        choices=list(VARIANTS),
-        default=list(VARIANTS),
-        metavar="MODEL",
-        help="which of the five variants to train",
-    )
+    add_models(parser, list(VARIANTS), default=VARIANTS)
     parser.add_argument(
         "--every",
         type=int_up_to(LIMITS["steps"]),
@@ -64,6 +48,8 @@ def add_arguments(parser, flag):
 
 def make_curve(splits, config, every):
     """A ValidationCurve on a training's own splits (made where it trains)."""
+    from study.probes import ValidationCurve
+
     return ValidationCurve(splits.x_val, splits.y_val, splits.x_train, config, every)
 
 

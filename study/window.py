@@ -9,9 +9,6 @@ import numpy as np
 
 import utils
 import visualizations
-from harness.executor import Training
-from harness.precise import with_precise_statistics
-from lenet import BatchNorm, LeNet5, batch_statistics, normalize, rebuild
 from study.common import accuracy_of, run_trainings, study_dir, write_rows, write_summary
 
 ABOUT = "Test accuracy against the inference window (both statistics rules) and the inference batch size."
@@ -36,27 +33,12 @@ def add_arguments(parser, flag):
     )
 
 
-class BatchStatisticsAtInference(BatchNorm):
-    """The earlier project's inference rule, kept for this study only: normalize
-    each predicted batch with its own statistics, so that a prediction depends
-    on the other images in its batch."""
-
-    def call(self, inputs, training=None):
-        if training:
-            return super().call(inputs, training)
-        mean, variance = batch_statistics(inputs)
-        return normalize(inputs, mean, variance, self.gamma, self.beta, self.epsilon)
-
-
-class EarlierProjectLeNet5(LeNet5):
-    def _make_norm(self, name):
-        return BatchStatisticsAtInference(epsilon=self.epsilon, window_size=self.window_size, name=name)
-
-
 def with_last_batches(model, window_size):
     """`model` as if trained with `window_size`: its statistics, the average of the
     last `window_size` training batches recorded by `model` (whose window must
     have held every batch of the run)."""
+    from lenet import rebuild
+
     copy = rebuild(model, window_size)
     for name, norm in model.norm.items():
         recorded = int(norm.recorded_batches.numpy())
@@ -79,6 +61,11 @@ def run(config, args):
     """Test accuracy of lenet_fc_bn2 against the inference window under both
     statistics rules, and against the inference batch size, for our rules and
     for the earlier project's."""
+    from harness.executor import Training
+    from harness.precise import with_precise_statistics
+    from lenet import rebuild
+    from study.networks import EarlierProjectLeNet5
+
     data = utils.load(config)
     splits = data.splits(config.val_split, config.seed)
     steps_per_epoch = math.ceil(len(splits.x_train) / config.batch_size)

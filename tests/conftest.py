@@ -86,13 +86,10 @@ def small_npz(tmp_path):
 
 @pytest.fixture
 def mnist_npz():
-    """The real MNIST sample named by $MNIST_NPZ; the test is skipped without it."""
-    path = os.environ.get("MNIST_NPZ")
-    if not path:
-        pytest.skip("MNIST_NPZ is not set: point it at a Keras-format MNIST .npz to run real-data checks")
-    if not Path(path).is_file():
-        pytest.skip(f"MNIST_NPZ={path} is not a file")
-    return path
+    """The real MNIST sample the project ships (data/mnist-subset.npz)."""
+    path = Path(__file__).resolve().parent.parent / "data" / "mnist-subset.npz"
+    assert path.is_file(), f"{path} is missing: it ships with the project (git checkout -- data/)"
+    return str(path)
 
 
 def interrupt_once_written(process, path, seconds):

@@ -1,4 +1,4 @@
-"""--jit_compile auto: the choice between XLA and TensorFlow's kernels leaves the
+"""--jit_compile measure: the choice between XLA and TensorFlow's kernels leaves the
 model exactly as it found it, compiled for the faster path."""
 
 import json
@@ -38,7 +38,7 @@ def faster(monkeypatch):
 def test_the_chosen_path_trains_exactly_as_a_run_fixed_to_it(xla_is_faster, faster):
     faster(xla_is_faster)
     images, labels = images_and_labels()
-    model = models_handling.build_and_compile("lenet_bn2", settings("auto"))
+    model = models_handling.build_and_compile("lenet_bn2", settings("measure"))
     start = [weight.copy() for weight in model.get_weights()]
 
     choice = compile_path.choose_jit_compile(model, models_handling.timing_batches(images, labels, 32))
@@ -66,13 +66,13 @@ def test_the_chosen_path_trains_exactly_as_a_run_fixed_to_it(xla_is_faster, fast
 
 def test_fit_chooses_once_prints_the_choice_and_keeps_it(capsys):
     images, labels = images_and_labels()
-    model = models_handling.build_and_compile("lenet", settings("auto"))
-    models_handling.fit(model, images, labels, settings("auto"), epochs=1)
+    model = models_handling.build_and_compile("lenet", settings("measure"))
+    models_handling.fit(model, images, labels, settings("measure"), epochs=1)
     first = model.jit_choice
     out = capsys.readouterr().out
     assert f"lenet: {first.path()} (" in out and "ms per training step) over" in out
     assert set(first.ms_per_step) == {"xla", "tensorflow"} and min(first.ms_per_step.values()) > 0
-    models_handling.fit(model, images, labels, settings("auto"), epochs=1)
+    models_handling.fit(model, images, labels, settings("measure"), epochs=1)
     assert model.jit_choice is first and "per training step" not in capsys.readouterr().out
 
 
@@ -86,22 +86,22 @@ def test_timing_batches_are_full_training_batches():
 
 def test_a_new_model_on_this_machine_reuses_the_remembered_choice_without_timing(capsys, monkeypatch):
     images, labels = images_and_labels()
-    first = models_handling.build_and_compile("lenet", settings("auto"))
-    models_handling.fit(first, images, labels, settings("auto"), epochs=1)
+    first = models_handling.build_and_compile("lenet", settings("measure"))
+    models_handling.fit(first, images, labels, settings("measure"), epochs=1)
     chosen = first.jit_choice
     assert not chosen.remembered and compile_path.record_path().exists()
     capsys.readouterr()
     choose = compile_path.choose_jit_compile
     monkeypatch.setattr(compile_path, "choose_jit_compile", lambda *args: pytest.fail("timed again"))
-    second = models_handling.build_and_compile("lenet", settings("auto"))
-    models_handling.fit(second, images, labels, settings("auto"), epochs=1)
+    second = models_handling.build_and_compile("lenet", settings("measure"))
+    models_handling.fit(second, images, labels, settings("measure"), epochs=1)
     assert second.jit_choice.remembered and second.jit_compile == chosen.jit_compile
     assert second.jit_choice.record() == {**chosen.record(), "remembered": True}  # what it cost then
     assert "as chosen on this machine before (choosing cost" in capsys.readouterr().out
     # Another batch size is another question: it is timed.
     monkeypatch.setattr(compile_path, "choose_jit_compile", choose)
-    third = models_handling.build_and_compile("lenet", settings("auto", batch_size=16))
-    models_handling.fit(third, images, labels, settings("auto", batch_size=16), epochs=1)
+    third = models_handling.build_and_compile("lenet", settings("measure", batch_size=16))
+    models_handling.fit(third, images, labels, settings("measure", batch_size=16), epochs=1)
     assert not third.jit_choice.remembered
 
 
@@ -130,10 +130,23 @@ def test_a_record_that_cannot_be_written_is_not_fatal(monkeypatch, tmp_path):
 
 
 def test_the_key_names_what_decides_the_path():
-    key = json.loads(compile_path.choice_key("lenet_bn2", settings("auto"), threads=2, steps_per_call=32))
+    key = json.loads(compile_path.choice_key("lenet_bn2", settings("measure"), threads=2, steps_per_call=32))
     assert set(key) == {"cpu", "tensorflow", "keras", "model", "threads", "batch_size", "precision", "devices"} | {
         "bn_placement",
         "output_size",
         "steps_per_call",
     }
     assert key["cpu"] and key["model"] == "lenet_bn2" and key["threads"] == 2
+
+
+def test_auto_is_a_rule_xla_on_a_gpu_and_tensorflows_kernels_on_a_cpu(monkeypatch):
+    """No timing and nothing remembered: the same path on every run of a machine."""
+    import tensorflow as tf
+
+    config = make_config(jit_compile="auto")
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    assert models_handling.jit_compile_for(config) is False
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
+    assert models_handling.jit_compile_for(config) is True
+    assert models_handling.jit_compile_for(make_config(jit_compile=1)) is True
+    assert models_handling.jit_compile_for(make_config(jit_compile="measure")) is False  # until fit has timed both

@@ -153,7 +153,9 @@ def test_the_sweep_on_a_loopback_cluster_equals_jobs_2(cluster, small_npz, tmp_p
         )
         for place in places:
             assert (tmp_path / place / f"{name}.keras").stat().st_size > 10_000
-    where = {place: summaries[place]["lenet_bn2"]["where"] for place in places}
+    where = {
+        place: json.loads((tmp_path / place / "timings.json").read_text())["lenet_bn2"]["where"] for place in places
+    }
     assert where["local"]["jobs"] == 2 and where["local"]["threads"] == 1 and where["local"]["process"] != os.getpid()
     assert where["cluster"]["cluster"] == cluster.address and where["cluster"]["threads"] == 1
     for place in places:  # relayed from the workers, a line per epoch
@@ -415,7 +417,8 @@ def test_a_tls_cluster_trains_as_jobs_1_and_refuses_a_client_without_a_valid_cer
     here, there = (
         json.loads((tmp_path / place / "summary.json").read_text())["lenet_bn2"] for place in ("here", "tls")
     )
-    assert there["where"]["cluster"] == cluster.address
+    where = json.loads((tmp_path / "tls" / "timings.json").read_text())["lenet_bn2"]["where"]
+    assert where["cluster"] == cluster.address
     assert there["test_accuracy"] == pytest.approx(here["test_accuracy"], abs=1e-6)
     for key in results_folder.HISTORY_KEYS:
         np.testing.assert_allclose(

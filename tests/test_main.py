@@ -68,7 +68,11 @@ def test_all_models_one_epoch_writes_every_promised_file(small_npz, tmp_path, ca
     assert list(summary) == list(VARIANTS)
     entry = summary["lenet_bn2"]
     assert 0 <= entry["test_accuracy"] <= 1 and entry["test_loss"] > 0
-    assert entry["epochs"] == 1 and entry["train_seconds"] > 0
+    assert entry["epochs"] == 1
+    # How long and where: beside summary.json, whose bytes a rerun reproduces.
+    timings = json.loads((results / "timings.json").read_text())
+    assert list(timings) == list(VARIANTS) and timings["lenet_bn2"]["train_seconds"] > 0
+    assert not {"train_seconds", "jit_choice", "where", "finished_at"} & set(entry)
     assert entry["settings"]["batch_size"] == main.DEFAULTS["batch_size"]
     assert entry["settings"]["bn_statistics"] == "precise"
     assert entry["images"] == {"train": 170, "val": 30, "test": 60}
@@ -169,7 +173,7 @@ BAD_ARGUMENTS = {
     "epsilon above one": (["--epsilon", 2], "argument --epsilon: expected a positive number up to 1"),
     "unknown statistics rule": (["--bn_statistics", "nope"], "argument --bn_statistics: invalid choice: 'nope'"),
     "unknown precision": (["--precision", "float8"], "argument --precision: invalid choice: 'float8'"),
-    "unknown compile path": (["--jit_compile", "xla"], "argument --jit_compile: expected auto, 0 or 1, got 'xla'"),
+    "unknown compile path": (["--jit_compile", "xla"], "argument --jit_compile: expected auto, measure, 0 or 1"),
     "zero inference batch": (
         ["--inference_batch_size", 0],
         "argument --inference_batch_size: expected an integer from 1 to 65536, got '0'",
@@ -348,7 +352,7 @@ def test_the_saved_model_loads_without_extra_arguments_and_predicts_as_tested(sm
     assert done.returncode == 0, done.stderr
     accuracy, recorded = done.stdout.split()
     summary = json.loads((results / "summary.json").read_text())["lenet_fc_bn2"]
-    assert float(accuracy) == pytest.approx(summary["test_accuracy"], abs=1e-6)
+    assert float(accuracy) == pytest.approx(summary["test_accuracy"], abs=10**-results_folder.SUMMARY_DECIMALS)
     assert int(recorded) == main.DEFAULTS["window_size"]  # the precise refill's window came with it
 
 
@@ -370,6 +374,13 @@ def test_comparison_plots_always_show_what_the_summary_holds(small_npz, tmp_path
     assert run_main(["--model", "lenet_bn1", *common], capsys)[0] == 0
     assert drawn[-1] == ["lenet", "lenet_bn1"]  # the earlier run's model too, as in summary.json
     assert_png(results / "comparison_accuracy.png")
+    # Another batch size is another experiment: never on the same plot.
+    code, out = run_main(["--model", "lenet_fc_bn1", "--batch_size", 32, *common], capsys)[:2]
+    assert code == 0 and drawn[-1] == ["lenet", "lenet_bn1"]  # nothing drawn: lenet_fc_bn1 alone in its group
+    assert "comparison plots: lenet, lenet_bn1 left out, trained on other data or settings than lenet_fc_bn1" in out
+    assert not (results / "comparison_accuracy.png").exists()
+    assert run_main(["--model", "lenet_bn1", "--verbose", 2, *common[:-2]], capsys)[0] == 0
+    assert drawn[-1] == ["lenet", "lenet_bn1"]  # verbose changes no number: still compared
     assert run_main(["--model", "lenet", "--flag_visualizations", 0, *common], capsys)[0] == 0
     assert not (results / "comparison_accuracy.png").exists()  # not redrawn, so not left stale
 
@@ -470,3 +481,33 @@ def test_help_and_a_refused_flag_answer_before_tensorflow_is_imported():
     for argv in (["--help"], ["--epochs", "0"]):
         done = subprocess.run([sys.executable, "-c", script, *argv], cwd=ROOT, capture_output=True, text=True)
         assert done.stdout.strip().splitlines()[-1] == "False False", (argv, done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["main.py"],
+        ["studies.py"],
+        *(["studies.py", name] for name in ("keras_check", "seeds", "figure1", "lr", "window", "replicas")),
+        *(["studies.py", name] for name in ("grid", "batch_size", "init", "landscape", "noisy_bn")),
+    ],
+    ids=lambda command: " ".join(command),
+)
+def test_every_commands_help_answers_at_once_without_a_traceback(command):
+    """Each --help in a process of its own: exit 0, its usage, no traceback,
+    and no TensorFlow imported: importing it is what made help take about
+    3 s (the time itself is not asserted: under a parallel suite it is noise)."""
+    script = (
+        "import runpy, sys\n"
+        f"sys.argv = [{command[0]!r}, *sys.argv[1:]]\n"
+        "try:\n"
+        f"    runpy.run_path({command[0]!r}, run_name='__main__')\n"
+        "except SystemExit as exit_:\n"
+        "    code = exit_.code\n"
+        "print('tensorflow' in sys.modules, code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, *command[1:], "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert "Traceback" not in done.stderr and "usage:" in done.stdout, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False 0", done.stdout[-300:]

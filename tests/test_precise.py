@@ -11,10 +11,12 @@ import pytest
 import models_handling
 import utils
 from conftest import make_config, mnist_like, numpy_population, trained_model
-from harness import callbacks, precise, results_folder
+from harness import precise, results_folder
 from harness.config import KERAS_BN_VARIANT
 from harness.precise import refill_statistics
 from lenet import momentum_matching_window
+from study import probes
+from study.common import first_step_at
 
 EPSILON = 1e-8
 
@@ -179,10 +181,10 @@ def test_a_validation_curve_leaves_the_training_exactly_as_without_it(rule):
     splits = small_splits()
     config = make_config(batch_size=32, epochs=2, bn_statistics=rule)
     plain = models_handling.run_model("lenet_fc_bn2", splits, config)
-    curve = callbacks.ValidationCurve(splits.x_val, splits.y_val, splits.x_train, config, every=2)
+    curve = probes.ValidationCurve(splits.x_val, splits.y_val, splits.x_train, config, every=2)
     watched = models_handling.run_model("lenet_fc_bn2", splits, config, callbacks=[curve])
     assert watched.history == plain.history and watched.test_accuracy == plain.test_accuracy
     assert curve.curve["step"] == [0, 2, 4, 6, 8, 10]  # 160 images, batch 32: 5 steps an epoch
     # Its last point is the trained network, validated as the last epoch's end validated it.
     assert curve.curve["val_accuracy"][-1] == pytest.approx(plain.history["val_accuracy"][-1])
-    assert callbacks.first_step_at(curve.curve, 0.0) == 0 and callbacks.first_step_at(curve.curve, 1.01) is None
+    assert first_step_at(curve.curve, 0.0) == 0 and first_step_at(curve.curve, 1.01) is None

@@ -178,7 +178,7 @@ def test_runs_writing_into_one_folder_at_once_keep_every_entry(tmp_path):
 
 
 def test_an_interrupted_model_resumes_to_the_history_of_an_uninterrupted_run(small_npz, tmp_path, capsys, monkeypatch):
-    """Under --jit_compile auto: the resumed run continues on the path chosen
+    """Under --jit_compile measure: the resumed run continues on the path chosen
     before the interruption, and ends as an uninterrupted run on that path."""
     common = ["--model", "lenet_bn2", "--epochs", 3, "--data", small_npz, "--verbose", 0, "--flag_visualizations", 0]
 
@@ -200,14 +200,14 @@ def test_an_interrupted_model_resumes_to_the_history_of_an_uninterrupted_run(sma
         ),
     )
     resumed = tmp_path / "resumed"
-    assert run_main([*common, "--results_dir", resumed, "--jit_compile", "auto"], capsys)[0] == 130
+    assert run_main([*common, "--results_dir", resumed, "--jit_compile", "measure"], capsys)[0] == 130
     backup = resumed / "backup" / "lenet_bn2"
     assert (backup / "latest.weights.h5").exists()
     chosen = json.loads((backup / "progress.json").read_text())["jit_choice"]["xla"]
     monkeypatch.setattr(models_handling, "run_model", real_run_model)
     assert run_main([*common, "--results_dir", tmp_path / "whole", "--jit_compile", int(chosen)], capsys)[0] == 0
 
-    code, out, err = run_main([*common, "--results_dir", resumed, "--resume", 1, "--jit_compile", "auto"], capsys)
+    code, out, err = run_main([*common, "--results_dir", resumed, "--resume", 1, "--jit_compile", "measure"], capsys)
     assert code == 0, err
     assert "lenet_bn2: resuming after epoch 2 from" in out
     assert f"lenet_bn2: {'XLA' if chosen else 'TensorFlow'}" in out and "as chosen before the interruption" in out

@@ -72,12 +72,9 @@ def test_seeds_gives_intervals_paired_differences_and_steps_to_the_target(small_
             "--results_dir",
             tmp_path,
             "--seeds",
-            0,
-            1,
-            2,
+            3,
             "--models",
-            "lenet",
-            "lenet_fc_bn2",
+            "lenet,lenet_fc_bn2",
             "--rules",
             "precise",
             "moving",
@@ -153,8 +150,7 @@ def test_figure1_follows_one_sigmoid_input_at_regular_steps_over_seeds(
             "--probe_images",
             30,
             "--seeds",
-            0,
-            1,
+            2,
             *length,
             "--jit_compile",
             0,
@@ -182,7 +178,7 @@ def test_figure1_follows_one_sigmoid_input_at_regular_steps_over_seeds(
 
 
 def test_the_paper_networks_have_three_hidden_layers_of_100_with_bn_in_place_of_their_bias():
-    from study.figure1 import build_network
+    from study.networks import build_network
 
     plain, with_bn = (build_network(name, make_config()) for name in ("mlp", "mlp_bn"))
     assert [layer.units for layer in plain.hidden.values()] == [100, 100, 100]
@@ -301,7 +297,26 @@ STUDY_FLAGS_OUT_OF_BOUNDS = {
     "endless epochs": (["seeds", "--epochs", "100000"], "argument --epochs: expected an integer from 1 to 10000"),
     "too many jobs": (["seeds", "--jobs", "257"], "argument --jobs: expected an integer from 1 to 256, got '257'"),
     "no jobs": (["lr", "--jobs", "0"], "argument --jobs: expected an integer from 1 to 256, got '0'"),
+    "seeds, old spelling": (
+        ["seeds", "--seeds", "0", "1", "2"],
+        "--seeds takes one comma-separated value: write --seeds 0,1,2",
+    ),
+    "models, old spelling": (["seeds", "--models", "lenet", "lenet_bn1"], "write --models lenet,lenet_bn1"),
+    "unknown model": (["grid", "--vary", "epochs=1", "--models", "lenet,resnet"], "'resnet' is not one of"),
+    "no seeds": (["landscape", "--seeds", "0"], "argument --seeds: expected an integer from 1 to 1000"),
+    "one seed in a study of several": (["figure1", "--seed", "3"], "write --seeds 3, (seed 3 alone) or --seeds N"),
 }
+
+
+@pytest.mark.parametrize("name", studies.SEVERAL_SEEDS)
+def test_seeds_and_models_mean_one_thing_in_every_study(name):
+    parser = studies.build_parser()
+    required = ["--vary", "epochs=1"] if name == "grid" else []
+    assert parser.parse_args([name, *required, "--seeds", "3"]).seeds == [0, 1, 2]
+    assert parser.parse_args([name, *required, "--seeds", "3,7"]).seeds == [3, 7]
+    assert parser.parse_args([name, *required, "--seeds", "7,"]).seeds == [7]
+    if name in ("seeds", "grid"):
+        assert parser.parse_args([name, *required, "--models", "lenet,lenet_bn2"]).models == ["lenet", "lenet_bn2"]
 
 
 @pytest.mark.parametrize("arguments, message", STUDY_FLAGS_OUT_OF_BOUNDS.values(), ids=STUDY_FLAGS_OUT_OF_BOUNDS.keys())
@@ -342,10 +357,9 @@ def test_a_study_says_what_it_does_and_keeps_finished_runs_when_interrupted(smal
             "--results_dir",
             str(tmp_path),
             "--seeds",
-            "0",
+            "0,",
             "--models",
-            "lenet",
-            "lenet_bn1",
+            "lenet,lenet_bn1",
             "--rules",
             "moving",
             *FAST,
@@ -429,8 +443,7 @@ def test_seeds_with_patience_stops_each_run_on_its_own_and_still_plots(small_npz
             "--results_dir",
             tmp_path,
             "--seeds",
-            0,
-            1,
+            2,
             "--models",
             "lenet",
             "--rules",

@@ -10,8 +10,9 @@ import tensorflow as tf
 from test_studies import FAST, read_csv, read_summary, run_study
 
 from conftest import make_config, trained_model
-from study import gradients, landscape, noisy_bn
-from study.figure1 import build_network
+from harness.callbacks import restored_afterwards
+from study import gradients, landscape, networks, noisy_bn, probes
+from study.networks import build_network
 from test_main import assert_png
 
 ETAS = (0.05, 0.1, 0.2, 0.4)
@@ -63,7 +64,7 @@ def test_the_landscape_probe_leaves_weights_bn_windows_and_optimizer_as_they_wer
     model = trained_model("lenet_fc_bn2")
     before = every_value(model)
     images, labels = random_batch(64)
-    probe = landscape.LandscapeProbe(images, labels, batch_size=16, learning_rate=0.1, every=1, seed=0)
+    probe = probes.LandscapeProbe(images, labels, batch_size=16, learning_rate=0.1, every=1, seed=0)
     probe.set_model(model)
     probe.on_train_begin()
     probe.on_train_batch_end(0)
@@ -78,7 +79,7 @@ def test_the_landscape_probe_leaves_weights_bn_windows_and_optimizer_as_they_wer
     # The first probe's loss: the network's cross-entropy on its batch (the
     # first the probe's seed draws), in training mode, at the weights as they are.
     chosen = np.random.default_rng([0, 7]).choice(64, 16, replace=False)
-    with landscape.restored_afterwards(model):
+    with restored_afterwards(model):
         logits = model(images[chosen], training=True)
     expected = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels[chosen], logits)
     assert float(expected) == pytest.approx(first["loss"], rel=1e-5)
@@ -99,7 +100,7 @@ def test_bn_fed_filters_at_unit_norm_leave_the_loss_and_predictions_as_they_were
     for part, shape in loss.kernel_slices.values():
         kernel = unit[part].reshape(shape)
         assert np.allclose(np.linalg.norm(kernel.reshape(-1, shape[-1]), axis=0), 1.0)
-    with landscape.restored_afterwards(model):
+    with restored_afterwards(model):
         (before, _), (after, _) = loss(theta), loss(unit)
         predictions = []
         for weights in (theta, unit):
@@ -126,7 +127,7 @@ def test_internal_covariate_shift_is_the_gradient_change_after_the_layers_below_
     images, labels = random_batch()
     loss.set_batch(images, labels)
     rate = 0.5
-    with landscape.restored_afterwards(model):
+    with restored_afterwards(model):
         shift = gradients.internal_covariate_shift(loss, loss.weights(), rate)
     assert list(shift) == ["C3", "C5", "F6", "output"]  # C1 has nothing below it
 
@@ -137,7 +138,7 @@ def test_internal_covariate_shift_is_the_gradient_change_after_the_layers_below_
         return tape.gradient(value, [v for _, group in gradients.layer_groups(model) for v in group])
 
     groups = gradients.layer_groups(model)
-    with landscape.restored_afterwards(model):
+    with restored_afterwards(model):
         before = layer_gradients()
         sizes = np.cumsum([0, *(len(group) for _, group in groups)])
         original = [v.numpy() for _, group in groups for v in group]
@@ -151,13 +152,13 @@ def test_internal_covariate_shift_is_the_gradient_change_after_the_layers_below_
             g2 = np.concatenate([after[p].numpy().ravel() for p in range(sizes[index], sizes[index + 1])])
             assert shift[layer]["l2"] == pytest.approx(np.linalg.norm(g - g2), rel=1e-3, abs=1e-7)
             assert shift[layer]["cosine"] == pytest.approx(g @ g2 / np.linalg.norm(g) / np.linalg.norm(g2), abs=1e-5)
-    with landscape.restored_afterwards(model):
+    with restored_afterwards(model):
         unmoved = gradients.internal_covariate_shift(loss, loss.weights(), 0.0)
     assert all(measures["l2"] == 0.0 and measures["cosine"] == pytest.approx(1.0) for measures in unmoved.values())
 
 
 def test_activation_noise_is_per_sample_and_position_fresh_each_step_and_off_at_inference():
-    layer = noisy_bn.BNNoise(0.5, 1.25, "activation", seed=3)
+    layer = networks.BNNoise(0.5, 1.25, "activation", seed=3)
     x = keras.ops.ones((8, 4, 4, 6))
     assert np.array_equal(np.asarray(layer(x, training=False)), np.asarray(x))
     first, second = (np.asarray(layer(x, training=True)) for _ in range(2))
@@ -175,7 +176,7 @@ def test_a_bn_right_after_removes_the_channel_noise_and_not_the_per_activation_n
     from lenet import BatchNorm
 
     x = keras.ops.convert_to_tensor(np.random.default_rng(0).normal(size=(32, 4, 4, 6)).astype(np.float32))
-    noise, bn = noisy_bn.BNNoise(0.5, 1.25, kind, seed=1), BatchNorm(epsilon=1e-8, window_size=5)
+    noise, bn = networks.BNNoise(0.5, 1.25, kind, seed=1), BatchNorm(epsilon=1e-8, window_size=5)
     clean, noisy = np.asarray(bn(x, training=True)), np.asarray(bn(noise(x, training=True), training=True))
     assert np.allclose(clean, noisy, atol=1e-4) == removed
 
@@ -185,7 +186,7 @@ def test_the_noisy_network_at_inference_is_lenet_fc_bn2_with_the_same_weights():
 
     config = make_config()
     plain = build_lenet("lenet_fc_bn2", config)
-    noisy = noisy_bn.noisy_network("lenet_fc_bn2", config, noise_mean=1.0, noise_scale=2.0, noise_kind="activation")
+    noisy = networks.noisy_network("lenet_fc_bn2", config, noise_mean=1.0, noise_scale=2.0, noise_kind="activation")
     copy_network(plain, noisy)  # the affine layers, gamma and beta; both windows fresh
     images = np.random.default_rng(0).uniform(size=(5, 32, 32, 1)).astype(np.float32)
     assert np.allclose(noisy(images, training=False), plain(images, training=False), atol=1e-6)
