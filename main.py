@@ -59,7 +59,8 @@ FLAGS = {
     "model": dict(
         choices=[*MODEL_NAMES, "all"],
         metavar="NAME",
-        help="; ".join(describe(name) for name in MODEL_NAMES) + "; all: the five variants in turn",
+        help="; ".join(describe(name) for name in MODEL_NAMES)
+        + "; all: the five variants (side by side under --jobs auto, one after the other under --jobs 1)",
     ),
     "batch_size": dict(
         type=int_up_to(LIMITS["batch_size"]),
@@ -157,9 +158,9 @@ FLAGS = {
     ),
     "jobs": dict(
         type=auto_or_int_up_to(LIMITS["jobs"]),
-        help="how many models train at once, each in its own worker process of a local Dask cluster (a "
-        "training uses one core: TensorFlow's kernels get nothing from more on LeNet); auto: the machine's "
-        f"cores, at most one per model; 1: one after the other in this process (1 to {LIMITS['jobs']})",
+        help="how many models train at once, each in its own worker process of a local Dask cluster with "
+        "cores // jobs TensorFlow threads; auto: the machine's cores, at most one per model (one model trains "
+        f"in this process); 1: one after the other in this process (1 to {LIMITS['jobs']})",
     ),
     "cluster": dict(
         help="the address of a running Dask scheduler (tcp://HOST:8786; default: "

@@ -125,8 +125,14 @@ def plot_figure1(curves, layer, path, title, accuracy_label="test accuracy"):
             ylabel=f"{layer} sigmoid input",
         )
         axes.legend(fontsize=8)
+    steps = next(iter(curves.values()))["step"]
+    first = min((step for step in steps if step > 0), default=1)
     for axes in all_axes:
         axes.grid(alpha=0.3)
+        if max(steps) / first > 50:  # a long run: its first thousand steps, where BN leads, would be a sliver
+            axes.set_xscale("symlog", linthresh=first)
+            axes.set_xlim(0, max(steps))
+            axes.set_xlabel(f"training step (log scale past {first})")
     figure.suptitle(title)
     save_figure(figure, path)
 
@@ -165,27 +171,37 @@ def plot_learning_rates(rows, references, path):
     save_figure(figure, path)
 
 
+MARKERS = ("o", "s", "^", "D", "v")
+
+
+def offsets(count, factor=1.07):
+    """Multiplicative x offsets that set `count` series a little apart on a
+    log axis, so that equal values do not hide one line under another."""
+    return [factor ** (index - (count - 1) / 2) for index in range(count)]
+
+
 def plot_window_study(window_points, batch_points, path):
     """Left: test accuracy against window_size (log axis), one line per
     statistics rule ({rule: [(window_size, accuracy)]}). Right: test accuracy
-    against inference batch size, one line per inference rule."""
+    against inference batch size, one line per inference rule. Series that
+    coincide are set a little apart along x, each with its own marker."""
     figure, (window_axes, batch_axes) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for rule, points in window_points.items():
-        window_axes.plot(*zip(*points), marker="o", label=rule)
-    window_axes.set_xscale("log")
+    for axes, series in ((window_axes, window_points), (batch_axes, batch_points)):
+        for (rule, points), shift, marker in zip(series.items(), offsets(len(series)), MARKERS):
+            xs, ys = zip(*points)
+            axes.plot([x * shift for x in xs], ys, marker=marker, label=rule, alpha=0.85)
+        axes.set_xscale("log")
+        axes.legend(fontsize=8)
+        axes.grid(alpha=0.3, which="both")
     window_axes.set(
         title="inference statistics: window size", xlabel="window_size (training batches)", ylabel="test accuracy"
     )
-    window_axes.legend(fontsize=8)
-    for rule, points in batch_points.items():
-        batch_axes.plot(*zip(*points), marker="o", label=rule)
-    batch_axes.set_xscale("log")
     batch_axes.set(
-        title="inference batch size", xlabel="images per predicted batch", ylabel="test accuracy", ylim=(0, 1)
+        title="inference batch size (series set a little apart)",
+        xlabel="images per predicted batch",
+        ylabel="test accuracy",
+        ylim=(0, 1),
     )
-    batch_axes.legend(fontsize=8)
-    for axes in (window_axes, batch_axes):
-        axes.grid(alpha=0.3, which="both")
     save_figure(figure, path)
 
 
@@ -227,34 +243,39 @@ def plot_replicas(points, global_batch, path):
 
 
 def plot_grid(knob, values, cells, path, note):
-    """Test error (1 - accuracy) against the knob's values, one line per
-    model ({model: [a summary per value]}), the 95 % interval as a band; a
-    diverged training marked with an x at error 1 (its seeds counted beside
-    it); a log axis for positive numbers spanning more than a factor of 20,
-    else the values as they come."""
+    """Test accuracy against the knob's values, one series per model
+    ({model: [a summary per value]}) with its 95 % interval: for numbers, a
+    line and a band (a log axis past a factor of 20); for categories (or a
+    few numbers that are not a scale), points with error bars set a little
+    apart. A point where trainings diverged is marked with an x and their
+    count (the grid counts each as accuracy 0)."""
     figure, axes = plt.subplots(figsize=(7, 4.5))
     numeric = all(isinstance(value, int | float) and not isinstance(value, bool) for value in values)
     logarithmic = numeric and min(values) > 0 and max(values) / min(values) > 20
     positions = values if numeric else list(range(len(values)))
-    for name, per_value in cells.items():
+    for index, (name, per_value) in enumerate(cells.items()):
+        color = f"C{index}"
         shown = [(x, cell) for x, cell in zip(positions, per_value) if cell["n"]]
-        color = None
-        if shown:
-            xs = [x for x, _ in shown]
-            (line,) = axes.plot(xs, [1 - cell["mean"] for _, cell in shown], marker="o", label=name)
-            low = [1 - (cell["high"] if cell["high"] is not None else cell["mean"]) for _, cell in shown]
-            high = [1 - (cell["low"] if cell["low"] is not None else cell["mean"]) for _, cell in shown]
-            # An error rate lies in [0, 1]; three seeds' interval can reach past it.
-            axes.fill_between(xs, np.clip(low, 0, 1), np.clip(high, 0, 1), color=line.get_color(), alpha=0.2)
-            color = line.get_color()
+        xs = [x for x, _ in shown]
+        means = np.array([cell["mean"] for _, cell in shown])
+        low = np.array([cell["low"] if cell["low"] is not None else cell["mean"] for _, cell in shown])
+        high = np.array([cell["high"] if cell["high"] is not None else cell["mean"] for _, cell in shown])
+        low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)  # an accuracy's range; three seeds can reach past it
+        if not numeric:
+            shift = (index - (len(cells) - 1) / 2) * 0.12
+            xs = [x + shift for x in xs]
+            axes.errorbar(xs, means, yerr=[means - low, high - means], fmt="o", capsize=4, color=color, label=name)
+        elif shown:
+            axes.plot(xs, means, marker="o", color=color, label=name)
+            axes.fill_between(xs, low, high, color=color, alpha=0.2)
         for x, cell in zip(positions, per_value):
             if cell.get("diverged"):
-                axes.plot([x], [1.0], "x", color=color, markersize=9)
+                axes.plot([x], [0.0], "x", color=color, markersize=9)
                 axes.annotate(
                     f"{cell['diverged']} diverged",
-                    (x, 1.0),
+                    (x, 0.0),
                     textcoords="offset points",
-                    xytext=(4, -12),
+                    xytext=(4, 6),
                     fontsize=7,
                     color=color,
                 )
@@ -265,7 +286,9 @@ def plot_grid(knob, values, cells, path, note):
         axes.minorticks_off()  # the log axis's own labels would overprint the values
     elif logarithmic:  # more values than fit as labels: the log axis's own decades
         axes.minorticks_off()
-    axes.set(title=f"test error against {knob} ({note})", xlabel=knob, ylabel="test error (1 - accuracy)")
+    if not numeric:
+        axes.set_xlim(-0.5, len(values) - 0.5)
+    axes.set(title=f"test accuracy against {knob} ({note})", xlabel=knob, ylabel="test accuracy")
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8)
     save_figure(figure, path)

@@ -156,7 +156,7 @@ def sweep(config, knob, values, lines, seeds, data, folder):
         values,
         {label: [result["models"][label][str(value)] for value in values] for label in labels},
         folder / "grid.png",
-        f"{len(seeds)} seeds, {config.epochs} epochs; band: 95 % interval of the mean",
+        f"{len(seeds)} seeds, {config.epochs} epochs; 95 % interval of the mean",
     )
     write_summary(folder, result)
     return result

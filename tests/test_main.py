@@ -490,6 +490,7 @@ def test_help_and_a_refused_flag_answer_before_tensorflow_is_imported():
         ["studies.py"],
         *(["studies.py", name] for name in ("keras_check", "seeds", "figure1", "lr", "window", "replicas")),
         *(["studies.py", name] for name in ("grid", "batch_size", "init", "landscape", "noisy_bn")),
+        ["bench.py"],
     ],
     ids=lambda command: " ".join(command),
 )
