@@ -7,14 +7,12 @@
 
 paths (the default): training steps per second of lenet, lenet_fc_bn2 (our
 BN) and lenet_keras_bn (Keras's) on both compile paths at --batch_size, and
-from them the faster path for each model (what --jit_compile measure would
-choose) and what BN in all four places costs a step against lenet. steps:
+from them the faster path for each model and what BN in all four places costs a step against lenet. steps:
 the same at batch 2, 16 and 64, at 1 and 32 training steps per call into
 TensorFlow (what main.py uses where no probe looks at every step). sweep
-(not in all): `python main.py --data DATA` three times, each in a process
-of its own: under --jit_compile auto on a machine that has run nothing
-(an empty Keras folder), then under measure twice, the first time choosing
-each model's path and the second reusing the choices it remembered.
+(not in all): `python main.py --data DATA`, the default sweep, twice, each
+in a process of its own, the first from an empty Keras folder (a machine's
+first run) and the second after it.
 
 Each figure is the median of --repeats epochs, timed in turns across the
 models and paths after a warm-up epoch each, because a CPU machine (a shared
@@ -30,7 +28,7 @@ import time
 from pathlib import Path
 
 import utils
-from harness import files
+from common import files
 from harness.flags import LIMITS, OneLineErrorParser, int_up_to
 
 PARTS = ("paths", "steps", "all", "sweep")
@@ -102,12 +100,21 @@ def main(argv=None):
     return 0
 
 
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine():
     import keras
     import tensorflow as tf
 
-    from harness.compile_path import cpu_model
-    from harness.devices import cores
+    from training.devices import cores
 
     return {
         "cpu": cpu_model(),
@@ -126,7 +133,7 @@ def epoch_timer(name, jit_compile, batch_size, images, steps_per_call=None):
     import numpy as np
 
     import models_handling
-    from harness.config import Config
+    from common.config import Config
     from lenet import INPUT_SHAPE
     from main import DEFAULTS
 
@@ -230,34 +237,23 @@ def report_steps(rates):
 
 
 def measure_sweeps(data):
-    """Seconds of the default sweep on `data`, first under auto with nothing
-    remembered, then under measure choosing and measure remembering."""
+    """Seconds of the default sweep on `data`: a machine's first run (an
+    empty Keras folder), and the run after it."""
     import os
     import subprocess
     import tempfile
 
     seconds = {}
     with tempfile.TemporaryDirectory() as keras_home:
-        for label, jit_compile in (
-            ("auto", "auto"),
-            ("measure, choosing", "measure"),
-            ("measure, remembered", "measure"),
-        ):
+        for label in ("first run", "second run"):
             with tempfile.TemporaryDirectory() as results:
-                command = [
-                    sys.executable,
-                    str(Path(__file__).with_name("main.py")),
-                    "--data",
-                    str(data),
-                    "--jit_compile",
-                    jit_compile,
-                ]
+                command = [sys.executable, str(Path(__file__).with_name("main.py")), "--data", str(data)]
                 command += ["--verbose", "0", "--flag_visualizations", "0", "--results_dir", results]
                 start = time.perf_counter()
                 subprocess.run(command, check=True, env={**os.environ, "KERAS_HOME": keras_home}, capture_output=True)
                 seconds[label] = time.perf_counter() - start
                 print(f"  the default sweep, {label}: {seconds[label]:.1f} s", flush=True)
-    print(f"auto's first run against measure's remembered one: {seconds['auto'] / seconds['measure, remembered']:.3f}x")
+    print(f"the first run against the second: {seconds['first run'] / seconds['second run']:.3f}x")
     return seconds
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from harness.config import MODEL_NAMES, REFERENCES, VARIANTS
+from common.config import MODEL_NAMES, REFERENCES, VARIANTS
 
 # --------------------------------------------------------------------------
 # The BN math: pure functions of tensors, no Keras state.
@@ -498,7 +498,7 @@ def momentum_matching_window(window_size):
 def build_lenet(name, config):
     """The named variant, built for 32x32x1 inputs, with `config`'s
     output_size, epsilon, window_size, bn_sync, init_std and bn_placement (a
-    harness.config.Config)."""
+    common.config.Config)."""
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
     options = {

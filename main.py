@@ -26,7 +26,7 @@ DEFAULTS = {
     "flag_visualizations": 1,
     "tensorboard": 0,  # 1: TensorBoard logs under <results_dir>/logs/<model>/
     "resume": 0,  # 1: skip models already finished with these settings and data; continue interrupted ones
-    "jit_compile": "auto",  # auto: XLA (1) on a GPU, TensorFlow's own kernels (0) on a CPU; measure: time both
+    "jit_compile": "auto",  # auto: XLA (1) on a GPU, TensorFlow's own kernels (0) on a CPU
     "inference_batch_size": 1024,  # validation and test (BN's inference uses no batch statistics)
     "jobs": "auto",  # trainings side by side: auto, the machine's cores (at most one per model); 1: this process
     "cluster": None,  # a Dask scheduler's address (tcp://HOST:8786): the trainings run on its workers
@@ -42,7 +42,7 @@ import os
 import signal
 import sys
 
-from harness.config import BN_PLACEMENTS, BN_STATISTICS, BN_SYNC, DATASETS, MODEL_NAMES, PRECISIONS, Config, describe
+from common.config import BN_PLACEMENTS, BN_STATISTICS, BN_SYNC, DATASETS, MODEL_NAMES, PRECISIONS, Config, describe
 from harness.flags import (
     LIMITS,
     OneLineErrorParser,
@@ -147,9 +147,8 @@ FLAGS = {
     "jit_compile": dict(
         type=auto_or_switch,
         help="1: compile each training and inference step with XLA; 0: run TensorFlow's own kernels; auto: XLA "
-        "on a GPU, TensorFlow's kernels on a CPU (the faster there at batch 16 and up); measure: time a few "
-        "training steps both ways at each model's start, keep the faster and remember it for this machine. "
-        "Results differ only by float rounding",
+        "on a GPU, TensorFlow's kernels on a CPU (the faster there at batch 16 and up; at batch 2 XLA is, "
+        "docs/speed.md). Results differ only by float rounding",
     ),
     "inference_batch_size": dict(
         type=int_up_to(LIMITS["batch_size"]),

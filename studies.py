@@ -26,8 +26,8 @@ import argparse
 import sys
 
 import utils
-from harness import files
-from harness.config import FIELDS, Config
+from common import files
+from common.config import FIELDS, Config
 from harness.flags import OneLineErrorParser
 from main import DEFAULTS, add_flag
 

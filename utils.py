@@ -33,6 +33,13 @@ class UsageError(Exception):
     """Input a run cannot use; the message says what is wrong and how to fix it."""
 
 
+def one_line(error, otherwise=None):
+    """An exception in one line: its message's first line, else `otherwise`
+    (by default the exception's type)."""
+    text = str(error)
+    return text.splitlines()[0] if text else otherwise or type(error).__name__
+
+
 class DataError(UsageError):
     """Data that cannot be used."""
 
@@ -110,7 +117,7 @@ def _download(dataset):
         for folder in reversed(made_here):
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only if empty
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = one_line(error)
         raise DataError(f"could not download {dataset} ({reason}); without network access, {LOCAL_DATA_HINT}") from None
     return x_train, y_train, x_test, y_test
 
@@ -135,7 +142,7 @@ def reading(path):
     except DAMAGED_FILE_ERRORS as error:
         kind = type(error).__qualname__
         kind = kind if type(error).__module__ == "builtins" else f"{type(error).__module__}.{kind}"
-        reason = str(error).splitlines()[0] if str(error) else "no details"
+        reason = one_line(error, "no details")
         raise DataError(
             f"{path}: cannot be read ({kind}: {reason}); the file is damaged, cut "
             "short or not what its name says: get a fresh copy"

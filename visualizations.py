@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from harness.files import atomic_path
+from common.files import atomic_path
 
 METRIC_LABELS = {"accuracy": "accuracy", "loss": "loss (cross-entropy)"}
 

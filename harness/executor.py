@@ -38,9 +38,10 @@ utils.import_tensorflow_quietly()
 import keras
 
 import models_handling
-from harness import callbacks, results_folder
-from harness.config import VARIANTS, Config
-from harness.devices import cores, threads_now
+from common import records
+from common.config import VARIANTS, Config
+from training import callbacks
+from training.devices import cores, threads_now
 
 # Seconds to wait for a --cluster scheduler to answer, and for it to have a worker.
 CONNECT_SECONDS = 5
@@ -80,7 +81,7 @@ class Training:
 class Finished:
     """A training's outcome as it comes back to the caller."""
 
-    result: results_folder.ModelResult  # its `model` set in this process, else None and the model in model_file
+    result: records.ModelResult  # its `model` set in this process, else None and the model in model_file
     model_file: bytes | None  # from a worker: the trained model as a .keras file
     report: object = None  # the callback's report(), when the training had one
     where: dict = field(default_factory=dict)  # host, process, threads, and jobs or cluster
@@ -483,7 +484,7 @@ def connect(address):
     try:
         client = distributed.Client(address, timeout=CONNECT_SECONDS)
     except (OSError, TimeoutError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = utils.one_line(error)
         if address.startswith("tls://") and any(word in reason for word in ("SSL", "certificate", "handshake")):
             raise utils.UsageError(
                 f"--cluster {address}: the TLS handshake failed ({reason}): the scheduler does not accept this "

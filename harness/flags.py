@@ -55,10 +55,10 @@ def float_up_to_or_none(limit):
 
 
 def auto_or_switch(text):
-    """--jit_compile: "auto" or "measure", or 0 / 1 as an int."""
-    if text not in ("auto", "measure", "0", "1"):
-        raise argparse.ArgumentTypeError(f"expected auto, measure, 0 or 1, got {text!r}")
-    return text if text in ("auto", "measure") else int(text)
+    """--jit_compile: "auto", or 0 / 1 as an int."""
+    if text not in ("auto", "0", "1"):
+        raise argparse.ArgumentTypeError(f"expected auto, 0 or 1, got {text!r}")
+    return text if text == "auto" else int(text)
 
 
 def auto_or_int_up_to(limit):

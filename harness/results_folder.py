@@ -12,16 +12,15 @@ import csv
 import io
 import json
 import shutil
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import visualizations
-from harness.config import describe
-from harness.files import atomic_path, check_space, file_lock, write_text
+from common.config import describe
+from common.files import atomic_path, check_space, file_lock, saved_size, write_text
+from common.records import HISTORY_KEYS, ModelResult
 from utils import UsageError
 
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 SUMMARY_FILE = "summary.json"
 # How long, where and on which compile path each model trained: it changes at
 # every run, so it stays out of summary.json (whose bytes a rerun with the
@@ -32,32 +31,6 @@ SUMMARY_DECIMALS = 5
 # that differ only in these are compared side by side.
 SPEED_SETTINGS = ("verbose", "jit_compile", "inference_batch_size")
 BACKUP_FOLDER = "backup"  # <results_dir>/backup/<model>/: an unfinished model's last finished epoch
-
-
-@dataclass
-class ModelResult:
-    """One model's figures, as models_handling.run_model returns them and
-    save_results writes them."""
-
-    name: str
-    history: dict  # per-epoch lists under HISTORY_KEYS
-    test_loss: float
-    test_accuracy: float
-    train_seconds: float
-    trainable_parameters: int
-    model: object = field(default=None, repr=False)  # the trained keras.Model, to save
-    diverged: dict | None = None  # {"epoch", "step", "loss"} where the loss stopped being finite
-    jit_choice: dict | None = None  # with jit_compile "auto": the path chosen and the timings (JitChoice.record)
-    model_file: bytes | None = field(default=None, repr=False)  # or the trained model as .keras bytes (a worker's)
-    where: dict | None = None  # where it trained: host, process, threads, and jobs or cluster (executor.py)
-
-
-def saved_size(model):
-    """Bytes that saving `model` (weights and optimizer state) may take, with
-    a quarter and 128 KiB to spare for h5py's and zip's own: what a write
-    checks is free before h5py starts on it."""
-    variables = [*model.weights, *(model.optimizer.variables if model.optimizer else [])]
-    return sum(int(variable.numpy().nbytes) for variable in variables) * 5 // 4 + (128 << 10)
 
 
 def outcome(result):
@@ -173,7 +146,6 @@ def save_results(result, config, run_record, recorded=None):
     }
     timings = {
         "train_seconds": round(result.train_seconds, 2),
-        "jit_choice": result.jit_choice,
         "where": result.where,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -17,10 +17,12 @@ from pathlib import Path
 import keras
 
 import utils
-from harness import devices, files, results_folder
-from harness.config import VARIANTS, describe
+from common import files
+from common.config import VARIANTS, describe
+from harness import results_folder
 from harness.executor import Executor, Training
 from models_handling import make_optimizer
+from training import devices
 
 
 class CtrlC:

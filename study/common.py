@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import files
+from common import files
 from harness.results_folder import outcome
 
 

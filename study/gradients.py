@@ -8,7 +8,7 @@ flat gradient. Every evaluation starts from the same non-trainable state,
 so a network with random noise in it (study/noisy_bn.py) draws the same
 noise at every evaluation of one batch: what differs between two
 evaluations is the weights alone. The caller restores the weights
-(harness.callbacks.restored_afterwards)."""
+(training.callbacks.restored_afterwards)."""
 
 import numpy as np
 import tensorflow as tf

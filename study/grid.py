@@ -14,8 +14,9 @@ from dataclasses import dataclass, field, replace
 
 import utils
 import visualizations
-from harness import files, results_folder
-from harness.config import MODEL_NAMES, TRAINING_KEYS
+from common import files
+from common.config import MODEL_NAMES, TRAINING_KEYS
+from harness import results_folder
 from harness.flags import OneLineErrorParser, add_models, add_seeds
 from study.common import run_trainings, study_dir, write_rows, write_summary
 from study.intervals import FEWEST_SEEDS_TO_COMPARE, paired_difference, summary

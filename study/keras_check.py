@@ -1,12 +1,10 @@
 """keras_check: our BN layer against keras.layers.BatchNormalization in the same
 network, from the same initial weights, on the same batches."""
 
-from dataclasses import replace
-
 import utils
 import visualizations
-from harness import results_folder
-from harness.config import KERAS_BN_VARIANT
+from common import records
+from common.config import KERAS_BN_VARIANT
 from study.common import run_trainings, study_dir, write_rows, write_summary
 
 ABOUT = "Hand-written BN against keras.layers.BatchNormalization in lenet_fc_bn2, same initial weights and batches."
@@ -37,12 +35,7 @@ def run(config, args):
     data = utils.load(config)
     ours = Training("lenet_fc_bn2", config, label="ours")
     reference = Training(KERAS_BN_VARIANT, config, label="keras", build=keras_reference)
-    if config.jit_compile == "measure":  # the reference on the path chosen for ours: the same arithmetic
-        (done_ours,) = run_trainings(config, [ours], data)
-        config = replace(config, jit_compile=done_ours.result.jit_choice["xla"])
-        (done_keras,) = run_trainings(config, [replace(reference, config=config)], data)
-    else:
-        done_ours, done_keras = run_trainings(config, [ours, reference], data)
+    done_ours, done_keras = run_trainings(config, [ours, reference], data)
     results = {"ours": done_ours.result, "keras": done_keras.result}
 
     folder = study_dir(config, "keras_check")
@@ -50,10 +43,10 @@ def run(config, args):
     for epoch in range(config.epochs):
         row = {"epoch": epoch + 1}
         for label, result in results.items():
-            for key in results_folder.HISTORY_KEYS:
+            for key in records.HISTORY_KEYS:
                 row[f"{label}_{key}"] = result.history[key][epoch]
         rows.append(row)
-    for key in results_folder.HISTORY_KEYS:
+    for key in records.HISTORY_KEYS:
         gaps[key] = max(abs(row[f"ours_{key}"] - row[f"keras_{key}"]) for row in rows)
     write_rows(folder / "keras_check.csv", rows)
     visualizations.plot_side_by_side(

@@ -27,7 +27,7 @@ def run(config, args):
     import keras
 
     import models_handling
-    from harness.precise import with_precise_statistics
+    from training.precise import with_precise_statistics
 
     data = utils.load(config)
     splits = data.splits(config.val_split, config.seed)

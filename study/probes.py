@@ -9,19 +9,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from harness import precise
-from harness.callbacks import restored_afterwards
 from study.common import accuracy_of
 from study.gradients import BatchLoss, internal_covariate_shift
 from study.landscape import MULTIPLES, probe_point
 from study.noisy_bn import LAYER, UNIT, relative_move
+from training import precise
+from training.callbacks import restored_afterwards
 
 
 class StepProbe(keras.callbacks.Callback):
     """A measurement of the network before the first training step, every
     `every` steps after it, and after the last, as lists under the keys of
     `point`'s dict and "step" (`curve`). Each point is the network as it then
-    is, with the statistics its rule gives it (harness.precise.
+    is, with the statistics its rule gives it (training.precise.
     as_the_rule_predicts: under `precise` a refill from that step's weights,
     numbered by the step, and undone afterwards); the last point is the
     trained network exactly as the run tests it. So the run is left exactly
@@ -86,7 +86,7 @@ class ValidationCurve(StepProbe):
 class SigmoidInputProbe(StepProbe):
     """The 15th, 50th and 85th percentiles of what one sigmoid of `layer`
     receives on fixed images, and the test accuracy, every few training steps
-    (harness.callbacks.StepProbe: inference mode, the rule's statistics)."""
+    (training.callbacks.StepProbe: inference mode, the rule's statistics)."""
 
     def __init__(self, probe_images, test_images, test_labels, layer, unit, every, train_images, config):
         super().__init__(train_images, config, every)

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import utils
 import visualizations
-from harness.config import BN_SYNC
+from common.config import BN_SYNC
 from study.common import run_trainings, study_dir, write_rows, write_summary
 
 ABOUT = (
@@ -30,8 +30,8 @@ def run(config, args):
     """lenet_fc_bn2 with its global batch split over 1, 2, 4, 8 replicas
     (logical CPU devices here; GPUs work the same), BN synchronized across
     them (global) or not (replica), all else equal."""
-    from harness import devices
     from harness.executor import Training
+    from training import devices
 
     batch = config.batch_size
     uneven = [count for count in args.replicas if batch % count]

@@ -6,8 +6,8 @@ import functools
 
 import utils
 import visualizations
-from harness import results_folder
-from harness.config import BN_STATISTICS, VARIANTS
+from common import records
+from common.config import BN_STATISTICS, VARIANTS
 from harness.flags import LIMITS, add_models, add_seeds, float_up_to, int_up_to
 from study.common import first_step_at, study_dir, write_rows, write_summary
 from study.grid import Line, plan, train
@@ -163,7 +163,7 @@ def plot_rule(rule, models, trainings, folder):
     means, bands = {}, {}
     for name, runs in histories.items():
         means[name], bands[name] = {}, {}
-        for key in results_folder.HISTORY_KEYS:
+        for key in records.HISTORY_KEYS:
             epochs = max(len(run[key]) for run in runs)
             per_epoch = [summary([run[key][epoch] for run in runs if len(run[key]) > epoch]) for epoch in range(epochs)]
             means[name][key] = [s["mean"] for s in per_epoch]

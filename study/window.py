@@ -62,9 +62,9 @@ def run(config, args):
     statistics rules, and against the inference batch size, for our rules and
     for the earlier project's."""
     from harness.executor import Training
-    from harness.precise import with_precise_statistics
     from lenet import rebuild
     from study.networks import EarlierProjectLeNet5
+    from training.precise import with_precise_statistics
 
     data = utils.load(config)
     splits = data.splits(config.val_split, config.seed)

@@ -47,13 +47,6 @@ def pytest_xdist_auto_num_workers(config):
     return min(8, len(os.sched_getaffinity(0)))
 
 
-@pytest.fixture(autouse=True)
-def own_keras_home(tmp_path_factory, monkeypatch):
-    """Each test its own Keras folder: the compile-path choices a test's runs
-    remember (harness.compile_path) reach neither the user's nor another test."""
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
-
-
 def mnist_like(num_train=200, num_test=60, seed=0):
     """Random uint8 images (N, 28, 28) and labels 0..9, shaped and typed as MNIST."""
     rng = np.random.default_rng(seed)
@@ -108,7 +101,7 @@ def interrupt_once_written(process, path, seconds):
 def make_config(**changes):
     """main.py's DEFAULTS as a Config, quiet (verbose 0) and on TensorFlow's
     own kernels (jit_compile 0, no timing of both paths), with `changes`."""
-    from harness.config import Config
+    from common.config import Config
     from main import DEFAULTS
 
     return Config.of(DEFAULTS, **{"verbose": 0, "jit_compile": False, **changes})

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from common.config import KERAS_BN_VARIANT, MODEL_NAMES, REFERENCES, VARIANTS
 from conftest import (
     make_config,
     numpy_batch_norm_training,
@@ -13,7 +14,6 @@ from conftest import (
     numpy_population,
     trained_model,
 )
-from harness.config import KERAS_BN_VARIANT, MODEL_NAMES, REFERENCES, VARIANTS
 from lenet import BatchNorm, batch_norm_training, batch_statistics, build_lenet, normalize
 
 EPSILON = 1e-8

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import utils
+from common import files
 from conftest import mnist_like, write_idx, write_npz
-from harness import files
 from utils import DataError
 
 IDX_NAMES = {

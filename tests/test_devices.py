@@ -9,10 +9,11 @@ import tensorflow as tf
 
 import models_handling
 import utils
+from common import records
 from conftest import TEST_DEVICES, make_config, mnist_like
-from harness import devices, results_folder
 from lenet import BatchNorm
 from test_main import run_main
+from training import devices
 
 EPSILON = 1e-3
 
@@ -107,7 +108,7 @@ def test_one_epoch_on_two_replicas_repeats_one_device():
     single = models_handling.run_model("lenet_fc_bn2", splits, settings)
     with two_replicas().scope():
         mirrored = models_handling.run_model("lenet_fc_bn2", splits, settings)
-    for key in results_folder.HISTORY_KEYS:
+    for key in records.HISTORY_KEYS:
         np.testing.assert_allclose(mirrored.history[key], single.history[key], atol=1e-4, err_msg=key)
     np.testing.assert_allclose(mirrored.test_loss, single.test_loss, atol=1e-4)
     # An epoch of training carries the two summation orders' rounding into the

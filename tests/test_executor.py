@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common import records
+from common.config import VARIANTS
 from conftest import THREADS, interrupt_once_written, make_config, mnist_like, write_npz
 from harness import executor, results_folder
-from harness.config import VARIANTS
 from test_main import run_main  # --jobs and --cluster given here win over its --jobs 1
 
 # One loopback cluster serves every test here, so they run in one test process.
@@ -144,7 +145,7 @@ def test_the_sweep_on_a_loopback_cluster_equals_jobs_2(cluster, small_npz, tmp_p
     assert sorted(summaries["cluster"]) == sorted(summaries["local"]) == sorted(VARIANTS)  # finish order
     for name in VARIANTS:
         histories = {place: results_folder.read_history(tmp_path / place / f"{name}_history.csv") for place in places}
-        for key in results_folder.HISTORY_KEYS:
+        for key in records.HISTORY_KEYS:
             np.testing.assert_allclose(
                 histories["cluster"][key], histories["local"][key], rtol=1e-6, atol=1e-6, err_msg=f"{name} {key}"
             )
@@ -302,7 +303,7 @@ def test_a_worker_killed_mid_training_is_replaced_and_the_history_is_unchanged(c
     )
     # At another thread count here (pytest -n 0 on several cores), float rounding differs.
     tolerance = 1e-6 if THREADS == 1 else 1e-3
-    for key in results_folder.HISTORY_KEYS:
+    for key in records.HISTORY_KEYS:
         np.testing.assert_allclose(there[key], here[key], rtol=tolerance, atol=tolerance)
     assert out.count("lenet_fc_bn2 epoch 1/4") == 2  # once on the killed worker, once on the other
     # The restart said so, once, naming the lost worker.
@@ -420,7 +421,7 @@ def test_a_tls_cluster_trains_as_jobs_1_and_refuses_a_client_without_a_valid_cer
     where = json.loads((tmp_path / "tls" / "timings.json").read_text())["lenet_bn2"]["where"]
     assert where["cluster"] == cluster.address
     assert there["test_accuracy"] == pytest.approx(here["test_accuracy"], abs=1e-6)
-    for key in results_folder.HISTORY_KEYS:
+    for key in records.HISTORY_KEYS:
         np.testing.assert_allclose(
             results_folder.read_history(tmp_path / "tls" / "lenet_bn2_history.csv")[key],
             results_folder.read_history(tmp_path / "here" / "lenet_bn2_history.csv")[key],

@@ -12,8 +12,8 @@ import matplotlib.figure
 import pytest
 
 import models_handling
+from common import files
 from conftest import mnist_like, write_npz
-from harness import files
 from test_main import run_main
 
 FAST = ["--epochs", 1, "--verbose", 0, "--jit_compile", 0]

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
+from common.config import KERAS_BN_VARIANT, MODEL_NAMES, VARIANTS
 from conftest import make_config
-from harness.config import KERAS_BN_VARIANT, MODEL_NAMES, VARIANTS
 from lenet import BatchNorm, build_lenet
 
 # LeNet-5 as in the design's table: what each stage outputs for one 32x32x1 image.

@@ -14,9 +14,11 @@ import pytest
 import main
 import models_handling
 import utils
+from common import records
+from common.config import VARIANTS
 from conftest import make_config, mnist_like, write_npz
-from harness import callbacks, results_folder
-from harness.config import VARIANTS
+from harness import results_folder
+from training import callbacks, speed
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -56,7 +58,7 @@ def test_all_models_one_epoch_writes_every_promised_file(small_npz, tmp_path, ca
         with open(results / f"{name}_history.csv") as stream:
             rows = list(csv.DictReader(stream))
         assert len(rows) == 1 and rows[0]["epoch"] == "1"
-        for key in results_folder.HISTORY_KEYS:
+        for key in records.HISTORY_KEYS:
             assert np.isfinite(float(rows[0][key])), f"{name}: {key}"
         assert_png(results / f"{name}_accuracy.png")
         assert_png(results / f"{name}_loss.png")
@@ -138,7 +140,7 @@ def test_each_epoch_visits_every_image_once_in_an_order_set_by_seed_and_epoch_al
 
     def epoch_labels(order, epoch):
         order.on_epoch_begin(epoch)
-        return np.concatenate([batch_labels for _, batch_labels in models_handling.batches(images, labels, 16, order)])
+        return np.concatenate([batch_labels for _, batch_labels in speed.batches(images, labels, 16, order)])
 
     order = callbacks.EpochOrder(50, seed=3)
     first, second = epoch_labels(order, 0), epoch_labels(order, 1)
@@ -146,7 +148,7 @@ def test_each_epoch_visits_every_image_once_in_an_order_set_by_seed_and_epoch_al
     assert not np.array_equal(first, second)
     assert np.array_equal(epoch_labels(callbacks.EpochOrder(50, seed=3), 1), second)  # no epoch 0 before
     assert not np.array_equal(epoch_labels(callbacks.EpochOrder(50, seed=4), 1), second)
-    assert np.array_equal(np.concatenate([y for _, y in models_handling.batches(images, labels, 16)]), labels)
+    assert np.array_equal(np.concatenate([y for _, y in speed.batches(images, labels, 16)]), labels)
 
 
 # ---------------------------------------------------------------- bad input
@@ -173,7 +175,7 @@ BAD_ARGUMENTS = {
     "epsilon above one": (["--epsilon", 2], "argument --epsilon: expected a positive number up to 1"),
     "unknown statistics rule": (["--bn_statistics", "nope"], "argument --bn_statistics: invalid choice: 'nope'"),
     "unknown precision": (["--precision", "float8"], "argument --precision: invalid choice: 'float8'"),
-    "unknown compile path": (["--jit_compile", "xla"], "argument --jit_compile: expected auto, measure, 0 or 1"),
+    "unknown compile path": (["--jit_compile", "xla"], "argument --jit_compile: expected auto, 0 or 1, got 'xla'"),
     "zero inference batch": (
         ["--inference_batch_size", 0],
         "argument --inference_batch_size: expected an integer from 1 to 65536, got '0'",
@@ -389,7 +391,7 @@ def test_each_model_plot_shows_its_test_accuracy_on_whole_epochs(tmp_path, monke
     figures = []
     monkeypatch.setattr(results_folder.visualizations, "save_figure", lambda figure, path: figures.append(figure))
     history = {"loss": [2.0], "accuracy": [0.3], "val_loss": [1.9], "val_accuracy": [0.35]}
-    result = results_folder.ModelResult("lenet", history, 1.5, 0.4321, 1.0, 10)
+    result = records.ModelResult("lenet", history, 1.5, 0.4321, 1.0, 10)
     results_folder.save_results(result, make_config(batch_size=32, epochs=1, results_dir=str(tmp_path)), {})
     for figure in figures:
         axes = figure.axes[0]
@@ -401,7 +403,7 @@ def test_each_model_plot_shows_its_test_accuracy_on_whole_epochs(tmp_path, monke
 def test_the_closing_table_keeps_its_columns_at_any_magnitude(small_npz, tmp_path, capsys, monkeypatch):
     def exploding(name, splits, settings, **options):
         history = {"loss": [3e5], "accuracy": [0.1], "val_loss": [2e5], "val_accuracy": [0.1]}
-        return results_folder.ModelResult(name, history, 147264.0, 0.09821717, 12.5, 10)
+        return records.ModelResult(name, history, 147264.0, 0.09821717, 12.5, 10)
 
     monkeypatch.setattr(models_handling, "run_model", exploding)
     code, out, err = run_main(
@@ -467,7 +469,7 @@ def test_patience_stops_once_validation_accuracy_has_not_improved_for_that_many_
 
 
 def test_every_default_has_one_flag_and_one_config_field_of_the_same_name():
-    from harness.config import FIELDS
+    from common.config import FIELDS
 
     assert list(main.DEFAULTS) == list(main.FLAGS) == list(FIELDS)
 
@@ -512,3 +514,15 @@ def test_every_commands_help_answers_at_once_without_a_traceback(command):
     )
     assert "Traceback" not in done.stderr and "usage:" in done.stdout, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False 0", done.stdout[-300:]
+
+
+def test_jit_compile_auto_is_a_rule_xla_on_a_gpu_and_tensorflows_kernels_on_a_cpu(monkeypatch):
+    """No timing and nothing remembered: the same path on every run of a machine."""
+    import tensorflow as tf
+
+    config = make_config(jit_compile="auto")
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    assert speed.jit_compile_for(config) is False
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
+    assert speed.jit_compile_for(config) is True
+    assert speed.jit_compile_for(make_config(jit_compile=1)) is True

@@ -10,13 +10,14 @@ import pytest
 
 import models_handling
 import utils
+from common import records
+from common.config import KERAS_BN_VARIANT
 from conftest import make_config, mnist_like, numpy_population, trained_model
-from harness import precise, results_folder
-from harness.config import KERAS_BN_VARIANT
-from harness.precise import refill_statistics
 from lenet import momentum_matching_window
 from study import probes
 from study.common import first_step_at
+from training import precise
+from training.precise import refill_statistics
 
 EPSILON = 1e-8
 
@@ -155,7 +156,7 @@ def test_moving_reproduces_the_history_from_before_precise_existed():
     splits = utils.prepare(*mnist_like(num_train=160, num_test=20), val_split=0.2, seed=0)
     settings = make_config(batch_size=32, epochs=2, epsilon=EPSILON, seed=1, bn_statistics="moving")
     result = models_handling.run_model("lenet_fc_bn2", splits, settings)
-    for key in results_folder.HISTORY_KEYS:
+    for key in records.HISTORY_KEYS:
         np.testing.assert_allclose(result.history[key], MOVING_BEFORE[key], rtol=1e-4, err_msg=key)
     assert result.test_loss == pytest.approx(MOVING_BEFORE["test_loss"], rel=1e-4)
     assert result.test_accuracy == pytest.approx(MOVING_BEFORE["test_accuracy"])

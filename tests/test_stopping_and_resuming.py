@@ -14,9 +14,10 @@ import numpy as np
 import models_handling
 import utils
 from conftest import interrupt_once_written, make_config, mnist_like, write_npz
-from harness import callbacks, compile_path, results_folder
+from harness import results_folder
 from lenet import VARIANTS
 from test_main import ROOT, assert_no_temporary_files, assert_png, run_main
+from training import callbacks, speed
 
 
 def test_interrupt_keeps_the_models_that_finished(small_npz, tmp_path, capsys, monkeypatch):
@@ -178,8 +179,7 @@ def test_runs_writing_into_one_folder_at_once_keep_every_entry(tmp_path):
 
 
 def test_an_interrupted_model_resumes_to_the_history_of_an_uninterrupted_run(small_npz, tmp_path, capsys, monkeypatch):
-    """Under --jit_compile measure: the resumed run continues on the path chosen
-    before the interruption, and ends as an uninterrupted run on that path."""
+    """A run interrupted after epoch 2 and resumed ends as an uninterrupted run."""
     common = ["--model", "lenet_bn2", "--epochs", 3, "--data", small_npz, "--verbose", 0, "--flag_visualizations", 0]
 
     class InterruptAfterEpoch2(keras.callbacks.Callback):
@@ -187,10 +187,6 @@ def test_an_interrupted_model_resumes_to_the_history_of_an_uninterrupted_run(sma
             if epoch == 1:
                 raise KeyboardInterrupt
 
-    # The choice itself is test_compile_path's; here TensorFlow's kernels win it
-    # without timed steps (both paths still compile), which spares XLA's
-    # compiles of the validation and test steps.
-    monkeypatch.setattr(compile_path, "step_seconds", lambda model, iterator: 2.0 if model.jit_compile else 1.0)
     real_run_model = models_handling.run_model
     monkeypatch.setattr(
         models_handling,
@@ -200,17 +196,15 @@ def test_an_interrupted_model_resumes_to_the_history_of_an_uninterrupted_run(sma
         ),
     )
     resumed = tmp_path / "resumed"
-    assert run_main([*common, "--results_dir", resumed, "--jit_compile", "measure"], capsys)[0] == 130
+    assert run_main([*common, "--results_dir", resumed], capsys)[0] == 130
     backup = resumed / "backup" / "lenet_bn2"
     assert (backup / "latest.weights.h5").exists()
-    chosen = json.loads((backup / "progress.json").read_text())["jit_choice"]["xla"]
     monkeypatch.setattr(models_handling, "run_model", real_run_model)
-    assert run_main([*common, "--results_dir", tmp_path / "whole", "--jit_compile", int(chosen)], capsys)[0] == 0
+    assert run_main([*common, "--results_dir", tmp_path / "whole"], capsys)[0] == 0
 
-    code, out, err = run_main([*common, "--results_dir", resumed, "--resume", 1, "--jit_compile", "measure"], capsys)
+    code, out, err = run_main([*common, "--results_dir", resumed, "--resume", 1], capsys)
     assert code == 0, err
     assert "lenet_bn2: resuming after epoch 2 from" in out
-    assert f"lenet_bn2: {'XLA' if chosen else 'TensorFlow'}" in out and "as chosen before the interruption" in out
     assert (resumed / "lenet_bn2_history.csv").read_text() == (tmp_path / "whole" / "lenet_bn2_history.csv").read_text()
     whole, again = (
         json.loads((folder / "summary.json").read_text())["lenet_bn2"] for folder in (tmp_path / "whole", resumed)
@@ -295,7 +289,7 @@ def history_and_weights(steps_per_call, **changes):
     """lenet_fc_bn2 trained two epochs on small random data, at `steps_per_call`."""
     splits = utils.prepare(*mnist_like(num_train=200, num_test=20), val_split=0.2, seed=0)
     config = make_config(batch_size=8, epochs=2, **changes)
-    with mock.patch.object(models_handling, "STEPS_PER_CALL", steps_per_call):
+    with mock.patch.object(speed, "STEPS_PER_CALL", steps_per_call):
         result = models_handling.run_model("lenet_fc_bn2", splits, config)
     return result, [weight.numpy() for weight in result.model.weights]
 

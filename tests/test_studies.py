@@ -9,8 +9,8 @@ import pytest
 import models_handling
 import studies
 import utils
+from common import records
 from conftest import make_config, mnist_like
-from harness import results_folder
 from study import window
 from test_main import assert_png
 
@@ -39,7 +39,7 @@ def test_keras_check_writes_both_networks_curves_and_their_gap(small_npz, tmp_pa
     rows = read_csv(folder / "keras_check.csv")
     assert len(rows) == 1
     for label in ("ours", "keras"):
-        for key in results_folder.HISTORY_KEYS:
+        for key in records.HISTORY_KEYS:
             assert np.isfinite(float(rows[0][f"{label}_{key}"]))
     gaps = read_summary(folder)["largest_gap_over_epochs"]
     # Same initial weights, same batches: training is the same to float rounding.

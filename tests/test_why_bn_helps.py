@@ -10,10 +10,10 @@ import tensorflow as tf
 from test_studies import FAST, read_csv, read_summary, run_study
 
 from conftest import make_config, trained_model
-from harness.callbacks import restored_afterwards
 from study import gradients, landscape, networks, noisy_bn, probes
 from study.networks import build_network
 from test_main import assert_png
+from training.callbacks import restored_afterwards
 
 ETAS = (0.05, 0.1, 0.2, 0.4)
 

@@ -120,3 +120,11 @@ def make_writable_folder(folder, flag):
         raise UsageError(
             f"{flag} {folder}: cannot write there ({error.strerror or error}); name another folder"
         ) from None
+
+
+def saved_size(model):
+    """Bytes that saving `model` (weights and optimizer state) may take, with
+    a quarter and 128 KiB to spare for h5py's and zip's own: what a write
+    checks is free before h5py starts on it."""
+    variables = [*model.weights, *(model.optimizer.variables if model.optimizer else [])]
+    return sum(int(variable.numpy().nbytes) for variable in variables) * 5 // 4 + (128 << 10)

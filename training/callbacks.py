@@ -22,9 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from harness import files
-from harness.compile_path import JitChoice
-from harness.results_folder import HISTORY_KEYS, saved_size
+from common import files
+from common.records import HISTORY_KEYS
 from lenet import BatchNorm
 
 
@@ -149,10 +148,6 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
                 shutil.rmtree(self.folder)
         super().__init__(str(self.folder), double_checkpoint=True, delete_checkpoint=False)
         self.identity = identity
-        # With jit_compile "auto", the path the backed-up epochs ran on: a
-        # resumed run continues on it, as an uninterrupted run would have.
-        choice = self.progress.get("jit_choice")
-        self.jit_choice = JitChoice.from_record(choice) if choice else None
         self.history, self.seconds = {key: [] for key in HISTORY_KEYS}, []  # per epoch, since the start
 
     def read_backup(self, identity):
@@ -202,16 +197,9 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
         # Keras writes the weights with h5py, which a full disk crashes: not started without room
         # for them and for the copy of the last ones it keeps (double_checkpoint).
         latest = self.folder / "latest.weights.h5"
-        files.check_space(self.folder, saved_size(self.model) + (latest.stat().st_size if latest.exists() else 0))
+        files.check_space(self.folder, files.saved_size(self.model) + (latest.stat().st_size if latest.exists() else 0))
         files.write_text(self.identity_path, json.dumps(self.identity) + "\n")
-        choice = getattr(self.model, "jit_choice", None)
-        files.write_text(
-            self.progress_path,
-            json.dumps(
-                {"history": self.history, "seconds": self.seconds, "jit_choice": choice.record() if choice else None}
-            )
-            + "\n",
-        )
+        files.write_text(self.progress_path, json.dumps({"history": self.history, "seconds": self.seconds}) + "\n")
         with files.writing(self.folder / "latest.weights.h5"):
             super().on_epoch_end(epoch, logs)  # then the weights: never ahead of the history
 

@@ -87,7 +87,7 @@ class Config:
     flag_visualizations: int
     tensorboard: int
     resume: int
-    jit_compile: bool | str  # True: XLA; False: TensorFlow's kernels; "auto": by device; "measure": timed
+    jit_compile: bool | str  # True: XLA; False: TensorFlow's kernels; "auto": XLA on a GPU, else the kernels
     inference_batch_size: int
     jobs: int | str
     cluster: str | None
@@ -98,8 +98,8 @@ class Config:
     results_dir: str
 
     def __post_init__(self):
-        # The flag takes 0 / 1 / auto / measure; the training reads a bool or the word.
-        if self.jit_compile not in ("auto", "measure"):
+        # The flag takes 0 / 1 / auto; the training reads a bool or "auto".
+        if self.jit_compile != "auto":
             object.__setattr__(self, "jit_compile", bool(self.jit_compile))
 
     @classmethod
