@@ -118,7 +118,7 @@ class LandscapeProbe(tf.keras.callbacks.Callback):
     def probe(self):
         chosen = self.random.choice(len(self.images), self.batch_size, replace=False)
         self.loss.set_batch(self.images[chosen], self.labels[chosen])
-        with restored_afterwards(self.model):
+        with restored_afterwards(self.model.variables):
             self.curve.append({"step": self.step, **probe_point(self.loss, self.etas)})
 
     def on_train_begin(self, logs=None):
@@ -170,7 +170,7 @@ class ShiftProbe(keras.callbacks.Callback):
     def probe(self, train_accuracy):
         chosen = self.random.choice(len(self.images), self.batch_size, replace=False)
         self.loss.set_batch(self.images[chosen], self.labels[chosen])
-        with restored_afterwards(self.model):
+        with restored_afterwards(self.model.variables):
             shift = internal_covariate_shift(self.loss, self.loss.weights(), self.learning_rate)
             inputs = np.asarray(self.layer_input(self.probe_images))
         point = {"step": self.step, "train_accuracy": train_accuracy}

@@ -79,7 +79,7 @@ def test_the_landscape_probe_leaves_weights_bn_windows_and_optimizer_as_they_wer
     # The first probe's loss: the network's cross-entropy on its batch (the
     # first the probe's seed draws), in training mode, at the weights as they are.
     chosen = np.random.default_rng([0, 7]).choice(64, 16, replace=False)
-    with restored_afterwards(model):
+    with restored_afterwards(model.variables):
         logits = model(images[chosen], training=True)
     expected = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels[chosen], logits)
     assert float(expected) == pytest.approx(first["loss"], rel=1e-5)
@@ -100,7 +100,7 @@ def test_bn_fed_filters_at_unit_norm_leave_the_loss_and_predictions_as_they_were
     for part, shape in loss.kernel_slices.values():
         kernel = unit[part].reshape(shape)
         assert np.allclose(np.linalg.norm(kernel.reshape(-1, shape[-1]), axis=0), 1.0)
-    with restored_afterwards(model):
+    with restored_afterwards(model.variables):
         (before, _), (after, _) = loss(theta), loss(unit)
         predictions = []
         for weights in (theta, unit):
@@ -127,7 +127,7 @@ def test_internal_covariate_shift_is_the_gradient_change_after_the_layers_below_
     images, labels = random_batch()
     loss.set_batch(images, labels)
     rate = 0.5
-    with restored_afterwards(model):
+    with restored_afterwards(model.variables):
         shift = gradients.internal_covariate_shift(loss, loss.weights(), rate)
     assert list(shift) == ["C3", "C5", "F6", "output"]  # C1 has nothing below it
 
@@ -138,7 +138,7 @@ def test_internal_covariate_shift_is_the_gradient_change_after_the_layers_below_
         return tape.gradient(value, [v for _, group in gradients.layer_groups(model) for v in group])
 
     groups = gradients.layer_groups(model)
-    with restored_afterwards(model):
+    with restored_afterwards(model.variables):
         before = layer_gradients()
         sizes = np.cumsum([0, *(len(group) for _, group in groups)])
         original = [v.numpy() for _, group in groups for v in group]
@@ -152,7 +152,7 @@ def test_internal_covariate_shift_is_the_gradient_change_after_the_layers_below_
             g2 = np.concatenate([after[p].numpy().ravel() for p in range(sizes[index], sizes[index + 1])])
             assert shift[layer]["l2"] == pytest.approx(np.linalg.norm(g - g2), rel=1e-3, abs=1e-7)
             assert shift[layer]["cosine"] == pytest.approx(g @ g2 / np.linalg.norm(g) / np.linalg.norm(g2), abs=1e-5)
-    with restored_afterwards(model):
+    with restored_afterwards(model.variables):
         unmoved = gradients.internal_covariate_shift(loss, loss.weights(), 0.0)
     assert all(measures["l2"] == 0.0 and measures["cosine"] == pytest.approx(1.0) for measures in unmoved.values())
 

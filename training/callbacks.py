@@ -50,14 +50,16 @@ class EpochOrder(keras.callbacks.Callback):
 
 
 @contextlib.contextmanager
-def restored_afterwards(model):
-    """Whatever the block does to `model`'s variables (weights, BN's windows
-    and counters) undone when it ends: a probe leaves the run as it was."""
-    saved = [variable.numpy() for variable in model.variables]
+def restored_afterwards(variables):
+    """Whatever the block does to `variables` (a model's weights, BN's
+    windows and counters) undone when it ends: a probe or a measurement
+    leaves the run as it was. The one way this project saves and restores."""
+    variables = list(variables)
+    saved = [variable.numpy() for variable in variables]
     try:
-        yield model
+        yield
     finally:
-        for variable, value in zip(model.variables, saved):
+        for variable, value in zip(variables, saved):
             variable.assign(value)
 
 

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from lenet import BatchNorm, rebuild
+from training.callbacks import restored_afterwards
 
 
 def batch_norms(model):
@@ -96,15 +97,10 @@ def as_the_rule_predicts(model, images, config, draw):
     `draw`); afterwards every BN layer's statistics are as they were, so a
     measurement taken in the middle of training (figure1's probe, the
     validation curve) changes nothing the run reports."""
-    saved = [variable.numpy() for norm in model.norm.values() for variable in norm.non_trainable_variables]
-    try:
+    with restored_afterwards(variable for norm in model.norm.values() for variable in norm.non_trainable_variables):
         if applies(model, config):
             refill(model, images, config, draw)
         yield model
-    finally:
-        variables = [variable for norm in model.norm.values() for variable in norm.non_trainable_variables]
-        for variable, value in zip(variables, saved):
-            variable.assign(value)
 
 
 class PreciseStatistics(keras.callbacks.Callback):
