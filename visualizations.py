@@ -172,6 +172,7 @@ def plot_learning_rates(rows, references, path):
 
 
 MARKERS = ("o", "s", "^", "D", "v")
+LINESTYLES = ("-", "--", ":", "-.")
 
 
 def offsets(count, factor=1.07):
@@ -354,7 +355,8 @@ def plot_noisy_bn(curves, labels, result, layers, layer, path, title):
         color = f"C{index}"
         for axes, key in ((grid[0, 0], "train_accuracy"), (grid[0, 1], "relative_move")):
             values = np.array([[p[key] for p in curve[1:]] for curve in curves[label]])  # none at the first point
-            axes.plot(steps[1:], values.mean(axis=0), color=color, label=label)
+            # Lines that coincide (BN and noisy BN train alike) stay visible by their dashes.
+            axes.plot(steps[1:], values.mean(axis=0), color=color, label=label, linestyle=LINESTYLES[index % 4])
         offset = (index - (len(labels) - 1) / 2) * 0.12  # side by side at each layer, none hidden
         for axes, measure in ((grid[0, 2], "l2"), (grid[0, 3], "cosine")):
             cells = [result["summary"][f"ics_{measure}_{name}"][label] for name in layers]
