@@ -133,9 +133,8 @@ def epoch_timer(name, jit_compile, batch_size, images, steps_per_call=None):
     import numpy as np
 
     import models_handling
-    from common.config import Config
     from lenet import INPUT_SHAPE
-    from main import DEFAULTS
+    from main import DEFAULTS, Config
 
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(images, *INPUT_SHAPE)).astype(np.float32)

@@ -331,7 +331,7 @@ class BatchNorm(keras.layers.Layer):
 # The network and its variants.
 # --------------------------------------------------------------------------
 
-# Where each variant puts BN is the table VARIANTS (harness/config.py, where
+# Where each variant puts BN is the table VARIANTS (common/config.py, where
 # the command line reads the names without starting TensorFlow):
 # lenet none; lenet_bn1 C1; lenet_bn2 C1, C3; lenet_fc_bn1 C1, C3, C5;
 # lenet_fc_bn2 C1, C3, C5, F6; lenet_keras_bn as lenet_fc_bn2 with Keras's layer.
@@ -353,7 +353,7 @@ class LeNet5(keras.Model):
     which BN's beta replaces), or after the sigmoid ("after"; the bias stays).
     `bn_layer` is "ours" (the hand-written `BatchNorm`), or a reference:
     "keras" (`keras.layers.BatchNormalization`), "group" (GroupNorm) or
-    "layer" (LayerNorm). `synchronized`: under a tf.distribute strategy, BN
+    "layer" (LayerNorm). `bn_sync`: under a tf.distribute strategy, BN
     normalizes with the global batch's statistics (True) or each replica's
     own (False). `init_std`: None for Keras's initializers, else the affine
     weights drawn from N(0, init_std^2).
@@ -362,6 +362,9 @@ class LeNet5(keras.Model):
     # GroupNorm's groups at each place: 2 to 4 channels a group in the
     # convolutions (6 and 16 channels), 15 and 21 units in C5 and F6.
     GROUPS = {"C1": 2, "C3": 4, "C5": 8, "F6": 4}
+    # The knobs of main.py's table the network is built with, under their
+    # names there (build_lenet passes them, get_config and rebuild keep them).
+    KNOBS = ("output_size", "epsilon", "window_size", "bn_sync", "init_std", "bn_placement")
 
     def __init__(
         self,
@@ -371,8 +374,7 @@ class LeNet5(keras.Model):
         epsilon,
         window_size,
         bn_layer="ours",
-        keras_momentum=0.99,
-        synchronized=True,
+        bn_sync="global",
         init_std=None,
         bn_placement="before",
         **kwargs,
@@ -390,8 +392,7 @@ class LeNet5(keras.Model):
         self.output_size = output_size
         self.epsilon = epsilon
         self.window_size = window_size
-        self.keras_momentum = keras_momentum
-        self.synchronized = synchronized
+        self.bn_sync = bn_sync
         self.init_std, self.bn_placement = init_std, bn_placement
         weights = "glorot_uniform" if init_std is None else keras.initializers.RandomNormal(stddev=init_std)
 
@@ -425,11 +426,13 @@ class LeNet5(keras.Model):
             # device, so it is asked for only under a strategy, where it matters.
             return keras.layers.BatchNormalization(
                 epsilon=self.epsilon,
-                momentum=self.keras_momentum,
+                momentum=momentum_matching_window(self.window_size),
                 name=name,
-                synchronized=self.synchronized and tf.distribute.has_strategy(),
+                synchronized=self.bn_sync == "global" and tf.distribute.has_strategy(),
             )
-        return BatchNorm(epsilon=self.epsilon, window_size=self.window_size, synchronized=self.synchronized, name=name)
+        return BatchNorm(
+            epsilon=self.epsilon, window_size=self.window_size, synchronized=self.bn_sync == "global", name=name
+        )
 
     def _stage(self, name, x, training):
         """One affine layer and its sigmoid, with BN (where there is BN) before
@@ -475,13 +478,7 @@ class LeNet5(keras.Model):
             **super().get_config(),
             "bn_after": list(self.bn_after),
             "bn_layer": self.bn_layer,
-            "output_size": self.output_size,
-            "epsilon": self.epsilon,
-            "window_size": self.window_size,
-            "keras_momentum": self.keras_momentum,
-            "synchronized": self.synchronized,
-            "init_std": self.init_std,
-            "bn_placement": self.bn_placement,
+            **{knob: getattr(self, knob) for knob in self.KNOBS},
         }
 
 
@@ -496,25 +493,15 @@ def momentum_matching_window(window_size):
 
 
 def build_lenet(name, config):
-    """The named variant, built for 32x32x1 inputs, with `config`'s
-    output_size, epsilon, window_size, bn_sync, init_std and bn_placement (a
-    common.config.Config)."""
+    """The named variant, built for 32x32x1 inputs, with `config`'s knobs
+    that LeNet5 takes (LeNet5.KNOBS; `config` a main.Config)."""
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
-    options = {
-        "output_size": config.output_size,
-        "epsilon": config.epsilon,
-        "window_size": config.window_size,
-        "synchronized": config.bn_sync == "global",
-        "init_std": config.init_std,
-        "bn_placement": config.bn_placement,
-        "name": name,
-    }
+    options = {knob: getattr(config, knob) for knob in LeNet5.KNOBS}
     if name in REFERENCES:  # in lenet_fc_bn2's places
-        momentum = momentum_matching_window(config.window_size)
-        model = LeNet5(bn_after=VARIANTS["lenet_fc_bn2"], bn_layer=REFERENCES[name], keras_momentum=momentum, **options)
+        model = LeNet5(bn_after=VARIANTS["lenet_fc_bn2"], bn_layer=REFERENCES[name], name=name, **options)
     else:
-        model = LeNet5(bn_after=VARIANTS[name], **options)
+        model = LeNet5(bn_after=VARIANTS[name], name=name, **options)
     model(ops.zeros((1, *INPUT_SHAPE)))  # creates the weights; inference leaves BN state alone
     return model
 
@@ -534,11 +521,7 @@ def rebuild(model, window_size=None, network_class=LeNet5):
     """A copy of `model` (ours, any BN places), as another `network_class`
     or with another window size; its BN statistics are left for the caller
     to fill."""
-    config = {
-        key: value
-        for key, value in model.get_config().items()
-        if key in ("bn_after", "output_size", "epsilon", "window_size", "init_std", "bn_placement")
-    }
+    config = {key: value for key, value in model.get_config().items() if key in ("bn_after", *LeNet5.KNOBS)}
     if window_size is not None:
         config["window_size"] = window_size
     copy = network_class(**config, name=model.name)

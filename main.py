@@ -1,48 +1,30 @@
 """Train and evaluate LeNet-5 with and without batch normalization on MNIST.
 
-    python main.py --model lenet_bn2
-    python main.py --model all --data mnist.npz
+    python main.py --model lenet_bn2 --data data/mnist-subset.npz
+    python main.py --model all
 
-Edit a default in DEFAULTS below; any flag overrides it (python main.py --help).
+Every knob is one row of KNOBS below: its default (edit it there), whether a
+training's numbers depend on it, and how its flag reads it; a flag overrides
+the default (python main.py --help). The flags and Config are made from the
+table, and the code reads each knob under its row's name (config.NAME): a
+new knob is a row here and the line that reads it.
 """
-
-DEFAULTS = {
-    "model": "all",  # one of the variants (lenet, lenet_bn1, ...), lenet_keras_bn, or "all" (the five variants)
-    "batch_size": 64,
-    "output_size": 10,
-    "epochs": 10,
-    "patience": 0,  # 0: train all the epochs; N: stop once validation accuracy has not improved for N epochs
-    "optimizer": "adam",
-    "learning_rate": None,  # None: the optimizer's own default (0.001 for adam)
-    "epsilon": 1e-8,
-    "window_size": 5,
-    "init_std": None,  # None: Keras's initializers (Glorot); X: the affine layers' weights drawn from N(0, X^2)
-    "bn_placement": "before",  # BN between the affine map and its sigmoid (the paper); "after": after the sigmoid
-    "bn_statistics": "precise",  # precise: window refilled with the trained weights each epoch; moving: last steps
-    "precision": "float32",  # or mixed_float16 (GPUs with tensor cores), mixed_bfloat16
-    "devices": 1,  # N: the global batch split across N GPUs (or N logical CPU devices)
-    "bn_sync": "global",  # several devices: BN with the global batch's statistics, or "replica": each shard's own
-    "verbose": 1,
-    "flag_visualizations": 1,
-    "tensorboard": 0,  # 1: TensorBoard logs under <results_dir>/logs/<model>/
-    "resume": 0,  # 1: skip models already finished with these settings and data; continue interrupted ones
-    "jit_compile": "auto",  # auto: XLA (1) on a GPU, TensorFlow's own kernels (0) on a CPU
-    "inference_batch_size": 1024,  # validation and test (BN's inference uses no batch statistics)
-    "jobs": "auto",  # trainings side by side: auto, the machine's cores (at most one per model); 1: this process
-    "cluster": None,  # a Dask scheduler's address (tcp://HOST:8786): the trainings run on its workers
-    "seed": 0,
-    "val_split": 0.15,
-    "data": None,  # None: download with Keras; else a .npz or a folder of IDX files
-    "dataset": "mnist",
-    "results_dir": "results",
-}
 
 import argparse
 import os
 import signal
 import sys
 
-from common.config import BN_PLACEMENTS, BN_STATISTICS, BN_SYNC, DATASETS, MODEL_NAMES, PRECISIONS, Config, describe
+from common.config import (
+    BN_PLACEMENTS,
+    BN_STATISTICS,
+    BN_SYNC,
+    DATASETS,
+    MODEL_NAMES,
+    PRECISIONS,
+    config_class,
+    describe,
+)
 from harness.flags import (
     LIMITS,
     OneLineErrorParser,
@@ -54,129 +36,200 @@ from harness.flags import (
     int_up_to,
 )
 
-# Every flag: its type or choices, and its help. The default is DEFAULTS's.
-FLAGS = {
-    "model": dict(
+
+def knob(default, training=False, **flag):
+    """One row of KNOBS: the default, whether a training's numbers depend on
+    the knob (summary.json's settings, --resume's identity), and its flag's
+    argparse options (type or choices, help)."""
+    return {"default": default, "training": training, "flag": flag}
+
+
+KNOBS = {
+    # one of the variants (lenet, lenet_bn1, ...), lenet_keras_bn, or "all" (the five variants)
+    "model": knob(
+        "all",
         choices=[*MODEL_NAMES, "all"],
         metavar="NAME",
         help="; ".join(describe(name) for name in MODEL_NAMES)
         + "; all: the five variants (side by side under --jobs auto, one after the other under --jobs 1)",
     ),
-    "batch_size": dict(
+    "batch_size": knob(
+        64,
+        training=True,
         type=int_up_to(LIMITS["batch_size"]),
         help=f"mini-batch size for training and for the precise refill (1 to {LIMITS['batch_size']})",
     ),
-    "output_size": dict(
+    "output_size": knob(
+        10,
+        training=True,
         type=int_up_to(LIMITS["output_size"]),
         help=f"number of classes (units of the output layer; 1 to {LIMITS['output_size']})",
     ),
-    "epochs": dict(type=int_up_to(LIMITS["epochs"]), help=f"passes over the training split (1 to {LIMITS['epochs']})"),
-    "patience": dict(
+    "epochs": knob(
+        10,
+        training=True,
+        type=int_up_to(LIMITS["epochs"]),
+        help=f"passes over the training split (1 to {LIMITS['epochs']})",
+    ),
+    # 0: train all the epochs; N: stop once validation accuracy has not improved for N epochs
+    "patience": knob(
+        0,
+        training=True,
         type=int_up_to(LIMITS["epochs"], low=0),
         help="0: train all --epochs; N: stop once validation accuracy has not improved for N epochs in a row "
         "(--epochs is then the most): training to convergence, told apart from a fixed budget",
     ),
-    "optimizer": dict(help="Keras optimizer name (adam, sgd, rmsprop, ...)"),
-    "learning_rate": dict(
+    "optimizer": knob("adam", training=True, help="Keras optimizer name (adam, sgd, rmsprop, ...)"),
+    # None: the optimizer's own default (0.001 for adam)
+    "learning_rate": knob(
+        None,
+        training=True,
         type=float_up_to_or_none(LIMITS["learning_rate"]),
         help=f"optimizer learning rate, up to {LIMITS['learning_rate']:g}; None: the optimizer's own default "
         "(0.001 for adam)",
     ),
-    "epsilon": dict(
+    "epsilon": knob(
+        1e-8,
+        training=True,
         type=float_up_to(LIMITS["epsilon"]),
         help="BN's epsilon, added to the variance before the square root so that a "
         f"channel with (near) zero variance does not divide by zero (up to {LIMITS['epsilon']:g})",
     ),
-    "window_size": dict(
+    "window_size": knob(
+        5,
+        training=True,
         type=int_up_to(LIMITS["window_size"]),
         help="BN at inference normalizes with the average mean and variance of this many "
         f"training mini-batches (which ones: --bn_statistics; 1 to {LIMITS['window_size']})",
     ),
-    "init_std": dict(
+    # None: Keras's initializers (Glorot); X: the affine layers' weights drawn from N(0, X^2)
+    "init_std": knob(
+        None,
+        training=True,
         type=float_up_to_or_none(LIMITS["init_std"]),
         help="None: Keras's own initializers (Glorot uniform); X: every affine layer's weights drawn from a normal "
         f"distribution of standard deviation X, up to {LIMITS['init_std']:g} (how the initial scale matters with "
         "and without BN)",
     ),
-    "bn_placement": dict(
+    # BN between the affine map and its sigmoid (the paper); "after": after the sigmoid
+    "bn_placement": knob(
+        "before",
+        training=True,
         choices=BN_PLACEMENTS,
         help="before: BN between each affine map and its sigmoid, the affine map without bias (the BN paper, "
         "section 3.2); after: BN after the sigmoid, the affine map with its bias",
     ),
-    "bn_statistics": dict(
+    # precise: window refilled with the trained weights each epoch; moving: last steps
+    "bn_statistics": knob(
+        "precise",
+        training=True,
         choices=BN_STATISTICS,
         help="what fills BN's inference window: precise refills it at every epoch's end, before "
         "validation, from window_size training batches passed through the trained, frozen weights "
         "(the paper's Algorithm 2); moving keeps the statistics of the last window_size training "
         "steps, taken while the weights were still changing",
     ),
-    "precision": dict(
+    # or mixed_float16 (GPUs with tensor cores), mixed_bfloat16
+    "precision": knob(
+        "float32",
+        training=True,
         choices=PRECISIONS,
         help="Keras dtype policy: float32, or float16 / bfloat16 arithmetic with float32 weights "
         "(faster on GPUs with tensor cores and CPUs with bfloat16 units; BN's statistics stay float32)",
     ),
-    "devices": dict(
+    # N: the global batch split across N GPUs (or N logical CPU devices)
+    "devices": knob(
+        1,
+        training=True,
         type=int_up_to(LIMITS["devices"]),
         help="train on this many devices with tf.distribute.MirroredStrategy, batch_size staying the global "
         "batch, split evenly: the GPUs where the machine has that many, else logical CPU devices sharing the "
         f"cores (1 to {LIMITS['devices']})",
     ),
-    "bn_sync": dict(
+    # several devices: BN with the global batch's statistics, or "replica": each shard's own
+    "bn_sync": knob(
+        "global",
+        training=True,
         choices=BN_SYNC,
         help="with several devices, BN normalizes each device's shard of the batch with the global batch's "
         "statistics (global: summed across devices, as Keras's synchronized=True) or with the shard's own "
         "(replica; the window then records their average). One device: no difference",
     ),
-    "verbose": dict(
-        type=int, choices=[0, 1, 2], help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch"
+    "verbose": knob(
+        1,
+        training=True,
+        type=int,
+        choices=[0, 1, 2],
+        help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch",
     ),
-    "flag_visualizations": dict(type=int, choices=[0, 1], help="1: write the PNG plots; 0: skip them"),
-    "tensorboard": dict(
+    "flag_visualizations": knob(1, type=int, choices=[0, 1], help="1: write the PNG plots; 0: skip them"),
+    # 1: TensorBoard logs under <results_dir>/logs/<model>/
+    "tensorboard": knob(
+        0,
         type=int,
         choices=[0, 1],
         help="1: write TensorBoard logs (per-epoch scalars, BN statistics histograms) under "
         "RESULTS_DIR/logs/MODEL/; view them with tensorboard --logdir RESULTS_DIR/logs",
     ),
-    "resume": dict(
+    # 1: skip models already finished with these settings and data; continue interrupted ones
+    "resume": knob(
+        0,
         type=int,
         choices=[0, 1],
         help="1: rerun a sweep without redoing work: a model whose summary.json entry has the same settings "
         "and data is skipped, and a model interrupted mid-training continues from its last finished epoch "
         "(backed up under RESULTS_DIR/backup/MODEL/ until it finishes); 0: train every model afresh",
     ),
-    "jit_compile": dict(
+    # auto: XLA (1) on a GPU, TensorFlow's own kernels (0) on a CPU
+    "jit_compile": knob(
+        "auto",
+        training=True,
         type=auto_or_switch,
         help="1: compile each training and inference step with XLA; 0: run TensorFlow's own kernels; auto: XLA "
         "on a GPU, TensorFlow's kernels on a CPU (the faster there at batch 16 and up; at batch 2 XLA is, "
         "docs/speed.md). Results differ only by float rounding",
     ),
-    "inference_batch_size": dict(
+    # validation and test (BN's inference uses no batch statistics)
+    "inference_batch_size": knob(
+        1024,
+        training=True,
         type=int_up_to(LIMITS["batch_size"]),
         help="batch size for validation and test: larger is faster, and at inference BN uses its window, "
         f"never the batch, so results change only by float rounding (1 to {LIMITS['batch_size']})",
     ),
-    "jobs": dict(
+    # trainings side by side: auto, the machine's cores (at most one per model); 1: this process
+    "jobs": knob(
+        "auto",
         type=auto_or_int_up_to(LIMITS["jobs"]),
         help="how many models train at once, each in its own worker process of a local Dask cluster with "
         "cores // jobs TensorFlow threads; auto: the machine's cores, at most one per model (one model trains "
         f"in this process); 1: one after the other in this process (1 to {LIMITS['jobs']})",
     ),
-    "cluster": dict(
+    # a Dask scheduler's address (tcp://HOST:8786): the trainings run on its workers
+    "cluster": knob(
+        None,
         help="the address of a running Dask scheduler (tcp://HOST:8786; default: "
-        "$DASK_SCHEDULER_ADDRESS if set): the models train on its workers, this process writes the results"
+        "$DASK_SCHEDULER_ADDRESS if set): the models train on its workers, this process writes the results",
     ),
-    "seed": dict(
+    "seed": knob(
+        0,
+        training=True,
         type=int_up_to(LIMITS["seed"], low=0),
         help=f"fixes the train/validation split, the initial weights and the shuffling (0 to {LIMITS['seed']})",
     ),
-    "val_split": dict(type=fraction, help="fraction of the training set held out for validation"),
-    "data": dict(
+    "val_split": knob(0.15, type=fraction, help="fraction of the training set held out for validation"),
+    # None: download with Keras; else a .npz or a folder of IDX files
+    "data": knob(
+        None,
         help="a Keras-format .npz (x_train, y_train, x_test, y_test) or a folder with "
-        "the four MNIST IDX files (raw or .gz); None: download --dataset with Keras"
+        "the four MNIST IDX files (raw or .gz); None: download --dataset with Keras",
     ),
-    "dataset": dict(choices=DATASETS, help="what Keras downloads when --data is None"),
-    "results_dir": dict(help="where histories, plots and summary.json are written"),
+    "dataset": knob("mnist", choices=DATASETS, help="what Keras downloads when --data is None"),
+    "results_dir": knob("results", help="where histories, plots and summary.json are written"),
 }
+DEFAULTS = {name: row["default"] for name, row in KNOBS.items()}
+# The one configuration, a frozen dataclass with a field per knob, built from the table.
+Config = config_class(KNOBS, __name__)
 
 
 def add_flag(parser, name, *option_strings, **changes):
@@ -184,7 +237,9 @@ def add_flag(parser, name, *option_strings, **changes):
     type and bounds), with its help and DEFAULTS's default unless `changes`
     say otherwise; under `option_strings` (such as --seeds for several
     seeds) where given."""
-    parser.add_argument(*(option_strings or [f"--{name}"]), **{"default": DEFAULTS[name], **FLAGS[name], **changes})
+    parser.add_argument(
+        *(option_strings or [f"--{name}"]), **{"default": DEFAULTS[name], **KNOBS[name]["flag"], **changes}
+    )
 
 
 def build_parser():

@@ -1,6 +1,6 @@
 """One model: build it by name, compile, train and evaluate it.
 
-Every function takes the run's configuration whole (common.config.Config).
+Every function takes the run's configuration whole (main.Config, made from the table of knobs).
 What a training needs besides the network is in training/: the `precise`
 rule, the callbacks, and what makes a step cheap (training/speed.py). What
 a run writes is harness/results_folder.py's job, above this module.

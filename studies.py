@@ -27,9 +27,8 @@ import sys
 
 import utils
 from common import files
-from common.config import FIELDS, Config
 from harness.flags import OneLineErrorParser
-from main import DEFAULTS, add_flag
+from main import DEFAULTS, Config, add_flag
 
 # The study modules import TensorFlow's side (models_handling, study.networks,
 # study.probes) inside their functions: `--help` and a refused flag answer at once.
@@ -91,7 +90,7 @@ def build_parser():
 
 def configuration(args):
     """main.py's DEFAULTS with the study's flags that name a setting applied."""
-    return Config.of(DEFAULTS, **{key: value for key, value in vars(args).items() if key in FIELDS})
+    return Config.of(DEFAULTS, **{key: value for key, value in vars(args).items() if key in DEFAULTS})
 
 
 def main(argv=None):

@@ -1,4 +1,4 @@
-"""The configuration: one typed, frozen object built from main.py's DEFAULTS
+"""The configuration: one frozen object made from main.py's table of knobs
 and the flags, and passed whole to whatever needs it (the model builder, the
 training, the studies). It also names what the command line may choose from.
 
@@ -6,7 +6,7 @@ Nothing here imports TensorFlow or numpy: the command line answers --help and
 refuses a bad flag before TensorFlow starts.
 """
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import make_dataclass, replace
 
 # Where each variant puts batch normalization: after these affine layers of
 # LeNet-5, before their sigmoid (lenet.LeNet5). The names are part of the
@@ -39,63 +39,12 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 BN_SYNC = ("global", "replica")
 DATASETS = ("mnist", "fashion_mnist")  # what Keras downloads when no --data is given
 
-# What a training's numbers depend on, besides the data and the model's name:
-# summary.json's "settings", and with the data the run's identity (--resume).
-TRAINING_KEYS = (
-    "batch_size",
-    "output_size",
-    "epochs",
-    "patience",
-    "optimizer",
-    "learning_rate",
-    "epsilon",
-    "window_size",
-    "init_std",
-    "bn_placement",
-    "verbose",
-    "seed",
-    "jit_compile",
-    "bn_statistics",
-    "precision",
-    "devices",
-    "bn_sync",
-    "inference_batch_size",
-)
 
+class Settings:
+    """What every Config has besides its fields (main.py's `config_class`
+    makes Config from the knobs' table)."""
 
-@dataclass(frozen=True)
-class Config:
-    """Every setting of a run, one field per key of main.py's DEFAULTS (where
-    each is explained and its default written). Build it with `Config.of`."""
-
-    model: str  # a MODEL_NAMES name, or "all"
-    batch_size: int
-    output_size: int
-    epochs: int
-    patience: int  # 0: all the epochs; N: until validation accuracy has not improved for N epochs
-    optimizer: str
-    learning_rate: float | None  # None: the optimizer's own default
-    epsilon: float
-    window_size: int
-    init_std: float | None  # None: Keras's initializers; else the affine weights drawn from N(0, init_std^2)
-    bn_placement: str  # one of BN_PLACEMENTS
-    bn_statistics: str  # one of BN_STATISTICS
-    precision: str  # one of PRECISIONS
-    devices: int
-    bn_sync: str  # one of BN_SYNC
-    verbose: int
-    flag_visualizations: int
-    tensorboard: int
-    resume: int
-    jit_compile: bool | str  # True: XLA; False: TensorFlow's kernels; "auto": XLA on a GPU, else the kernels
-    inference_batch_size: int
-    jobs: int | str
-    cluster: str | None
-    seed: int  # the split, the initial weights and the order of the images
-    val_split: float
-    data: str | None
-    dataset: str  # one of DATASETS
-    results_dir: str
+    TRAINING_KEYS = ()  # the knobs a training's numbers depend on, in the table's order
 
     def __post_init__(self):
         # The flag takes 0 / 1 / auto; the training reads a bool or "auto".
@@ -110,10 +59,23 @@ class Config:
 
     def training_settings(self):
         """What a training depends on, as summary.json records it."""
-        return {key: getattr(self, key) for key in TRAINING_KEYS}
+        return {key: getattr(self, key) for key in self.TRAINING_KEYS}
 
 
-FIELDS = tuple(field.name for field in fields(Config))
+def config_class(knobs, module):
+    """Config: a frozen dataclass with one field per row of `knobs` (main.py's
+    table, {name: {"default", "training", "flag"}}), in `module`'s name so
+    that it pickles by reference (Dask sends configurations to workers)."""
+    return make_dataclass(
+        "Config",
+        list(knobs),
+        bases=(Settings,),
+        frozen=True,
+        namespace={
+            "__module__": module,
+            "TRAINING_KEYS": tuple(name for name, row in knobs.items() if row["training"]),
+        },
+    )
 
 
 def describe(name):

@@ -37,7 +37,7 @@ import keras
 
 import models_handling
 from common import records
-from common.config import VARIANTS, Config
+from common.config import VARIANTS
 from harness.cluster import PATH_MODULE, PROJECT_ARCHIVE, check_address, cluster_address, connect, project_archive
 from training import callbacks
 from training.devices import cores, threads_now
@@ -49,7 +49,7 @@ class Training:
     Its split, initial weights and order of images come from config.seed."""
 
     name: str  # a MODEL_NAMES name
-    config: Config
+    config: object  # a Config (main.py)
     label: str = ""  # how progress lines name it; the model's name by default
     build: object = None  # a picklable callable config -> compiled model, instead of build_and_compile(name)
     callback: object = None  # a picklable callable (splits, config) -> a Keras callback with report()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 import utils
 import visualizations
 from common import files
-from common.config import MODEL_NAMES, TRAINING_KEYS
+from common.config import MODEL_NAMES
 from harness import results_folder
 from harness.flags import OneLineErrorParser, add_models, add_seeds
 from study.common import run_trainings, study_dir, write_rows, write_summary
@@ -24,7 +24,11 @@ from study.intervals import FEWEST_SEEDS_TO_COMPARE, paired_difference, summary
 ABOUT = "Any knob of main.py over several values, several models and seeds: test accuracy with 95 % intervals."
 # The knobs a training's numbers depend on (and the split); the seed is the
 # grid's own axis, and --devices needs this process's devices.
-KNOBS = (*(key for key in TRAINING_KEYS if key not in ("verbose", "seed", "devices")), "val_split")
+# The knobs of main.py a grid may vary: those a training's numbers depend on
+# (Config.TRAINING_KEYS), and the split, but not these: the seed is the grid's
+# own axis, --devices needs this process's devices, verbose changes nothing.
+NOT_VARIED = ("verbose", "seed", "devices")
+KNOBS_HELP = "a knob of main.py a training depends on (python main.py --help), or val_split; not verbose, seed, devices"
 
 
 @dataclass(frozen=True)
@@ -170,18 +174,19 @@ def add_arguments(parser, flag):
     def knob_and_values(text):
         """KNOB=V1,V2,...: each value parsed and bounded exactly as main.py's --KNOB parses it."""
         knob, _, values = text.partition("=")
-        if knob not in KNOBS or not values:
-            raise argparse.ArgumentTypeError(
-                f"expected KNOB=V1,V2,... with KNOB one of {', '.join(KNOBS)}; got {text!r}"
-            )
-        return knob, [parse_like_main(flag, knob, value) for value in values.split(",")]
+        if knob in NOT_VARIED or not values:
+            raise argparse.ArgumentTypeError(f"expected KNOB=V1,V2,... with KNOB {KNOBS_HELP}; got {text!r}")
+        try:
+            return knob, [parse_like_main(flag, knob, value) for value in values.split(",")]
+        except KeyError:
+            raise argparse.ArgumentTypeError(f"{knob!r} is not a knob of main.py: KNOB is {KNOBS_HELP}") from None
 
     parser.add_argument(
         "--vary",
         type=knob_and_values,
         required=True,
         metavar="KNOB=V1,V2,...",
-        help=f"the knob and its values, each as main.py's flag of that name takes it; KNOB one of {', '.join(KNOBS)}",
+        help=f"the knob and its values, each as main.py's flag of that name takes it; KNOB: {KNOBS_HELP}",
     )
     add_models(parser, MODEL_NAMES, default=["lenet", "lenet_fc_bn2"])
     add_seeds(parser, FEWEST_SEEDS_TO_COMPARE)
@@ -216,6 +221,8 @@ def run(config, args):
     from models_handling import make_optimizer
 
     knob, values = args.vary
+    if knob not in (*config.TRAINING_KEYS, "val_split"):
+        raise utils.UsageError(f"--vary {knob}=...: a training does not depend on {knob}; KNOB is {KNOBS_HELP}")
     if knob in ("optimizer", "learning_rate"):  # a name Keras does not know is refused before anything trains
         for value in values:
             changed = replace(config, **{knob: value})

@@ -101,8 +101,7 @@ def interrupt_once_written(process, path, seconds):
 def make_config(**changes):
     """main.py's DEFAULTS as a Config, quiet (verbose 0) and on TensorFlow's
     own kernels (jit_compile 0, no timing of both paths), with `changes`."""
-    from common.config import Config
-    from main import DEFAULTS
+    from main import DEFAULTS, Config
 
     return Config.of(DEFAULTS, **{"verbose": 0, "jit_compile": False, **changes})
 

@@ -148,7 +148,7 @@ def test_every_variant_config_is_truthful(name):
     assert config["bn_layer"] == REFERENCES.get(name, "ours")
     for norm in model.norm.values():
         if name == KERAS_BN_VARIANT:
-            assert norm.momentum == pytest.approx(0.8) == config["keras_momentum"]
+            assert norm.momentum == pytest.approx(0.8)  # the window of 9 batches' mean age
         elif name not in REFERENCES:
             assert norm.window_size == 9 and norm.mean_window.shape == (9, norm.gamma.shape[0])
         assert norm.epsilon == 1e-4

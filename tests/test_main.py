@@ -1,6 +1,7 @@
 """The command line end to end: what a run writes, how it fails, how it stops."""
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -468,10 +469,17 @@ def test_patience_stops_once_validation_accuracy_has_not_improved_for_that_many_
         assert max(accuracy[end - 2 : end]) > max(accuracy[: end - 2]), f"should have stopped after epoch {end}"
 
 
-def test_every_default_has_one_flag_and_one_config_field_of_the_same_name():
-    from common.config import FIELDS
-
-    assert list(main.DEFAULTS) == list(main.FLAGS) == list(FIELDS)
+def test_each_knob_is_one_row_that_makes_its_flag_its_config_field_and_its_place_in_the_settings():
+    parser_flags = {action.dest for action in main.build_parser()._actions if action.dest != "help"}
+    assert list(main.KNOBS) == list(main.DEFAULTS) == [field.name for field in dataclasses.fields(main.Config)]
+    assert parser_flags == set(main.KNOBS)
+    training = [name for name, row in main.KNOBS.items() if row["training"]]
+    assert list(main.Config.of(main.DEFAULTS).training_settings()) == training
+    assert {"batch_size", "window_size", "bn_sync", "seed"} <= set(training) and "jobs" not in training
+    # A knob made from a table of its own is a flag, a field and a setting, and nothing else is needed.
+    table = {**main.KNOBS, "new_knob": main.knob(3, training=True, type=int, help="a knob added for this test")}
+    config_class = main.config_class(table, "main")
+    assert config_class.of({**main.DEFAULTS, "new_knob": 3}, new_knob=4).training_settings()["new_knob"] == 4
 
 
 def test_help_and_a_refused_flag_answer_before_tensorflow_is_imported():

@@ -512,7 +512,7 @@ def test_grid_trains_every_model_at_every_value_for_every_seed(small_npz, tmp_pa
     "vary, message",
     [
         ("batch_size=0,4", "argument --vary: batch_size: expected an integer from 1 to 65536, got '0'"),
-        ("seed=1,2", "argument --vary: expected KNOB=V1,V2,... with KNOB one of"),
+        ("seed=1,2", "argument --vary: expected KNOB=V1,V2,... with KNOB a knob of main.py"),
         ("batch_size=4 --models lenet,lenet_bx", "argument --models: 'lenet_bx' is not one of lenet, lenet_bn1"),
         ("batch_size=4 --seeds 0", "argument --seeds: expected an integer from 1 to 1000, got '0'"),
         ("bn_statistics=precise,nope", "argument --vary: bn_statistics: 'nope' is not one of precise, moving"),
