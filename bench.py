@@ -35,7 +35,7 @@ PARTS = ("paths", "steps", "all", "sweep")
 MODELS = ("lenet", "lenet_fc_bn2", "lenet_keras_bn")
 PATHS = {"xla": True, "tensorflow": False}
 # The steps part: these batch sizes, at one step per call and at many, each
-# epoch of STEPS_PART["steps"] steps (what main.py's STEPS_PER_CALL is set from).
+# epoch of STEPS_PART["steps"] steps (what training/speed.py's STEPS_PER_CALL is set from).
 STEPS_PART = {"batch_sizes": (2, 16, 64), "counts": (1, 32), "steps": 640}
 
 
@@ -249,7 +249,15 @@ def measure_sweeps(data):
                 command = [sys.executable, str(Path(__file__).with_name("main.py")), "--data", str(data)]
                 command += ["--verbose", "0", "--flag_visualizations", "0", "--results_dir", results]
                 start = time.perf_counter()
-                subprocess.run(command, check=True, env={**os.environ, "KERAS_HOME": keras_home}, capture_output=True)
+                done = subprocess.run(
+                    command, env={**os.environ, "KERAS_HOME": keras_home}, capture_output=True, text=True
+                )
+                if done.returncode:  # main.py's own one-line error, passed on
+                    print(
+                        f"bench.py: the sweep failed: {(done.stderr.strip().splitlines() or ['no message'])[-1]}",
+                        file=sys.stderr,
+                    )
+                    raise SystemExit(done.returncode)
                 seconds[label] = time.perf_counter() - start
                 print(f"  the default sweep, {label}: {seconds[label]:.1f} s", flush=True)
     print(f"the first run against the second: {seconds['first run'] / seconds['second run']:.3f}x")

@@ -469,9 +469,20 @@ class LeNet5(keras.Model):
     @tf.function
     def record_statistics(self, images):
         """A training-mode forward pass and nothing else: every BN layer records
-        this batch's statistics (harness/precise.py refills with it). Compiled once per
+        this batch's statistics (training/precise.py refills with it). Compiled once per
         model, because running it eagerly cost more than a tenth of a second."""
         self(images, training=True)
+
+    @classmethod
+    def from_config(cls, config):
+        """Also a model saved before the knobs kept their table's names:
+        `synchronized` (now `bn_sync`) and `keras_momentum` (now derived from
+        window_size)."""
+        config = dict(config)
+        config.pop("keras_momentum", None)
+        if "synchronized" in config:
+            config["bn_sync"] = "global" if config.pop("synchronized") else "replica"
+        return cls(**config)
 
     def get_config(self):
         return {

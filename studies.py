@@ -76,7 +76,7 @@ def build_parser():
         )
         for flag in SHARED_FLAGS:
             if flag == "seed" and name in SEVERAL_SEEDS:
-                sub.add_argument("--seed", action=SeveralSeeds, help=argparse.SUPPRESS)
+                sub.add_argument("--seed", action=SeveralSeeds, default=DEFAULTS["seed"], help=argparse.SUPPRESS)
                 continue
             if flag == "epochs" and hasattr(study, "EPOCHS"):  # a study whose trainings need more than main.py's
                 add_flag(sub, flag, default=study.EPOCHS)

@@ -1,5 +1,5 @@
 """Loading, checking, preprocessing and splitting the data; seeding; starting
-TensorFlow quietly. (Writing files safely is harness/files.py's job.)
+TensorFlow quietly. (Writing files safely is common/files.py's job.)
 
     data = utils.load(config)                        # loaded and checked, once
     splits = data.splits(config.val_split, config.seed)

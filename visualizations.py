@@ -315,6 +315,12 @@ def plot_panels(banded, panels, path, title, log_scale=()):
     save_figure(figure, path)
 
 
+def common_length(series):
+    """Per-seed lists cut to the shortest (a diverged seed stops early), as one array."""
+    shortest = min(len(values) for values in series)
+    return np.array([values[:shortest] for values in series], dtype=float)
+
+
 def plot_landscape(curves, panels, views, path, title):
     """Santurkar et al.'s Figure 4 panels for two networks: one row per view
     (raw, scale-free) against training step, then the same against the
@@ -332,8 +338,15 @@ def plot_landscape(curves, panels, views, path, title):
                 for run, values in zip(runs, series):
                     by_step.plot(run["step"], values, color=color, alpha=0.25, linewidth=0.8)
                     by_loss.plot(run["loss"], values, color=color, alpha=0.5, linewidth=0.8)
-                geometric = np.exp(np.mean(np.log(np.maximum(series, 1e-30)), axis=0))
-                by_step.plot(runs[0]["step"], geometric, color=color, linewidth=2, label=f"{name} (geometric mean)")
+                kept = common_length(series)  # a diverged seed stops early
+                geometric = np.exp(np.mean(np.log(np.maximum(kept, 1e-30)), axis=0))
+                by_step.plot(
+                    runs[0]["step"][: kept.shape[1]],
+                    geometric,
+                    color=color,
+                    linewidth=2,
+                    label=f"{name} (geometric mean)",
+                )
                 by_loss.plot([], [], color=color, label=name)
             for axes, xlabel in ((by_step, "training step"), (by_loss, "training loss (running median)")):
                 axes.set_yscale("log")
@@ -354,9 +367,15 @@ def plot_noisy_bn(curves, labels, result, layers, layer, path, title):
     for index, label in enumerate(labels):
         color = f"C{index}"
         for axes, key in ((grid[0, 0], "train_accuracy"), (grid[0, 1], "relative_move")):
-            values = np.array([[p[key] for p in curve[1:]] for curve in curves[label]])  # none at the first point
+            values = common_length([[p[key] for p in curve[1:]] for curve in curves[label]])  # none at the first
             # Lines that coincide (BN and noisy BN train alike) stay visible by their dashes.
-            axes.plot(steps[1:], values.mean(axis=0), color=color, label=label, linestyle=LINESTYLES[index % 4])
+            axes.plot(
+                steps[1 : 1 + values.shape[1]],
+                values.mean(axis=0),
+                color=color,
+                label=label,
+                linestyle=LINESTYLES[index % 4],
+            )
         offset = (index - (len(labels) - 1) / 2) * 0.12  # side by side at each layer, none hidden
         for axes, measure in ((grid[0, 2], "l2"), (grid[0, 3], "cosine")):
             cells = [result["summary"][f"ics_{measure}_{name}"][label] for name in layers]
@@ -377,8 +396,8 @@ def plot_noisy_bn(curves, labels, result, layers, layer, path, title):
         percentiles = grid[1, index] if index < 4 else None
         if percentiles is not None:
             for key, name in (("p85", "85th percentile"), ("p50", "median"), ("p15", "15th percentile")):
-                values = np.array([[p[key] for p in curve] for curve in curves[label]])
-                percentiles.plot(steps, values.mean(axis=0), label=name)
+                values = common_length([[p[key] for p in curve] for curve in curves[label]])
+                percentiles.plot(steps[: values.shape[1]], values.mean(axis=0), label=name)
             percentiles.set(
                 title=f"({'efgh'[index]}) {label}: one {layer} sigmoid's input",
                 xlabel="training step",

@@ -78,8 +78,7 @@ def train(config, cells, data, csv_path, row_of, resume=None):
     also go with their trainings' identities to a JSON beside it, and a true
     `resume` (--resume 1) keeps the rows there of the same trainings on the
     same data instead of training them again."""
-    record = {**data.record, "val_split": config.val_split}
-    keys = [identity_key(cell, record) for cell in cells]
+    keys = [identity_key(cell, data.record) for cell in cells]
     earlier_path = csv_path.with_suffix(".trainings.json")
     earlier = read_earlier(earlier_path) if resume is not None else {}
     rows = [earlier.get(key) if resume else None for key in keys]
@@ -104,7 +103,8 @@ def train(config, cells, data, csv_path, row_of, resume=None):
 
 def identity_key(cell, record):
     """A training's identity: its line (the model, and how it was built), settings and data."""
-    identity = results_folder.run_identity(cell.training.config.training_settings(), record)
+    settings = cell.training.config
+    identity = results_folder.run_identity(settings.training_settings(), {**record, "val_split": settings.val_split})
     return json.dumps({"line": cell.line.describe(), "model": cell.line.name, **identity}, sort_keys=True)
 
 

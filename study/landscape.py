@@ -185,8 +185,12 @@ def run(config, args):
         }
         result["setups"][name] = part
         print_setup(name, part, plain, bn)
-        plot_setup(reports, plain, bn, seeds, folder / f"landscape_{name}.png", describe_setup(name, chosen, seeds))
-    write_summary(folder, result)
+    write_summary(folder, result)  # before the plots: a figure that fails to draw loses no number
+    for name in args.setups:
+        plain, bn = SETUPS[name]["models"]
+        plot_setup(
+            reports, plain, bn, seeds, folder / f"landscape_{name}.png", describe_setup(name, configs[name], seeds)
+        )
     return result
 
 

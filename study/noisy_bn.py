@@ -157,8 +157,8 @@ def run(config, args):
         **study_summary(labels, curves, rows),
     }
     print_summary(result, labels)
+    write_summary(folder, result)  # before the plot: a figure that fails to draw loses no number
     plot(curves, labels, result, folder / "noisy_bn.png", describe(config, args, seeds))
-    write_summary(folder, result)
     return result
 
 

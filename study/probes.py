@@ -86,7 +86,7 @@ class ValidationCurve(StepProbe):
 class SigmoidInputProbe(StepProbe):
     """The 15th, 50th and 85th percentiles of what one sigmoid of `layer`
     receives on fixed images, and the test accuracy, every few training steps
-    (training.callbacks.StepProbe: inference mode, the rule's statistics)."""
+    (study.probes.StepProbe: inference mode, the rule's statistics)."""
 
     def __init__(self, probe_images, test_images, test_labels, layer, unit, every, train_images, config):
         super().__init__(train_images, config, every)
@@ -171,8 +171,9 @@ class ShiftProbe(keras.callbacks.Callback):
         chosen = self.random.choice(len(self.images), self.batch_size, replace=False)
         self.loss.set_batch(self.images[chosen], self.labels[chosen])
         with restored_afterwards(self.model.variables):
-            shift = internal_covariate_shift(self.loss, self.loss.weights(), self.learning_rate)
+            # The inputs first: the shift's evaluations leave stepped weights in the model until restored.
             inputs = np.asarray(self.layer_input(self.probe_images))
+            shift = internal_covariate_shift(self.loss, self.loss.weights(), self.learning_rate)
         point = {"step": self.step, "train_accuracy": train_accuracy}
         for layer, measures in shift.items():
             point.update({f"ics_{key}_{layer}": value for key, value in measures.items()})

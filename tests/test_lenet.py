@@ -142,3 +142,14 @@ def test_bn_after_the_sigmoid_normalizes_values_in_0_1_and_keeps_the_bias():
     from lenet import rebuild
 
     assert rebuild(after).bn_placement == "after"
+
+
+def test_a_model_saved_before_the_knobs_kept_their_names_still_loads():
+    """Older saves hold `synchronized` and `keras_momentum` instead of `bn_sync`."""
+    from lenet import LeNet5, build_lenet
+
+    config = build_lenet("lenet_keras_bn", make_config(bn_sync="replica")).get_config()
+    older = {key: value for key, value in config.items() if key != "bn_sync"}
+    older.update(synchronized=False, keras_momentum=0.5)
+    assert LeNet5.from_config(older).bn_sync == "replica"
+    assert LeNet5.from_config({**older, "synchronized": True}).bn_sync == "global"

@@ -617,3 +617,12 @@ def test_the_batch_size_and_init_presets_are_grids_of_the_issues_settings(monkey
     near = read_summary(tmp_path / "init")["near_best"]["lenet"]
     assert (near["best_at"], near["lowest"], near["highest"], near["count"]) == (0.01, 0.00215, 0.0464, 5)
     assert near["factor"] == pytest.approx(21.6, abs=0.1)
+
+
+def test_a_grid_tells_trainings_apart_by_their_validation_split():
+    from study import grid
+
+    config = make_config()
+    cells = grid.plan(config, [grid.Line("lenet")], [{"val_split": 0.1}, {"val_split": 0.2}], [0])
+    record = {"data": "x.npz", "data_sha256": "0" * 64}
+    assert grid.identity_key(cells[0], record) != grid.identity_key(cells[1], record)

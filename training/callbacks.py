@@ -105,7 +105,7 @@ class StopOnDivergence(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.watch = getattr(self.model, "nonfinite_loss_watch", None)
         if self.watch:
-            self.watch.reset()  # from the compile-path timing's steps
+            self.watch.reset()  # from the steps that built the training state
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
