@@ -21,7 +21,6 @@ inputs on fixed training images in training mode (noise on): how far each
 unit's median moved since the last point, relative to that unit's spread."""
 
 import functools
-from dataclasses import replace
 
 import numpy as np
 
@@ -40,7 +39,7 @@ from study.intervals import (
     spread_text,
     summary,
 )
-from study.landscape import SETUPS
+from study.landscape import SETUPS, setup_config
 
 ABOUT = "Santurkar et al.'s noisy BN and their measure of internal covariate shift, against lenet and BN, under SGD."
 EPOCHS = 20  # as the landscape study: lenet under this SGD learns to 0.94 to 0.95 in 20 epochs on the sample
@@ -101,13 +100,7 @@ def run(config, args):
         raise utils.UsageError(
             f"--noise_scale {args.noise_scale:g}: the scale is drawn from U(1, NOISE_SCALE); give 1 or more"
         )
-    config = replace(
-        config,
-        optimizer="sgd",
-        batch_size=SETUP["batch_size"],
-        learning_rate=SETUP["learning_rate"],
-        init_std=SETUP["init_std"],
-    )
+    config = setup_config(config, SETUP)
     lines = [Line("lenet"), Line("lenet_fc_bn2")]
     for kind, label in NOISE_KINDS.items():
         noisy = functools.partial(
