@@ -24,7 +24,7 @@ import socket
 import tempfile
 import threading
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import utils
@@ -36,7 +36,6 @@ utils.import_tensorflow_quietly()
 import keras
 
 import models_handling
-from common import records
 from common.config import VARIANTS
 from harness.cluster import PATH_MODULE, PROJECT_ARCHIVE, check_address, cluster_address, connect, project_archive
 from training import callbacks
@@ -53,6 +52,10 @@ class Training:
     label: str = ""  # how progress lines name it; the model's name by default
     build: object = None  # a picklable callable config -> compiled model, instead of build_and_compile(name)
     callback: object = None  # a picklable callable (splits, config) -> a Keras callback with report()
+    # A study's grid (study/grid.py plan): the line of its plot and the point
+    # on its axis (a dict of settings) this training belongs to.
+    line: str = ""
+    point: dict | None = None
     # In this process only: back up every finished epoch here, and continue
     # from a backup of the same `identity` (results_folder.run_identity) when
     # config.resume; and write TensorBoard logs into log_dir.
@@ -62,25 +65,6 @@ class Training:
 
     def describe(self):
         return self.label or self.name
-
-
-@dataclass
-class Finished:
-    """A training's outcome as it comes back to the caller."""
-
-    result: records.ModelResult  # its `model` set in this process, else None and the model in model_file
-    model_file: bytes | None  # from a worker: the trained model as a .keras file
-    report: object = None  # the callback's report(), when the training had one
-    where: dict = field(default_factory=dict)  # host, process, threads, and jobs or cluster
-
-    def load_model(self):
-        """The trained model (loaded from its .keras bytes, if from a worker)."""
-        if self.result.model is not None:
-            return self.result.model
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "model.keras"
-            path.write_bytes(self.model_file)
-            return keras.models.load_model(path)
 
 
 # ---------------------------------------------------------------- one training, wherever it runs
@@ -139,10 +123,10 @@ def run_training(training, data, placement, say=None, extra_callbacks=()):
         )
         model = training.build(config) if training.build else None
         result = models_handling.run_model(training.name, splits, config, model=model, callbacks=extra, backup=backup)
-        model_file = None
         if in_worker:
-            model_file, result.model = model_bytes(result.model), None
-    return Finished(result, model_file, probe.report() if probe else None, this_process(placement))
+            result.model_file, result.model = model_bytes(result.model), None
+    result.report, result.where = probe.report() if probe else None, this_process(placement)
+    return result
 
 
 def this_process(placement):
@@ -314,7 +298,7 @@ class Executor:
         self.client = self.local_cluster = None
 
     def run(self, trainings, data, on_finished=None, local_callbacks=()):
-        """Every training's Finished, in the order of `trainings`;
+        """Every training's records.ModelResult, in the order of `trainings`;
         `on_finished(index, finished)` is called as each one finishes.
         `local_callbacks`: Keras callbacks for trainings in this process
         (Ctrl-C's check; a worker has its own signals)."""

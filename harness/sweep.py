@@ -178,10 +178,8 @@ def sweep(names, data, config, run_record, executor, ctrl_c, finished):
                 flush=True,
             )
 
-        def write(index, done):
-            result = done.result
-            result.model_file, result.where = done.model_file, done.where
-            # Finished the moment summary.json holds it: a Ctrl-C during the
+        def write(index, result):
+            # Kept the moment summary.json holds it: a Ctrl-C during the
             # comparison plots or the report still counts it as kept.
             results_folder.save_results(result, config, run_record, recorded=lambda: finished.append(result))
             if plan[index].backup_dir:

@@ -40,12 +40,12 @@ def accuracy_of(model, images, labels, batch_size):
 
 def run_trainings(config, plan, data, on_finished=None):
     """Every Training of `plan` on `data` (utils.RawData), through the
-    executor at config.jobs and config.cluster: each one's Finished, in the
+    executor at config.jobs and config.cluster: each one's ModelResult, in the
     order of `plan`. A line as each one ends."""
     from harness.executor import Executor  # TensorFlow's side: not for `studies.py NAME --help`
 
     def finished(index, done):
-        print(f"  {plan[index].describe()}: {outcome(done.result)} ({done.result.train_seconds:.1f} s)", flush=True)
+        print(f"  {plan[index].describe()}: {outcome(done)} ({done.train_seconds:.1f} s)", flush=True)
         if on_finished:
             on_finished(index, done)
 

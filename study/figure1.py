@@ -158,7 +158,7 @@ def run(config, args):
         "steps": config.epochs * steps_per_epoch,
         "bn_statistics": config.bn_statistics,
         "target": args.target,
-        "test_accuracy": {t.name + f" seed {t.config.seed}": d.result.test_accuracy for t, d in zip(plan, done)},
+        "test_accuracy": {t.name + f" seed {t.config.seed}": d.test_accuracy for t, d in zip(plan, done)},
     }
     for name, runs in curves.items():
         reached = [first_step_at(c, args.target, key="test_accuracy") for c in runs]

@@ -9,12 +9,10 @@ each one ends; --resume 1 reuses the rows of trainings already finished with
 the same settings and data), and `sweep`'s table, plot and summary.json."""
 
 import argparse
-import json
 from dataclasses import dataclass, field, replace
 
 import utils
 import visualizations
-from common import files
 from common.config import MODEL_NAMES
 from harness import results_folder
 from harness.flags import OneLineErrorParser, add_models, add_seeds
@@ -22,8 +20,6 @@ from study.common import run_trainings, study_dir, write_rows, write_summary
 from study.intervals import FEWEST_SEEDS_TO_COMPARE, paired_difference, summary
 
 ABOUT = "Any knob of main.py over several values, several models and seeds: test accuracy with 95 % intervals."
-# The knobs a training's numbers depend on (and the split); the seed is the
-# grid's own axis, and --devices needs this process's devices.
 # The knobs of main.py a grid may vary: those a training's numbers depend on
 # (Config.TRAINING_KEYS), and the split, but not these: the seed is the grid's
 # own axis, --devices needs this process's devices, verbose changes nothing.
@@ -44,97 +40,97 @@ class Line:
         return self.label or self.name
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One training of the grid: a line at a point (its settings) for a seed."""
-
-    line: Line
-    point: dict
-    seed: int
-    training: object  # its harness.executor.Training
-
-
 def plan(config, lines, points, seeds, callback=None):
-    """Every line at every point (a dict of settings) for every seed."""
+    """Every line at every point (a dict of settings) for every seed: a
+    harness.executor.Training each, its `line` the Line's label."""
     from harness.executor import Training
 
-    cells = []
+    trainings = []
     for point in points:
         for seed in seeds:
             for line in lines:
                 settings = replace(config, seed=seed, **{**line.changes, **point})
                 where = ", ".join(f"{key} {value}" for key, value in point.items())
                 label = f"{where + ', ' if where else ''}seed {seed}: {line.describe()}"
-                training = Training(line.name, settings, label=label, build=line.build, callback=callback)
-                cells.append(Cell(line, point, seed, training))
-    return cells
+                trainings.append(
+                    Training(
+                        line.name,
+                        settings,
+                        label=label,
+                        build=line.build,
+                        callback=callback,
+                        line=line.describe(),
+                        point=point,
+                    )
+                )
+    return trainings
 
 
-def train(config, cells, data, csv_path, row_of, resume=None):
-    """Every cell's training through the executor; `row_of(cell, done)` its
-    CSV row. Returns the rows and the Finished in the order of `cells` (None
-    for a training kept from earlier). The rows go to `csv_path` as each
-    training ends. Unless `resume` is None (a study that cannot resume), they
-    also go with their trainings' identities to a JSON beside it, and a true
-    `resume` (--resume 1) keeps the rows there of the same trainings on the
-    same data instead of training them again."""
-    keys = [identity_key(cell, data.record) for cell in cells]
-    earlier_path = csv_path.with_suffix(".trainings.json")
-    earlier = read_earlier(earlier_path) if resume is not None else {}
-    rows = [earlier.get(key) if resume else None for key in keys]
-    finished = [None] * len(cells)
+def train(config, trainings, data, csv_path, row_of, resume=None):
+    """Every training through the executor; `row_of(training, result)` its
+    CSV row. Returns the rows and the ModelResults in the order of
+    `trainings` (None for a training kept from earlier). The rows go to
+    `csv_path` as each training ends.
+
+    Unless `resume` is None (a study that cannot resume), each row also goes
+    to a JSON beside the CSV as main.py's summary.json keeps a model: under
+    the training's label, with what it depends on (results_folder.run_identity),
+    and a true `resume` (--resume 1) keeps the rows of the trainings there
+    that ran with the same settings on the same data."""
+    record = csv_path.with_suffix(".trainings.json")
+    identities = [identity(training, data.record) for training in trainings]
+    earlier = results_folder.read_summary(record.parent, record.name) if resume else {}
+    rows = [
+        earlier[training.describe()]["row"] if results_folder.same_run(earlier.get(training.describe()), kind) else None
+        for training, kind in zip(trainings, identities)
+    ]
+    finished = [None] * len(trainings)
     todo = [index for index, row in enumerate(rows) if row is None]
-    if len(todo) < len(cells):
-        print(f"  {len(cells) - len(todo)} training(s) finished earlier with these settings and data: kept (--resume)")
+    if len(todo) < len(trainings):
+        kept = len(trainings) - len(todo)
+        print(f"  {kept} training(s) finished earlier with these settings and data: kept (--resume)")
 
-    def record_one(index, done):
-        rows[todo[index]], finished[todo[index]] = row_of(cells[todo[index]], done), done
-        done_rows = {key: row for key, row in zip(keys, rows) if row is not None}
-        write_rows(csv_path, list(done_rows.values()))  # kept if the study is interrupted
-        if resume is not None:  # earlier trainings outside this plan stay in the file
-            files.write_text(earlier_path, json.dumps({**earlier, **done_rows}, indent=1) + "\n")
+    def record_one(index, result):
+        index = todo[index]
+        rows[index], finished[index] = row_of(trainings[index], result), result
+        write_rows(csv_path, [row for row in rows if row is not None])  # kept if the study is interrupted
+        if resume is not None:  # the other trainings there stay in the file
+            entry = {**identities[index], "row": rows[index]}
+            results_folder.update_summary(record.parent, trainings[index].describe(), entry, record.name)
 
     if todo:
-        run_trainings(config, [cells[index].training for index in todo], data, record_one)
+        run_trainings(config, [trainings[index] for index in todo], data, record_one)
     elif rows:
         write_rows(csv_path, rows)
     return rows, finished
 
 
-def identity_key(cell, record):
-    """A training's identity: its line (the model, and how it was built), settings and data."""
-    settings = cell.training.config
-    identity = results_folder.run_identity(settings.training_settings(), {**record, "val_split": settings.val_split})
-    return json.dumps({"line": cell.line.describe(), "model": cell.line.name, **identity}, sort_keys=True)
-
-
-def read_earlier(path):
-    """The rows of an earlier run of the same grid; a damaged file counts as none."""
-    try:
-        earlier = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return earlier if isinstance(earlier, dict) else {}
+def identity(training, record):
+    """What a training's row depends on: its settings (its model's name
+    among them), the data and the validation split."""
+    settings = training.config
+    return results_folder.run_identity(
+        {"model": training.name, **settings.training_settings()}, {**record, "val_split": settings.val_split}
+    )
 
 
 def sweep(config, knob, values, lines, seeds, data, folder):
     """Every line at every value of `knob` for every seed: grid.csv, grid.png
     and summary.json in `folder`, and a table of the means printed."""
-    cells = plan(config, lines, [{knob: value} for value in values], seeds)
+    trainings = plan(config, lines, [{knob: value} for value in values], seeds)
 
-    def row_of(cell, done):
-        result = done.result
+    def row_of(training, result):
         return {
-            "model": cell.line.describe(),
-            knob: cell.point[knob],
-            "seed": cell.seed,
+            "model": training.line,
+            knob: training.point[knob],
+            "seed": training.config.seed,
             "test_accuracy": result.test_accuracy,
             "test_loss": result.test_loss,
             "diverged": result.diverged is not None,
             "seconds": round(result.train_seconds, 1),
         }
 
-    rows, _ = train(config, cells, data, folder / "grid.csv", row_of, config.resume)
+    rows, _ = train(config, trainings, data, folder / "grid.csv", row_of, config.resume)
     labels = [line.describe() for line in lines]
     result = {"knob": knob, "values": values, "seeds": seeds, "epochs": config.epochs, "models": {}}
     result["diverged_counted_as"] = "test accuracy 0 (error 1)"

@@ -35,8 +35,7 @@ def run(config, args):
     data = utils.load(config)
     ours = Training("lenet_fc_bn2", config, label="ours")
     reference = Training(KERAS_BN_VARIANT, config, label="keras", build=keras_reference)
-    done_ours, done_keras = run_trainings(config, [ours, reference], data)
-    results = {"ours": done_ours.result, "keras": done_keras.result}
+    results = dict(zip(("ours", "keras"), run_trainings(config, [ours, reference], data)))
 
     folder = study_dir(config, "keras_check")
     rows, gaps = [], {}

@@ -143,28 +143,27 @@ def run(config, args):
     seeds, folder = args.seeds, study_dir(config, "landscape")
     build = functools.partial(models_handling.build_and_compile, build=build_network)
     probe = functools.partial(make_probe, every=args.every)
-    cells, configs = [], {}
+    trainings, configs = [], {}
     for name in args.setups:
         setup = SETUPS[name]
         configs[name] = setup_config(config, setup)
         lines = [
             Line(model, label=f"{name}: {model}", build=functools.partial(build, model)) for model in setup["models"]
         ]
-        cells += plan(configs[name], lines, [{}], seeds, callback=probe)
+        trainings += plan(configs[name], lines, [{}], seeds, callback=probe)
 
-    def row_of(cell, done):
-        result = done.result
+    def row_of(training, result):
         return {
-            "setup": cell.line.describe().split(":")[0],
-            "model": cell.line.name,
-            "seed": cell.seed,
+            "setup": training.line.split(":")[0],
+            "model": training.name,
+            "seed": training.config.seed,
             "test_accuracy": result.test_accuracy,
             "final_train_loss": result.history["loss"][-1],
             "diverged": result.diverged is not None,
         }
 
-    rows, finished = train(config, cells, utils.load(config), folder / "trainings.csv", row_of)
-    reports = {(cell.line.name, cell.seed): done.report for cell, done in zip(cells, finished)}
+    rows, finished = train(config, trainings, utils.load(config), folder / "trainings.csv", row_of)
+    reports = {(training.name, training.config.seed): done.report for training, done in zip(trainings, finished)}
     write_rows(
         folder / "landscape.csv",
         [{"model": name, "seed": seed, **point} for (name, seed), report in reports.items() for point in report],

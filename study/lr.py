@@ -37,11 +37,12 @@ def run(config, args):
     lines = [Line(name, {"bn_statistics": "moving"}) for name in ("lenet", "lenet_fc_bn2")]
     points = [{"optimizer": "sgd", "learning_rate": rate} for rate in args.rates]
     points.append({"optimizer": config.optimizer, "learning_rate": None})
-    cells = sorted(plan(config, lines, points, [config.seed]), key=lambda cell: lines.index(cell.line))
+    labels = [line.describe() for line in lines]
+    trainings = sorted(plan(config, lines, points, [config.seed]), key=lambda training: labels.index(training.line))
     folder = study_dir(config, "lr")
 
-    def row_of(cell, done):
-        config, result, has_norm = cell.training.config, done.result, cell.line.name != "lenet"
+    def row_of(training, result):
+        config, has_norm = training.config, training.name != "lenet"
         # A diverged run (run_model stops it at its first non-finite loss)
         # has no test figures.
         diverged = result.diverged is not None
@@ -51,13 +52,13 @@ def run(config, args):
             result.test_accuracy
             if diverged or not has_norm
             else accuracy_of(
-                with_precise_statistics(done.load_model(), splits.x_train, config), splits.x_test, splits.y_test, 1000
+                with_precise_statistics(result.load_model(), splits.x_train, config), splits.x_test, splits.y_test, 1000
             )[0]
         )
         if has_norm and not diverged:  # the line above it gave the moving statistics' figures
-            print(f"  {cell.training.describe()}: with precise statistics, test accuracy {precise:.4f}", flush=True)
+            print(f"  {training.describe()}: with precise statistics, test accuracy {precise:.4f}", flush=True)
         return {
-            "model": cell.line.name,
+            "model": training.name,
             "optimizer": config.optimizer,
             "learning_rate": rate_used,
             "test_accuracy": precise,
@@ -66,7 +67,7 @@ def run(config, args):
             "diverged": diverged,
         }
 
-    rows, _ = train(config, cells, data, folder / "lr.csv", row_of, config.resume)
+    rows, _ = train(config, trainings, data, folder / "lr.csv", row_of, config.resume)
     sgd_rows = [row for row in rows if row["optimizer"] == "sgd"]
     references = {
         f"{row['model']}, {row['optimizer']} at its default rate {row['learning_rate']:g}": row["test_accuracy"]

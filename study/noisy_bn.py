@@ -109,23 +109,23 @@ def run(config, args):
         build = functools.partial(models_handling.build_and_compile, "lenet_fc_bn2", build=noisy)
         lines.append(Line("lenet_fc_bn2", label=f"lenet_fc_bn2 {label}", build=build))
     seeds = args.seeds
-    cells = plan(config, lines, [{}], seeds, callback=functools.partial(make_probe, every=args.every))
+    trainings = plan(config, lines, [{}], seeds, callback=functools.partial(make_probe, every=args.every))
     folder = study_dir(config, "noisy_bn")
 
-    def row_of(cell, done):
-        result = done.result
+    def row_of(training, result):
         return {
-            "model": cell.line.describe(),
-            "seed": cell.seed,
+            "model": training.line,
+            "seed": training.config.seed,
             "test_accuracy": result.test_accuracy,
             "final_train_accuracy": result.history["accuracy"][-1],
             "diverged": result.diverged is not None,
         }
 
-    rows, finished = train(config, cells, utils.load(config), folder / "trainings.csv", row_of)
+    rows, finished = train(config, trainings, utils.load(config), folder / "trainings.csv", row_of)
     labels = [line.describe() for line in lines]
     curves = {
-        label: [done.report for cell, done in zip(cells, finished) if cell.line.describe() == label] for label in labels
+        label: [done.report for training, done in zip(trainings, finished) if training.line == label]
+        for label in labels
     }
     write_rows(
         folder / "noisy_bn.csv",

@@ -65,7 +65,7 @@ class StepProbe(keras.callbacks.Callback):
         self.measure(as_trained=True)
 
     def report(self):
-        """What comes back from where it trained (executor.Finished.report)."""
+        """What comes back from where it trained (records.ModelResult.report)."""
         return self.curve
 
 

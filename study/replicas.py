@@ -53,8 +53,7 @@ def run(config, args):
                 "lenet_fc_bn2", settings, label=f"{count} replica(s) of {batch // count} images, --bn_sync {rule}"
             )
             with devices.mirrored_cpus(cpus[:count]).scope() if count > 1 else contextlib.nullcontext():
-                (done,) = run_trainings(settings, [training], data)
-            result = done.result
+                (result,) = run_trainings(settings, [training], data)
             for row_rule in BN_SYNC if count == 1 else (rule,):
                 rows.append(
                     {

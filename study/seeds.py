@@ -66,23 +66,22 @@ def run(config, args):
     lines = [
         Line(name, {"bn_statistics": rule}, f"{rule} statistics: {name}") for rule in args.rules for name in args.models
     ]
-    cells = plan(config, lines, [{}], args.seeds, callback=curve)
+    trainings = plan(config, lines, [{}], args.seeds, callback=curve)
     folder = study_dir(config, "seeds")
 
-    def row_of(cell, done):
-        result = done.result
+    def row_of(training, result):
         return {
-            "model": cell.line.name,
-            "bn_statistics": cell.training.config.bn_statistics,
-            "seed": cell.seed,
+            "model": training.name,
+            "bn_statistics": training.config.bn_statistics,
+            "seed": training.config.seed,
             "test_accuracy": result.test_accuracy,
             "test_loss": result.test_loss,
-            "best_val_accuracy": max(done.report["val_accuracy"]),
+            "best_val_accuracy": max(result.report["val_accuracy"]),
             "epochs_trained": len(result.history["loss"]),
         }
 
     # No --resume: the plots want every training's curve and history.
-    rows, finished = train(config, cells, data, folder / "seeds.csv", row_of, resume=None)
+    rows, finished = train(config, trainings, data, folder / "seeds.csv", row_of, resume=None)
     curves = [done.report for done in finished]
     write_rows(
         folder / "validation_curves.csv",
@@ -108,7 +107,7 @@ def run(config, args):
         target = args.target or (min(best) if best else min(row["best_val_accuracy"] for row in rows))
         steps = {name: per_seed(rule, name, [first_step_at(c, target) for c in curves]) for name in args.models}
         accuracy = {name: per_seed(rule, name, [row["test_accuracy"] for row in rows]) for name in args.models}
-        plot_rule(rule, args.models, [(cell.training, done) for cell, done in zip(cells, finished)], folder)
+        plot_rule(rule, args.models, list(zip(trainings, finished)), folder)
         summaries["rules"][rule] = rule_summary(rule, args.models, accuracy, steps, target)
         summaries["rules"][rule]["epochs_trained"] = {
             name: summary(per_seed(rule, name, [row["epochs_trained"] for row in rows])) for name in args.models
@@ -157,8 +156,7 @@ def plot_rule(rule, models, trainings, folder):
     """Each model's mean curve over the seeds, the 95 % interval of the mean
     as a band; with --patience, each epoch over the seeds that trained it."""
     histories = {
-        name: [d.result.history for t, d in trainings if (t.name, t.config.bn_statistics) == (name, rule)]
-        for name in models
+        name: [d.history for t, d in trainings if (t.name, t.config.bn_statistics) == (name, rule)] for name in models
     }
     means, bands = {}, {}
     for name, runs in histories.items():

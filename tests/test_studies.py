@@ -577,12 +577,17 @@ def test_grid_resume_trains_only_what_an_earlier_run_did_not_finish(small_npz, t
     # Other settings are other trainings: two epochs train it again.
     run_study([*common, "--vary", "window_size=3", "--resume", 1, "--epochs", 2], capsys)
     assert len(trained[2]) == 1
-    # A damaged record is no record: it trains again, and the record is rewritten.
-    (tmp_path / "grid" / "window_size" / "grid.trainings.json").write_text("{not json")
+    # The record keeps each training's latest run, as summary.json keeps each model's.
     run_study([*common, "--vary", "window_size=3", "--resume", 1], capsys)
     assert len(trained[3]) == 1
     run_study([*common, "--vary", "window_size=3", "--resume", 1], capsys)
     assert len(trained) == 4  # kept: nothing handed to the executor
+    # A damaged record is refused in one line, as main.py refuses a damaged summary.json.
+    record = tmp_path / "grid" / "window_size" / "grid.trainings.json"
+    record.write_text("{not json")
+    code = studies.main([str(arg) for arg in [*common, "--vary", "window_size=3", "--resume", 1]])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{record} is unreadable" in err and "Traceback" not in err
 
 
 def test_the_batch_size_and_init_presets_are_grids_of_the_issues_settings(monkeypatch, small_npz, tmp_path, capsys):
@@ -623,6 +628,6 @@ def test_a_grid_tells_trainings_apart_by_their_validation_split():
     from study import grid
 
     config = make_config()
-    cells = grid.plan(config, [grid.Line("lenet")], [{"val_split": 0.1}, {"val_split": 0.2}], [0])
+    trainings = grid.plan(config, [grid.Line("lenet")], [{"val_split": 0.1}, {"val_split": 0.2}], [0])
     record = {"data": "x.npz", "data_sha256": "0" * 64}
-    assert grid.identity_key(cells[0], record) != grid.identity_key(cells[1], record)
+    assert grid.identity(trainings[0], record) != grid.identity(trainings[1], record)
