@@ -36,8 +36,8 @@ class UsageError(Exception):
 def one_line(error, otherwise=None):
     """An exception in one line: its message's first line, else `otherwise`
     (by default the exception's type)."""
-    text = str(error)
-    return text.splitlines()[0] if text else otherwise or type(error).__name__
+    first = next(iter(str(error).splitlines()), "")
+    return first or otherwise or type(error).__name__
 
 
 class DataError(UsageError):

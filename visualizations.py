@@ -295,26 +295,6 @@ def plot_grid(knob, values, cells, path, note):
     save_figure(figure, path)
 
 
-def plot_panels(banded, panels, path, title, log_scale=()):
-    """One panel per (key, panel title, y label) of `panels`, one line per
-    network of `banded` ({name: {"step": [...], key: (mean, low, high)}}, as
-    study.intervals.band_curves gives it) against training step, its band
-    shaded; a log y-axis for the keys in `log_scale`."""
-    figure, all_axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
-    for axes, (key, panel_title, ylabel) in zip(all_axes[0], panels):
-        for name, curve in banded.items():
-            mean, low, high = curve[key]
-            (line,) = axes.plot(curve["step"], mean, label=name)
-            axes.fill_between(curve["step"], low, high, color=line.get_color(), alpha=0.2)
-        if key in log_scale:
-            axes.set_yscale("log")
-        axes.set(title=panel_title, xlabel="training step", ylabel=ylabel)
-        axes.grid(alpha=0.3, which="both")
-        axes.legend(fontsize=8)
-    figure.suptitle(title)
-    save_figure(figure, path)
-
-
 def common_length(series):
     """Per-seed lists cut to the shortest (a diverged seed stops early), as one array."""
     shortest = min(len(values) for values in series)
@@ -327,7 +307,7 @@ def plot_landscape(curves, panels, views, path, title):
     training loss (its running median; falling from left to right). Each
     seed a thin line; against step, the geometric mean over seeds a thick
     one. `curves[network]` is a list, one dict per seed, of "step", "loss"
-    and f"{view}_{key}" lists; `panels` as plot_panels takes them."""
+    and f"{view}_{key}" lists; `panels` a (key, panel title, y label) each."""
     figure, grid = plt.subplots(2 * len(views), len(panels), figsize=(5 * len(panels), 3.6 * 2 * len(views)))
     for row, view in enumerate(views):
         for column, (key, panel_title, ylabel) in enumerate(panels):

@@ -81,11 +81,6 @@ def spread_text(values, digits=4):
     )
 
 
-def difference_text(a, b, digits=4):
-    """The paired difference a - b in words: real, or no difference at this precision."""
-    return difference_words(paired_difference(a, b), digits)
-
-
 def difference_words(d, digits=4):
     """A paired_difference in words: real, or no difference at this precision."""
     if d["low"] is None:

@@ -102,24 +102,18 @@ class SigmoidInputProbe(StepProbe):
         }
 
 
-class LandscapeProbe(tf.keras.callbacks.Callback):
-    """probe_point every `every` training steps (and before the first), on a
-    fresh training batch each time; the run's weights, BN's windows and the
-    optimizer left exactly as they were."""
+class FreshBatchProbe(keras.callbacks.Callback):
+    """A point every `every` training steps (and before the first), each on a
+    fresh training batch (BatchLoss), as a list of dicts; the run's weights,
+    BN's windows and the optimizer left exactly as they were. Subclasses say
+    what a point is (`probe`)."""
 
     every_step = True  # one step per call into TensorFlow (models_handling.fit)
 
-    def __init__(self, train_images, train_labels, batch_size, learning_rate, every, seed):
+    def __init__(self, train_images, train_labels, batch_size, every, seed):
         super().__init__()
         self.images, self.labels, self.batch_size, self.every = train_images, train_labels, batch_size, every
-        self.etas = [k * learning_rate for k in MULTIPLES]
-        self.random, self.step, self.curve = np.random.default_rng([seed, 7]), 0, []
-
-    def probe(self):
-        chosen = self.random.choice(len(self.images), self.batch_size, replace=False)
-        self.loss.set_batch(self.images[chosen], self.labels[chosen])
-        with restored_afterwards(self.model.variables):
-            self.curve.append({"step": self.step, **probe_point(self.loss, self.etas)})
+        self.random, self.step, self.curve = np.random.default_rng(seed), 0, []
 
     def on_train_begin(self, logs=None):
         self.loss = BatchLoss(self.model)
@@ -130,46 +124,57 @@ class LandscapeProbe(tf.keras.callbacks.Callback):
         if self.step % self.every == 0:
             self.probe()
 
+    def fresh_batch(self):
+        chosen = self.random.choice(len(self.images), self.batch_size, replace=False)
+        self.loss.set_batch(self.images[chosen], self.labels[chosen])
+
     def report(self):
         return self.curve
 
 
-class ShiftProbe(keras.callbacks.Callback):
-    """Every `every` steps (and before the first): the training accuracy of
-    the batches since the last point (Keras's running mean over the epoch),
-    Definition 2.1's shift per layer on a fresh training batch, and F6's
-    sigmoid inputs on fixed training images in training mode: one unit's
-    percentiles, and every unit's relative_move since the last point. The
-    run is left as it was."""
+class LandscapeProbe(FreshBatchProbe):
+    """probe_point at each of MULTIPLES of the training's step."""
 
-    every_step = True  # one step per call into TensorFlow (models_handling.fit)
+    def __init__(self, train_images, train_labels, batch_size, learning_rate, every, seed):
+        super().__init__(train_images, train_labels, batch_size, every, [seed, 7])
+        self.etas = [k * learning_rate for k in MULTIPLES]
+
+    def probe(self):
+        self.fresh_batch()
+        with restored_afterwards(self.model.variables):
+            self.curve.append({"step": self.step, **probe_point(self.loss, self.etas)})
+
+
+class ShiftProbe(FreshBatchProbe):
+    """The training accuracy of the batches since the last point (from
+    Keras's running mean over the epoch), Definition 2.1's shift per layer,
+    and F6's sigmoid inputs on fixed training images in training mode: one
+    unit's percentiles, and every unit's relative_move since the last point."""
 
     def __init__(self, train_images, train_labels, probe_images, batch_size, learning_rate, every, seed):
-        super().__init__()
-        self.images, self.labels, self.probe_images = train_images, train_labels, tf.constant(probe_images)
-        self.batch_size, self.learning_rate, self.every = batch_size, learning_rate, every
-        self.random, self.step, self.curve, self.last_inputs = np.random.default_rng([seed, 13]), 0, [], None
+        super().__init__(train_images, train_labels, batch_size, every, [seed, 13])
+        self.probe_images, self.learning_rate, self.last_inputs = tf.constant(probe_images), learning_rate, None
+        self.seen, self.correct, self.marked = 0, 0.0, None  # no training accuracy before the first step
 
     def on_train_begin(self, logs=None):
-        self.loss = BatchLoss(self.model)
         self.layer_input = tf.function(lambda images: self.model.layer_outputs(images, training=True)[LAYER])
-        self.probe(train_accuracy=None)
+        super().on_train_begin(logs)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.seen, self.correct, self.marked = 0, 0.0, (0, 0.0)
 
     def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
         self.seen = batch + 1
         self.correct = float(logs["accuracy"]) * self.seen  # Keras's accuracy: the mean over the epoch so far
-        if self.step % self.every == 0:
-            seen, correct = self.marked
-            self.marked = (self.seen, self.correct)
-            self.probe(train_accuracy=(self.correct - correct) / (self.seen - seen))
+        super().on_train_batch_end(batch, logs)
 
-    def probe(self, train_accuracy):
-        chosen = self.random.choice(len(self.images), self.batch_size, replace=False)
-        self.loss.set_batch(self.images[chosen], self.labels[chosen])
+    def probe(self):
+        train_accuracy = None
+        if self.marked is not None:
+            seen, correct = self.marked
+            train_accuracy = (self.correct - correct) / (self.seen - seen)
+        self.marked = (self.seen, self.correct)
+        self.fresh_batch()
         with restored_afterwards(self.model.variables):
             # The inputs first: the shift's evaluations leave stepped weights in the model until restored.
             inputs = np.asarray(self.layer_input(self.probe_images))
@@ -181,6 +186,3 @@ class ShiftProbe(keras.callbacks.Callback):
         point["relative_move"] = None if self.last_inputs is None else relative_move(self.last_inputs, inputs)
         self.last_inputs = inputs
         self.curve.append(point)
-
-    def report(self):
-        return self.curve

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import utils
 from common import files
 from common.records import HISTORY_KEYS
 from lenet import BatchNorm
@@ -171,10 +172,9 @@ class ResumableTraining(keras.callbacks.BackupAndRestore):
             aside = self.folder.with_name(f"{self.folder.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
             with files.writing(aside):
                 os.replace(self.folder, aside)
-            reason = (str(error).splitlines() or [""])[0] or type(error).__name__
             print(
-                f"{self.folder.name}: its backup {self.folder}/ cannot be read ({type(error).__name__}: {reason}); "
-                f"set aside as {aside}/; training from epoch 1",
+                f"{self.folder.name}: its backup {self.folder}/ cannot be read ({type(error).__name__}: "
+                f"{utils.one_line(error)}); set aside as {aside}/; training from epoch 1",
                 flush=True,
             )
             return {}
