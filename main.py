@@ -45,7 +45,6 @@ def knob(default, training=False, **flag):
 
 
 KNOBS = {
-    # one of the variants (lenet, lenet_bn1, ...), lenet_keras_bn, or "all" (the five variants)
     "model": knob(
         "all",
         choices=[*MODEL_NAMES, "all"],
@@ -71,7 +70,6 @@ KNOBS = {
         type=int_up_to(LIMITS["epochs"]),
         help=f"passes over the training split (1 to {LIMITS['epochs']})",
     ),
-    # 0: train all the epochs; N: stop once validation accuracy has not improved for N epochs
     "patience": knob(
         0,
         training=True,
@@ -80,7 +78,6 @@ KNOBS = {
         "(--epochs is then the most): training to convergence, told apart from a fixed budget",
     ),
     "optimizer": knob("adam", training=True, help="Keras optimizer name (adam, sgd, rmsprop, ...)"),
-    # None: the optimizer's own default (0.001 for adam)
     "learning_rate": knob(
         None,
         training=True,
@@ -102,7 +99,6 @@ KNOBS = {
         help="BN at inference normalizes with the average mean and variance of this many "
         f"training mini-batches (which ones: --bn_statistics; 1 to {LIMITS['window_size']})",
     ),
-    # None: Keras's initializers (Glorot); X: the affine layers' weights drawn from N(0, X^2)
     "init_std": knob(
         None,
         training=True,
@@ -111,7 +107,6 @@ KNOBS = {
         f"distribution of standard deviation X, up to {LIMITS['init_std']:g} (how the initial scale matters with "
         "and without BN)",
     ),
-    # BN between the affine map and its sigmoid (the paper); "after": after the sigmoid
     "bn_placement": knob(
         "before",
         training=True,
@@ -119,7 +114,6 @@ KNOBS = {
         help="before: BN between each affine map and its sigmoid, the affine map without bias (the BN paper, "
         "section 3.2); after: BN after the sigmoid, the affine map with its bias",
     ),
-    # precise: window refilled with the trained weights each epoch; moving: last steps
     "bn_statistics": knob(
         "precise",
         training=True,
@@ -129,7 +123,6 @@ KNOBS = {
         "(the paper's Algorithm 2); moving keeps the statistics of the last window_size training "
         "steps, taken while the weights were still changing",
     ),
-    # or mixed_float16 (GPUs with tensor cores), mixed_bfloat16
     "precision": knob(
         "float32",
         training=True,
@@ -137,7 +130,6 @@ KNOBS = {
         help="Keras dtype policy: float32, or float16 / bfloat16 arithmetic with float32 weights "
         "(faster on GPUs with tensor cores and CPUs with bfloat16 units; BN's statistics stay float32)",
     ),
-    # N: the global batch split across N GPUs (or N logical CPU devices)
     "devices": knob(
         1,
         training=True,
@@ -146,7 +138,6 @@ KNOBS = {
         "batch, split evenly: the GPUs where the machine has that many, else logical CPU devices sharing the "
         f"cores (1 to {LIMITS['devices']})",
     ),
-    # several devices: BN with the global batch's statistics, or "replica": each shard's own
     "bn_sync": knob(
         "global",
         training=True,
@@ -163,7 +154,6 @@ KNOBS = {
         help="Keras training output: 0 silent, 1 progress bar, 2 one line per epoch",
     ),
     "flag_visualizations": knob(1, type=int, choices=[0, 1], help="1: write the PNG plots; 0: skip them"),
-    # 1: TensorBoard logs under <results_dir>/logs/<model>/
     "tensorboard": knob(
         0,
         type=int,
@@ -171,7 +161,6 @@ KNOBS = {
         help="1: write TensorBoard logs (per-epoch scalars, BN statistics histograms) under "
         "RESULTS_DIR/logs/MODEL/; view them with tensorboard --logdir RESULTS_DIR/logs",
     ),
-    # 1: skip models already finished with these settings and data; continue interrupted ones
     "resume": knob(
         0,
         type=int,
@@ -180,7 +169,6 @@ KNOBS = {
         "and data is skipped, and a model interrupted mid-training continues from its last finished epoch "
         "(backed up under RESULTS_DIR/backup/MODEL/ until it finishes); 0: train every model afresh",
     ),
-    # auto: XLA (1) on a GPU, TensorFlow's own kernels (0) on a CPU
     "jit_compile": knob(
         "auto",
         training=True,
@@ -189,7 +177,6 @@ KNOBS = {
         "on a GPU, TensorFlow's kernels on a CPU (the faster there at batch 16 and up; at batch 2 XLA is, "
         "docs/speed.md). Results differ only by float rounding",
     ),
-    # validation and test (BN's inference uses no batch statistics)
     "inference_batch_size": knob(
         1024,
         training=True,
@@ -197,7 +184,6 @@ KNOBS = {
         help="batch size for validation and test: larger is faster, and at inference BN uses its window, "
         f"never the batch, so results change only by float rounding (1 to {LIMITS['batch_size']})",
     ),
-    # trainings side by side: auto, the machine's cores (at most one per model); 1: this process
     "jobs": knob(
         "auto",
         type=auto_or_int_up_to(LIMITS["jobs"]),
@@ -205,7 +191,6 @@ KNOBS = {
         "cores // jobs TensorFlow threads; auto: the machine's cores, at most one per model (one model trains "
         f"in this process); 1: one after the other in this process (1 to {LIMITS['jobs']})",
     ),
-    # a Dask scheduler's address (tcp://HOST:8786): the trainings run on its workers
     "cluster": knob(
         None,
         help="the address of a running Dask scheduler (tcp://HOST:8786; default: "
@@ -218,7 +203,6 @@ KNOBS = {
         help=f"fixes the train/validation split, the initial weights and the shuffling (0 to {LIMITS['seed']})",
     ),
     "val_split": knob(0.15, type=fraction, help="fraction of the training set held out for validation"),
-    # None: download with Keras; else a .npz or a folder of IDX files
     "data": knob(
         None,
         help="a Keras-format .npz (x_train, y_train, x_test, y_test) or a folder with "

@@ -1,16 +1,7 @@
 """What batch normalization does here: eleven studies, each one command.
 
-    python studies.py keras_check --data data/mnist-subset.npz  # ours against Keras's BatchNormalization
-    python studies.py seeds --data data/mnist-subset.npz        # the five variants over seeds, both rules
-    python studies.py figure1 --data data/mnist-subset.npz      # the BN paper's Figure 1 (its MLP, or LeNet-5)
-    python studies.py lr --data data/mnist-subset.npz           # plain SGD at learning rates 0.01 to 10
-    python studies.py window --data data/mnist-subset.npz       # inference statistics: rule, window, batch
-    python studies.py replicas --data data/mnist-subset.npz     # the batch split over 1 to 8 devices
-    python studies.py grid --vary batch_size=8,64 --data data/mnist-subset.npz  # any knob, models x seeds
-    python studies.py batch_size --data data/mnist-subset.npz   # BN, GroupNorm, LayerNorm at batch 2 to 256
-    python studies.py init --data data/mnist-subset.npz         # the initial weights' scale, with and without BN
-    python studies.py landscape --data data/mnist-subset.npz    # why BN helps: the landscape along the gradient
-    python studies.py noisy_bn --data data/mnist-subset.npz     # why BN helps: noisy BN, covariate shift
+    python studies.py --help                              # the eleven, a line each
+    python studies.py seeds --data data/mnist-subset.npz  # one of them (docs/studies.md: each one)
 
 Each writes PNGs, a CSV of its numbers and a summary.json into
 <results_dir>/<study>/ (default results/studies/<study>/). Every setting not

@@ -23,19 +23,10 @@ VARIANTS = {
 KERAS_BN_VARIANT = "lenet_keras_bn"
 REFERENCES = {KERAS_BN_VARIANT: "keras", "lenet_gn": "group", "lenet_ln": "layer"}
 MODEL_NAMES = (*VARIANTS, *REFERENCES)
-# Where BN goes: between the affine map and its sigmoid (the paper, section
-# 3.2), or after the sigmoid (what many practitioners do).
+# The choices of main.py's knobs of these names (its KNOBS says what each means).
 BN_PLACEMENTS = ("before", "after")
-
-# What fills BN's inference window: "precise" refills it at every epoch's end
-# from training batches passed through the trained weights (Algorithm 2);
-# "moving" keeps the last training steps' statistics.
 BN_STATISTICS = ("precise", "moving")
-# Keras dtype policies a run may train under: float32 throughout, or float16 /
-# bfloat16 computation with float32 variables (BN's statistics stay float32).
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-# With several replicas (tf.distribute), what BN normalizes each replica's
-# shard with: the global batch's statistics, or the shard's own.
 BN_SYNC = ("global", "replica")
 DATASETS = ("mnist", "fashion_mnist")  # what Keras downloads when no --data is given
 
