@@ -76,6 +76,16 @@ class OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
+    def _get_formatter(self):
+        """Usage and help show a CommaList flag's one value, not the several
+        it accepts only to refuse them."""
+        formatter = super()._get_formatter()
+        format_args = formatter._format_args
+        formatter._format_args = lambda action, default: (
+            action.metavar if isinstance(action, CommaList) else format_args(action, default)
+        )
+        return formatter
+
 
 class CommaList(argparse.Action):
     """A flag that takes one comma-separated value, parsed by `parse` (which

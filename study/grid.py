@@ -223,8 +223,15 @@ def run(config, args):
         for value in values:
             changed = replace(config, **{knob: value})
             make_optimizer(changed.optimizer, changed.learning_rate)
+    data = utils.load(config)
+    classes = int(max(data.y_train.max(), data.y_test.max())) + 1
+    if knob == "output_size" and min(values) < classes:  # as main.py refuses an --output_size below the labels
+        raise utils.UsageError(
+            f"--vary output_size={min(values)}: the data's labels run from 0 to {classes - 1}; give values of at "
+            f"least {classes}"
+        )
     lines = [Line(name) for name in args.models]
-    return sweep(config, knob, values, lines, args.seeds, utils.load(config), study_dir(config, "grid") / knob)
+    return sweep(config, knob, values, lines, args.seeds, data, study_dir(config, "grid") / knob)
 
 
 def difference(rows, knob, value, label, reference):

@@ -522,6 +522,10 @@ def test_every_commands_help_answers_at_once_without_a_traceback(command):
     )
     assert "Traceback" not in done.stderr and "usage:" in done.stdout, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False 0", done.stdout[-300:]
+    # --seeds and --models show their one comma-separated value, not argparse's "[X ...]" of several.
+    assert "S1,S2,... [" not in done.stdout and "M1,M2,... [" not in done.stdout
+    if "--seeds" in done.stdout:
+        assert "[--seeds N|S1,S2,...]" in " ".join(done.stdout.split())
 
 
 def test_jit_compile_auto_is_a_rule_xla_on_a_gpu_and_tensorflows_kernels_on_a_cpu(monkeypatch):

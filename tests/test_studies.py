@@ -530,6 +530,15 @@ def test_grid_refuses_a_value_main_py_would_refuse_in_one_line(vary, message, sm
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
 
 
+def test_grid_refuses_an_output_size_below_the_datas_labels_in_one_line(small_npz, tmp_path, capsys):
+    argv = ["grid", "--vary", "output_size=10,2", "--data", str(small_npz), "--results_dir", str(tmp_path)]
+    code = studies.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--vary output_size=2: the data's labels run from 0 to 9; give values of at least 10" in err
+    assert not (tmp_path / "grid").exists()
+
+
 def test_grid_counts_a_diverged_training_as_accuracy_0_in_its_mean(small_npz, tmp_path, capsys):
     argv = ["grid", "--vary", "learning_rate=0.001,1e38", "--models", "lenet", "--seeds", 2]
     run_study([*argv, "--data", small_npz, "--results_dir", tmp_path, *FAST], capsys)
