@@ -9,7 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
-from utils import UsageError
+from utils import UsageError, one_line
 
 try:
     import fcntl  # POSIX only
@@ -21,7 +21,7 @@ class WriteError(Exception):
     """A file of the run could not be written; the message names it and the cause."""
 
     def __init__(self, path, error):
-        reason = getattr(error, "strerror", None) or (str(error).splitlines() or [type(error).__name__])[0]
+        reason = getattr(error, "strerror", None) or one_line(error)
         super().__init__(
             f"cannot write {path}: {reason}; what was complete before is unchanged. Free some space (or fix "
             "the cause) and run again; --resume 1 skips the models already written"

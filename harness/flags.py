@@ -78,11 +78,12 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def _get_formatter(self):
         """Usage and help show a CommaList flag's one value, not the several
-        it accepts only to refuse them."""
+        it accepts only to refuse them (argparse's _format_args, private but
+        unchanged since Python 3.2, is what writes "X [X ...]")."""
         formatter = super()._get_formatter()
         format_args = formatter._format_args
         formatter._format_args = lambda action, default: (
-            action.metavar if isinstance(action, CommaList) else format_args(action, default)
+            action.metavar if isinstance(action, CommaList) and action.metavar else format_args(action, default)
         )
         return formatter
 
@@ -138,6 +139,8 @@ def add_models(parser, names, default):
         for name in chosen:
             if name not in names:
                 raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(names)}")
+        if len(set(chosen)) < len(chosen):
+            raise argparse.ArgumentTypeError(f"expected distinct models; got {text!r}")
         return chosen
 
     parser.add_argument(

@@ -44,7 +44,8 @@ def run_identity(settings, record):
     """What a model's result depends on, in the form JSON holds it: its
     settings (a dict; `verbose` aside), the data by content (by name for a
     Keras download) and the validation split. `record` is main.py's run
-    record or a summary.json entry."""
+    record or an entry of summary.json (or of a study's .trainings.json,
+    study/grid.py, whose settings hold the model's name too)."""
     identity = {
         "settings": {key: value for key, value in settings.items() if key != "verbose"},
         "data": record.get("data_sha256") or record.get("data"),
@@ -62,7 +63,7 @@ def comparable(entry):
 
 
 def same_run(entry, identity):
-    """Whether a summary.json entry was trained with the run `identity`'s settings and data."""
+    """Whether a summary.json (or .trainings.json) entry was trained with the run `identity`'s settings and data."""
     return entry is not None and run_identity(entry.get("settings", {}), entry) == identity
 
 
@@ -75,7 +76,8 @@ def remove_backup(folder):
 
 
 def read_summary(results_dir, name=SUMMARY_FILE):
-    """The results folder's summary (or timings): {model name: its latest result}."""
+    """The results folder's summary (or timings, or a study's .trainings.json):
+    {model name (or training label): its latest result}."""
     path = Path(results_dir) / name
     if not path.exists():
         return {}
@@ -181,10 +183,10 @@ def result_from_summary(results_dir, name, entry):
 
 
 def update_summary(results_dir, name, entry, file=SUMMARY_FILE):
-    """Set summary.json's (or timings.json's) entry for `name`, keeping every
-    other entry, and return the file's content as written. The read and the
-    write happen under a file lock, so runs writing into one folder at once
-    never lose each other's entries."""
+    """Set summary.json's (or timings.json's, or a .trainings.json's) entry
+    for `name`, keeping every other entry, and return the file's content as
+    written. The read and the write happen under a file lock, so runs
+    writing into one folder at once never lose each other's entries."""
     with file_lock(Path(results_dir) / file):
         summary = read_summary(results_dir, file)
         summary[name] = entry

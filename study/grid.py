@@ -79,10 +79,21 @@ def train(config, trainings, data, csv_path, row_of, resume=None):
     that ran with the same settings on the same data."""
     record = csv_path.with_suffix(".trainings.json")
     identities = [identity(training, data.record) for training in trainings]
-    earlier = results_folder.read_summary(record.parent, record.name) if resume else {}
+    labels = [training.describe() for training in trainings]
+    if len(set(labels)) < len(labels):  # a plan's bug: the record keeps one row per label
+        raise ValueError(f"two trainings share a label: {[label for label in labels if labels.count(label) > 1][0]}")
+    # Read even when not resuming: the run will update it, and a damaged one
+    # is refused now rather than after the first training.
+    earlier = results_folder.read_summary(record.parent, record.name) if resume is not None else {}
+    if any(not isinstance(entry, dict) or "row" not in entry for entry in earlier.values()):
+        raise utils.UsageError(
+            f"{record} was written by an older version of this project; delete it (--resume 1 then trains "
+            "every training again)"
+        )
+    earlier = earlier if resume else {}
     rows = [
-        earlier[training.describe()]["row"] if results_folder.same_run(earlier.get(training.describe()), kind) else None
-        for training, kind in zip(trainings, identities)
+        earlier[label]["row"] if results_folder.same_run(earlier.get(label), kind) else None
+        for label, kind in zip(labels, identities)
     ]
     finished = [None] * len(trainings)
     todo = [index for index, row in enumerate(rows) if row is None]
@@ -96,7 +107,7 @@ def train(config, trainings, data, csv_path, row_of, resume=None):
         write_rows(csv_path, [row for row in rows if row is not None])  # kept if the study is interrupted
         if resume is not None:  # the other trainings there stay in the file
             entry = {**identities[index], "row": rows[index]}
-            results_folder.update_summary(record.parent, trainings[index].describe(), entry, record.name)
+            results_folder.update_summary(record.parent, labels[index], entry, record.name)
 
     if todo:
         run_trainings(config, [trainings[index] for index in todo], data, record_one)

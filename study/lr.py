@@ -35,7 +35,7 @@ def run(config, args):
     # both: its own test accuracy, and the `precise` one after the refill
     # that rule would have made after the last epoch.
     lines = [Line(name, {"bn_statistics": "moving"}) for name in ("lenet", "lenet_fc_bn2")]
-    points = [{"optimizer": "sgd", "learning_rate": rate} for rate in args.rates]
+    points = [{"optimizer": "sgd", "learning_rate": rate} for rate in dict.fromkeys(args.rates)]
     points.append({"optimizer": config.optimizer, "learning_rate": None})
     labels = [line.describe() for line in lines]
     trainings = sorted(plan(config, lines, points, [config.seed]), key=lambda training: labels.index(training.line))

@@ -515,6 +515,7 @@ def test_grid_trains_every_model_at_every_value_for_every_seed(small_npz, tmp_pa
         ("seed=1,2", "argument --vary: expected KNOB=V1,V2,... with KNOB a knob of main.py"),
         ("batch_size=4 --models lenet,lenet_bx", "argument --models: 'lenet_bx' is not one of lenet, lenet_bn1"),
         ("batch_size=4 --seeds 0", "argument --seeds: expected an integer from 1 to 1000, got '0'"),
+        ("batch_size=4 --models lenet,lenet", "argument --models: expected distinct models; got 'lenet,lenet'"),
         ("bn_statistics=precise,nope", "argument --vary: bn_statistics: 'nope' is not one of precise, moving"),
         ("optimizer=adam,nonesuch", "--optimizer nonesuch: not a Keras optimizer"),
     ],
@@ -591,12 +592,16 @@ def test_grid_resume_trains_only_what_an_earlier_run_did_not_finish(small_npz, t
     assert len(trained[3]) == 1
     run_study([*common, "--vary", "window_size=3", "--resume", 1], capsys)
     assert len(trained) == 4  # kept: nothing handed to the executor
-    # A damaged record is refused in one line, as main.py refuses a damaged summary.json.
+    # A damaged record, or one from an older version, is refused in one line before anything trains, as
+    # main.py refuses a damaged summary.json, also without --resume (the run would update it).
     record = tmp_path / "grid" / "window_size" / "grid.trainings.json"
-    record.write_text("{not json")
-    code = studies.main([str(arg) for arg in [*common, "--vary", "window_size=3", "--resume", 1]])
-    err = capsys.readouterr().err
-    assert code == 2 and f"{record} is unreadable" in err and "Traceback" not in err
+    for content, message in (("{not json", "is unreadable"), ('{"{}": {}}', "written by an older version")):
+        record.write_text(content)
+        for resume in (1, 0):
+            code = studies.main([str(arg) for arg in [*common, "--vary", "window_size=3", "--resume", resume]])
+            err = capsys.readouterr().err
+            assert code == 2 and f"{record}" in err and message in err and len(err.strip().splitlines()) == 1, err
+    assert len(trained) == 4
 
 
 def test_the_batch_size_and_init_presets_are_grids_of_the_issues_settings(monkeypatch, small_npz, tmp_path, capsys):
@@ -640,3 +645,17 @@ def test_a_grid_tells_trainings_apart_by_their_validation_split():
     trainings = grid.plan(config, [grid.Line("lenet")], [{"val_split": 0.1}, {"val_split": 0.2}], [0])
     record = {"data": "x.npz", "data_sha256": "0" * 64}
     assert grid.identity(trainings[0], record) != grid.identity(trainings[1], record)
+
+
+def test_a_plan_whose_trainings_share_a_label_is_refused_before_anything_trains(tmp_path):
+    """The record keeps one row per label: two trainings under one label would overwrite each other's."""
+    from types import SimpleNamespace
+
+    from study import grid
+
+    config = make_config()
+    trainings = grid.plan(config, [grid.Line("lenet"), grid.Line("lenet")], [{}], [0])
+    data = SimpleNamespace(record={"data": "x.npz", "data_sha256": "0" * 64})
+    with pytest.raises(ValueError, match="two trainings share a label: seed 0: lenet"):
+        grid.train(config, trainings, data, tmp_path / "grid.csv", row_of=None, resume=1)
+    assert not list(tmp_path.iterdir())
