@@ -503,16 +503,20 @@ def momentum_matching_window(window_size):
     return (window_size - 1) / (window_size + 1)
 
 
+def network_knobs(config):
+    """`config`'s knobs that LeNet5 takes, under their names (LeNet5.KNOBS)."""
+    return {knob: getattr(config, knob) for knob in LeNet5.KNOBS}
+
+
 def build_lenet(name, config):
     """The named variant, built for 32x32x1 inputs, with `config`'s knobs
     that LeNet5 takes (LeNet5.KNOBS; `config` a main.Config)."""
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
-    options = {knob: getattr(config, knob) for knob in LeNet5.KNOBS}
     if name in REFERENCES:  # in lenet_fc_bn2's places
-        model = LeNet5(bn_after=VARIANTS["lenet_fc_bn2"], bn_layer=REFERENCES[name], name=name, **options)
+        model = LeNet5(bn_after=VARIANTS["lenet_fc_bn2"], bn_layer=REFERENCES[name], name=name, **network_knobs(config))
     else:
-        model = LeNet5(bn_after=VARIANTS[name], name=name, **options)
+        model = LeNet5(bn_after=VARIANTS[name], name=name, **network_knobs(config))
     model(ops.zeros((1, *INPUT_SHAPE)))  # creates the weights; inference leaves BN state alone
     return model
 

@@ -11,7 +11,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from lenet import INPUT_SHAPE, BatchNorm, LeNet5, batch_statistics, normalize
+from common.config import VARIANTS
+from lenet import INPUT_SHAPE, BatchNorm, LeNet5, batch_statistics, network_knobs, normalize
 
 SPREAD = 0.1  # each activation's shift about mu (uniform, half-width) and scale about sigma (normal, sd)
 NOISE_KINDS = {"activation": "noisy", "channel": "noisy per channel"}  # BNNoise's kinds, and the study's labels
@@ -153,12 +154,8 @@ class NoisyLeNet5(LeNet5):
 def noisy_network(name, config, noise_mean, noise_scale, noise_kind):
     """lenet_fc_bn2's places, our BN, BNNoise after each (models_handling's `build`)."""
     model = NoisyLeNet5(
-        bn_after=("C1", "C3", "C5", "F6"),
-        output_size=config.output_size,
-        epsilon=config.epsilon,
-        window_size=config.window_size,
-        init_std=config.init_std,
-        bn_placement=config.bn_placement,
+        bn_after=VARIANTS["lenet_fc_bn2"],
+        **network_knobs(config),
         noise_mean=noise_mean,
         noise_scale=noise_scale,
         noise_kind=noise_kind,
