@@ -175,6 +175,17 @@ MARKERS = ("o", "s", "^", "D", "v")
 LINESTYLES = ("-", "--", ":", "-.")
 
 
+def mean_and_bounds(cells, lowest, highest):
+    """The means of `cells` (study.intervals summaries) and their intervals'
+    bounds, clipped to the quantity's range [lowest, highest] (a few seeds'
+    interval can reach past it); a cell without an interval (one seed) is
+    bounded by its mean."""
+    means = np.array([cell["mean"] for cell in cells])
+    low = np.array([cell["low"] if cell["low"] is not None else cell["mean"] for cell in cells])
+    high = np.array([cell["high"] if cell["high"] is not None else cell["mean"] for cell in cells])
+    return means, np.clip(low, lowest, highest), np.clip(high, lowest, highest)
+
+
 def offsets(count, factor=1.07):
     """Multiplicative x offsets that set `count` series a little apart on a
     log axis, so that equal values do not hide one line under another."""
@@ -258,10 +269,7 @@ def plot_grid(knob, values, cells, path, note):
         color = f"C{index}"
         shown = [(x, cell) for x, cell in zip(positions, per_value) if cell["n"]]
         xs = [x for x, _ in shown]
-        means = np.array([cell["mean"] for _, cell in shown])
-        low = np.array([cell["low"] if cell["low"] is not None else cell["mean"] for _, cell in shown])
-        high = np.array([cell["high"] if cell["high"] is not None else cell["mean"] for _, cell in shown])
-        low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)  # an accuracy's range; three seeds can reach past it
+        means, low, high = mean_and_bounds([cell for _, cell in shown], 0, 1)  # an accuracy's range
         if not numeric:
             shift = (index - (len(cells) - 1) / 2) * 0.12
             xs = [x + shift for x in xs]
@@ -341,7 +349,11 @@ def plot_landscape(curves, panels, views, path, title):
 
 
 def plot_noisy_bn(curves, labels, result, layers, layer, path, title):
-    """The noisy_bn study (study/noisy_bn.py's plot says what each panel is)."""
+    """The noisy_bn study's figure: (a) training accuracy and (b) F6's
+    relative move against step, each network's mean over seeds; (c) the l2
+    and (d) the cosine of Definition 2.1 per layer, each network's median
+    over training (geometric or arithmetic mean over seeds, 95 % interval);
+    then one F6 unit's percentiles per network (Figure 2 of the paper)."""
     figure, grid = plt.subplots(2, 4, figsize=(21, 9))
     steps = [point["step"] for point in curves[labels[0]][0]]
     for index, label in enumerate(labels):
@@ -359,11 +371,7 @@ def plot_noisy_bn(curves, labels, result, layers, layer, path, title):
         offset = (index - (len(labels) - 1) / 2) * 0.12  # side by side at each layer, none hidden
         for axes, measure in ((grid[0, 2], "l2"), (grid[0, 3], "cosine")):
             cells = [result["summary"][f"ics_{measure}_{name}"][label] for name in layers]
-            means = np.array([cell["mean"] for cell in cells])
-            low = np.array([cell["low"] if cell["low"] is not None else cell["mean"] for cell in cells])
-            high = np.array([cell["high"] if cell["high"] is not None else cell["mean"] for cell in cells])
-            if measure == "cosine":  # a cosine's range; a few seeds' interval can reach past it
-                low, high = np.clip(low, -1, 1), np.clip(high, -1, 1)
+            means, low, high = mean_and_bounds(cells, *((-1, 1) if measure == "cosine" else (-np.inf, np.inf)))
             axes.errorbar(
                 np.arange(len(layers)) + offset,
                 means,
@@ -391,15 +399,12 @@ def plot_noisy_bn(curves, labels, result, layers, layer, path, title):
         ylabel="mean over units of |move of median| / (p85 - p15)",
     )
     grid[0, 1].set_yscale("log")
-    for axes, measure, ylabel in ((grid[0, 2], "l2", "||G - G'||"), (grid[0, 3], "cosine", "cos(G, G')")):
+    for axes, panel, measure, ylabel in (
+        (grid[0, 2], "c", "l2", "||G - G'||"),
+        (grid[0, 3], "d", "cosine", "cos(G, G')"),
+    ):
         axes.set_xticks(range(len(layers)), layers)
-        axes.set(
-            title=f"(c) internal covariate shift, {measure}"
-            if measure == "l2"
-            else "(d) internal covariate shift, cosine",
-            xlabel="layer",
-            ylabel=ylabel,
-        )
+        axes.set(title=f"({panel}) internal covariate shift, {measure}", xlabel="layer", ylabel=ylabel)
     grid[0, 2].set_yscale("log")
     for axes in grid.flat:
         axes.grid(alpha=0.3, which="both")

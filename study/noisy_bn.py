@@ -151,7 +151,9 @@ def run(config, args):
     }
     print_summary(result, labels)
     write_summary(folder, result)  # before the plot: a figure that fails to draw loses no number
-    plot(curves, labels, result, folder / "noisy_bn.png", describe(config, args, seeds))
+    visualizations.plot_noisy_bn(
+        curves, labels, result, LAYERS, LAYER, folder / "noisy_bn.png", describe(config, args, seeds)
+    )
     return result
 
 
@@ -211,12 +213,3 @@ def print_summary(result, labels):
         print(f"  {key}: {means}")
         for label in labels[1:]:
             print(f"    {label:<30}against lenet: {words(result['against_lenet'][key][label])}")
-
-
-def plot(curves, labels, result, path, title):
-    """(a) training accuracy and (b) F6's relative move against step, each
-    network's mean over seeds; (c) the l2 and (d) the cosine of Definition
-    2.1 per layer, each network's median over training (geometric or
-    arithmetic mean over seeds, 95 % interval); then one F6 unit's
-    percentiles per network (Figure 2 of the paper)."""
-    visualizations.plot_noisy_bn(curves, labels, result, LAYERS, LAYER, path, title)
