@@ -22,7 +22,7 @@ from common.records import HISTORY_KEYS, ModelResult
 from utils import UsageError
 
 SUMMARY_FILE = "summary.json"
-# How long, where and on which compile path each model trained: it changes at
+# How long and where each model trained, and when it finished: it changes at
 # every run, so it stays out of summary.json (whose bytes a rerun with the
 # same settings and data reproduces) and out of git (.gitignore).
 TIMINGS_FILE = "timings.json"
