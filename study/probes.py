@@ -79,8 +79,9 @@ class ValidationCurve(StepProbe):
         self.val_images, self.val_labels = val_images, val_labels
 
     def point(self, model):
-        logits = model.predict(self.val_images, batch_size=self.config.inference_batch_size, verbose=0)
-        return {"val_accuracy": float(np.mean(np.argmax(logits, axis=1) == self.val_labels))}
+        return {
+            "val_accuracy": accuracy_of(model, self.val_images, self.val_labels, self.config.inference_batch_size)[0]
+        }
 
 
 class SigmoidInputProbe(StepProbe):
